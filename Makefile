@@ -1,0 +1,44 @@
+# Everything a fresh Debian machine needs, installed by the targets themselves; safe to repeat.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PKGS := etcd-server etcd-client containernetworking-plugins iproute2 iputils-ping \
+            iperf3 nftables tcpdump python3-venv
+PYTEST_ARGS ?=
+
+.PHONY: test demo setup apt venv lint bench clean
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/vxnet demo
+
+setup: apt venv
+
+# dpkg is asked every time (cheap), so a machine that lost a package gets it back.
+apt:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/kernel_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

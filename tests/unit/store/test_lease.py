@@ -1,0 +1,129 @@
+import ipaddress as ipa
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vxnet.errors import LeaseDecodeError
+from vxnet.store.lease import LeaseAttrs, SubnetKey, decode_lease, decode_value
+
+# Values exactly as flanneld (v0.2x, vxlan backend) writes them.
+FLANNEL_V4 = (b'{"PublicIP":"198.51.100.11","PublicIPv6":null,"BackendType":"vxlan",'
+              b'"BackendData":{"VNI":1,"VtepMAC":"0e:4b:6a:1c:22:9f"}}')
+FLANNEL_DUAL = (b'{"PublicIP":"198.51.100.12","PublicIPv6":"2001:db8:100::12",'
+                b'"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"5a:11:22:33:44:55"},'
+                b'"BackendV6Data":{"VNI":1,"VtepMAC":"5a:11:22:33:44:66"}}')
+FLANNEL_OLD = b'{"PublicIP":"10.1.2.3","BackendType":"vxlan","BackendData":{"VtepMAC":"AA:BB:CC:DD:EE:01"}}'
+
+
+@pytest.mark.parametrize("text", ["10.5.52.0-24", "10.5.52.0-24&fc00::-64", "0.0.0.0-0&fc00::-64",
+                                  "10.244.0.128-25", "10.5.52.0-24&fd00:10:244:1::-64"])
+def test_key_round_trip(text):
+    assert str(SubnetKey.parse(text)) == text
+
+
+def test_key_fields():
+    k = SubnetKey.parse("10.5.52.0-24&fc00::-64")
+    assert k.subnet == ipa.ip_network("10.5.52.0/24")
+    assert k.subnet6 == ipa.ip_network("fc00::/64")
+    assert SubnetKey.parse("0.0.0.0-0&fc00::-64").subnet is None
+
+
+@pytest.mark.parametrize("text", ["", "10.5.52.0", "10.5.52.1-24", "10.5.52.0-33", "fc00::-64",
+                                  "10.5.52.0-24&", "10.5.52.0-24&10.0.0.0-8", "x-24", "10.5.52.0-２４",
+                                  "10.5.52.0-24&fc00::1-64", "0.0.0.0-0"])
+def test_bad_keys(text):
+    with pytest.raises(LeaseDecodeError) as exc:
+        SubnetKey.parse(text)
+    assert exc.value.key == text
+
+
+def test_decode_flannel_values():
+    a = decode_value("k", FLANNEL_V4)
+    assert a == LeaseAttrs(ipa.ip_address("198.51.100.11"), "0e:4b:6a:1c:22:9f", 1)
+    d = decode_value("k", FLANNEL_DUAL)
+    assert d.public_ipv6 == ipa.ip_address("2001:db8:100::12")
+    assert d.vtep_mac6 == "5a:11:22:33:44:66"
+    # no PublicIPv6 key at all, no VNI, upper-case MAC: still flannel's format
+    o = decode_value("k", FLANNEL_OLD)
+    assert (o.vni, o.vtep_mac, o.public_ipv6) == (1, "aa:bb:cc:dd:ee:01", None)
+
+
+@pytest.mark.parametrize("raw", [FLANNEL_V4, FLANNEL_DUAL])
+def test_encode_is_byte_identical_to_flannel(raw):
+    """What we write is what flanneld writes (field names, order, casing, null)."""
+    assert decode_value("k", raw).encode() == raw
+
+
+def test_decode_lease_checks_families():
+    lease = decode_lease("10.5.52.0-24&2001:db8:1::-64", FLANNEL_DUAL, etcd_lease=7)
+    assert not lease.reserved and lease.key.subnet6 is not None
+    with pytest.raises(LeaseDecodeError, match="IPv6 subnet but no BackendV6Data"):
+        decode_lease("10.5.52.0-24&fc00::-64", FLANNEL_V4)
+    assert decode_lease("10.5.52.0-24", FLANNEL_V4).reserved
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"nope", "not JSON"),
+    (b"[1]", "not a JSON object"),
+    (b'{"PublicIP": 5, "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}', "PublicIP is not a string"),
+    (b'{"PublicIP": "300.1.1.1", "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}',
+     "is not an IP address"),
+    (b'{"PublicIP": "fc00::1", "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}', "is not IPv4"),
+    (b'{"PublicIP": "1.2.3.4", "BackendData": {"VtepMAC": "zz:00:00:00:00:01"}}', "not a MAC"),
+    (b'{"PublicIP": "1.2.3.4", "BackendData": {"VtepMAC": "01:00:00:00:00:01"}}', "multicast"),
+    (b'{"PublicIP": "1.2.3.4", "BackendData": {"VtepMAC": "00:00:00:00:00:00"}}', "all-zero"),
+    (b'{"PublicIP": "1.2.3.4", "BackendData": {"VNI": "1", "VtepMAC": "0e:00:00:00:00:01"}}',
+     "is not a VNI"),
+    (b'{"PublicIP": "1.2.3.4", "BackendData": []}', "BackendData is not a JSON object"),
+    (b'{"PublicIP": "1.2.3.4"}', "neither BackendData nor BackendV6Data"),
+    (b'{"PublicIP": "1.2.3.4", "BackendType": "host-gw"}', "is not vxlan"),
+])
+def test_bad_values_name_the_key(raw, why):
+    with pytest.raises(LeaseDecodeError) as exc:
+        decode_lease("10.5.52.0-24", raw)
+    assert exc.value.key == "10.5.52.0-24" and why in str(exc.value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data",
+                         "VNI", "VtepMAC", "x"]), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_only_raise_the_typed_error(raw):
+    try:
+        decode_lease("10.5.52.0-24", raw)
+    except LeaseDecodeError:
+        pass
+
+
+@given(json_values)
+def test_random_json_only_raises_the_typed_error(doc):
+    try:
+        decode_lease("10.5.52.0-24&fc00::-64", json.dumps(doc).encode())
+    except LeaseDecodeError:
+        pass
+
+
+@given(st.text(max_size=60))
+def test_random_keys_only_raise_the_typed_error(text):
+    try:
+        SubnetKey.parse(text)
+    except LeaseDecodeError:
+        pass
+
+
+@given(st.ip_addresses(v=4), st.binary(min_size=6, max_size=6), st.integers(0, (1 << 24) - 1),
+       st.one_of(st.none(), st.ip_addresses(v=6)))
+def test_encode_decode_round_trip(ip, mac, vni, ip6):
+    mac = bytes([mac[0] & 0xFE | 0x02, *mac[1:]])
+    text = ":".join(f"{b:02x}" for b in mac)
+    attrs = LeaseAttrs(ip if not ip.is_unspecified else None, text, vni, ip6,
+                       text if ip6 else None)
+    assert decode_value("k", attrs.encode()) == attrs

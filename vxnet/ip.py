@@ -1,0 +1,47 @@
+"""IP helpers shared by the store and the kernel layers."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def subnet_count(lo: IPNetwork, hi: IPNetwork) -> int:
+    """How many subnets of lo's size lie from lo to hi inclusive."""
+    size = lo.num_addresses
+    return (int(hi.network_address) - int(lo.network_address)) // size + 1
+
+
+def nth_subnet(lo: IPNetwork, n: int) -> IPNetwork:
+    """The n-th subnet of lo's size counting from lo."""
+    base = int(lo.network_address) + n * lo.num_addresses
+    return ipaddress.ip_network((base, lo.prefixlen))
+
+
+def subnets_between(lo: IPNetwork, hi: IPNetwork) -> Iterator[IPNetwork]:
+    for i in range(subnet_count(lo, hi)):
+        yield nth_subnet(lo, i)
+
+
+def first_host(net: IPNetwork) -> IPAddress:
+    """The first usable address (network + 1), which flannel hands to the bridge."""
+    return net.network_address + 1
+
+
+def normalize_mac(mac: str) -> str:
+    """Lower-case colon form; ValueError if it is not a 6-byte unicast MAC."""
+    parts = mac.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    try:
+        octets = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {mac!r}") from None
+    if octets[0] & 1:
+        raise ValueError(f"multicast MAC address: {mac!r}")
+    if octets == bytes(6):
+        raise ValueError(f"all-zero MAC address: {mac!r}")
+    return ":".join(f"{b:02x}" for b in octets)

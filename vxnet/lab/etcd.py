@@ -1,0 +1,110 @@
+"""Run a real etcd (Debian's etcd-server) with its own data dir and ports, optionally inside a
+network namespace. Used by the test fixtures and the lab; stops only the process it started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    def __init__(self, host: str = "127.0.0.1", *, client_port: int | None = None,
+                 peer_port: int | None = None, netns: str | None = None,
+                 workdir: str | Path | None = None, name: str | None = None) -> None:
+        self.host, self.netns = host, netns
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.name = name or f"vxnet-etcd-{os.getpid()}-{self.client_port}"
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-etcd-"))
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "etcd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    def _wrap(self, argv: list[str]) -> list[str]:
+        return (["ip", "netns", "exec", self.netns, *argv]) if self.netns else argv
+
+    def start(self, timeout: float = 20.0) -> EtcdServer:
+        peer = f"http://{self.host}:{self.peer_port}"
+        argv = [
+            ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state",
+            "existing" if self.data_dir.exists() else "new",
+            "--logger", "zap", "--log-outputs", "stderr",
+        ]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self._wrap(argv), stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}; see {self.log_path}:"
+                                   f"\n{self.log_path.read_text()[-2000:]}")
+            if self.ctl("endpoint", "health", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd at {self.endpoint} not healthy after {timeout}s; "
+                           f"see {self.log_path}")
+
+    def ctl(self, *args: str, check: bool = True, input: bytes | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+        """Run etcdctl (v3 API) against this server."""
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        return subprocess.run(
+            self._wrap([ETCDCTL, "--endpoints", self.endpoint, "--dial-timeout", "1s",
+                        "--command-timeout", "3s", *args]),
+            env=env, capture_output=True, check=check, input=input, timeout=15)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # The process group is ours alone (start_new_session): it holds etcd, and with a netns,
+        # the `ip netns exec` wrapper that exec'd it.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

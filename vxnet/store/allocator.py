@@ -1,0 +1,56 @@
+"""Picking a free subnet from a pool: pure logic, no I/O, so it is tested exhaustively."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Iterable
+
+from vxnet.errors import ExhaustedError
+from vxnet.ip import IPNetwork, nth_subnet, subnets_between
+from vxnet.store.config import Pool
+
+_ENUMERATE_LIMIT = 1 << 16  # pools up to this size are listed; larger ones are sampled
+
+
+def taken_in_pool(pool: Pool, subnets: Iterable[IPNetwork]) -> set[IPNetwork]:
+    """The pool-sized subnets that any existing subnet overlaps (whatever its length)."""
+    taken: set[IPNetwork] = set()
+    for s in subnets:
+        if s.version != pool.network.version or not s.overlaps(pool.network):  # type: ignore[arg-type]
+            continue
+        if s.prefixlen >= pool.subnet_len:
+            taken.add(s.supernet(new_prefix=pool.subnet_len))
+        else:  # a shorter (older config) subnet covers several of ours
+            parts = max(0, pool.subnet_len - s.prefixlen)
+            if parts <= 16:
+                taken.update(s.subnets(new_prefix=pool.subnet_len))
+            else:
+                lo = ipaddress.ip_network((s.network_address, pool.subnet_len))
+                taken.update(nth_subnet(lo, i) for i in range(_ENUMERATE_LIMIT))
+    return taken
+
+
+def choose(pool: Pool, taken: set[IPNetwork], prefer: Iterable[IPNetwork | None] = (),
+           rng: random.Random | None = None) -> IPNetwork:
+    """The first preferred subnet that is in range and free, else a random free one."""
+    for p in prefer:
+        if p is not None and pool.in_range(p) and p not in taken:
+            return p
+    rng = rng or random.SystemRandom()
+    size = pool.size
+    if size <= _ENUMERATE_LIMIT:
+        free = [s for s in subnets_between(pool.subnet_min, pool.subnet_max) if s not in taken]
+        if free:
+            return rng.choice(free)
+    else:
+        for _ in range(1000):
+            s = nth_subnet(pool.subnet_min, rng.randrange(size))
+            if s not in taken:
+                return s
+    used = sum(1 for s in taken if pool.in_range(s))
+    raise ExhaustedError(
+        f"no free /{pool.subnet_len} subnet in {pool.network}: range "
+        f"{pool.subnet_min.network_address}..{pool.subnet_max.network_address} holds {size}, "
+        f"{used} taken; widen Network/SubnetMin/SubnetMax or remove stale leases"
+    )

@@ -1,0 +1,206 @@
+"""etcd v3 access over aetcd: endpoints, TLS, a timeout on every call, endpoint failover.
+
+aetcd talks to one host and only over plain gRPC; this wraps it so the rest of vxnet sees one
+client over a list of endpoints, and one transient error type (StoreUnavailable) to retry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions as aexc
+import grpc
+from aetcd import rpc
+
+from vxnet.errors import StoreUnavailable, VxnetError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors that mean "this endpoint is not answering now": rotate, report, retry later.
+TRANSIENT = (aexc.ConnectionFailedError, aexc.ConnectionTimeoutError, aexc.InternalError,
+             aexc.WatchTimeoutError, asyncio.TimeoutError, grpc.aio.AioRpcError)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        text = url.strip()
+        parts = urlsplit(text if "://" in text else f"http://{text}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise VxnetError(f"--etcd-endpoints: {url!r} is not http(s)://HOST:PORT")
+        try:
+            port = parts.port or 2379
+        except ValueError:
+            raise VxnetError(f"--etcd-endpoints: {url!r} has an invalid port") from None
+        return cls(parts.hostname, port, parts.scheme == "https")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(name: str, path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as e:
+                raise VxnetError(f"--etcd-{name} {path}: {e.strerror}") from None
+
+        return grpc.ssl_channel_credentials(
+            read("cafile", self.cafile), read("keyfile", self.keyfile),
+            read("certfile", self.certfile),
+        )
+
+
+class _Client(aetcd.Client):
+    """aetcd's client with TLS: same stubs, a secure channel when credentials are given."""
+
+    def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float) -> None:
+        super().__init__(ep.host, ep.port, timeout=timeout)  # type: ignore[arg-type]
+        self._creds = tls.credentials() if ep.tls or tls.cafile else None
+
+    async def connect(self) -> None:
+        if self._creds is None or self._connected.is_set():
+            await super().connect()
+            return
+        target = f"{self._host}:{self._port}"
+        self.channel = grpc.aio.secure_channel(target, self._creds, self._options.items())
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout)
+        self._connected.set()
+
+
+class Etcd:
+    """One logical etcd client over several endpoints. Every call has a deadline."""
+
+    def __init__(self, endpoints: Sequence[str] | str, *, tls: TLSFiles | None = None,
+                 timeout: float = 5.0) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise VxnetError("--etcd-endpoints: no endpoint given")
+        self.endpoints = [Endpoint.parse(e) for e in endpoints]
+        self.tls = tls or TLSFiles()
+        self.timeout = timeout
+        self._index = 0
+        self._client: _Client | None = None
+        self.reconnects = 0  # exported as a metric by the agent
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.endpoints[self._index]
+
+    async def client(self) -> aetcd.Client:
+        if self._client is None:
+            self._client = _Client(self.endpoint, self.tls, self.timeout)
+            await self._client.connect()
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), self.timeout)
+            except (Exception, asyncio.TimeoutError) as e:  # closing a dead channel may fail
+                log.debug("closing etcd client: %r", e)
+
+    async def failover(self) -> None:
+        """Drop the current connection and move to the next endpoint."""
+        await self.close()
+        self._index = (self._index + 1) % len(self.endpoints)
+        self.reconnects += 1
+
+    async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        """Run one request; on a transport failure rotate endpoints and raise StoreUnavailable."""
+        try:
+            client = await self.client()
+            return await asyncio.wait_for(fn(client), self.timeout * 2)
+        except TRANSIENT as e:
+            failed = self.endpoint
+            await self.failover()
+            raise StoreUnavailable(f"etcd {failed}: {type(e).__name__}: {e}") from None
+
+    # Thin typed helpers over call(): the only operations the store needs.
+
+    async def get(self, key: bytes) -> aetcd.rtypes.Get | None:
+        return await self.call(lambda c: c.get(key))
+
+    async def get_prefix(self, prefix: bytes) -> tuple[list[aetcd.rtypes.KeyValue], int]:
+        r = await self.call(lambda c: c.get_prefix(prefix))
+        return list(r), r.header.revision
+
+    async def put(self, key: bytes, value: bytes, lease: int | None = None) -> int:
+        r = await self.call(lambda c: c.put(key, value, lease=lease or None))
+        return r.header.revision
+
+    async def delete(self, key: bytes) -> bool:
+        r = await self.call(lambda c: c.delete(key))
+        return r is not None and r.deleted > 0
+
+    async def txn(self, compare: list[Any], success: list[Any],
+                  failure: list[Any] | None = None) -> tuple[bool, list[Any]]:
+        return await self.call(lambda c: c.transaction(compare, success, failure or []))
+
+    async def grant(self, ttl: int) -> int:
+        lease = await self.call(lambda c: c.lease(ttl))
+        return lease.id
+
+    async def refresh(self, lease_id: int) -> int:
+        """Keep a lease alive once; returns its remaining TTL (0 or less: it is gone)."""
+        reply = await self.call(lambda c: c.refresh_lease(lease_id))
+        return reply.TTL if reply is not None else 0
+
+    async def revoke(self, lease_id: int) -> None:
+        await self.call(lambda c: c.revoke_lease(lease_id))
+
+    async def compact(self, revision: int) -> None:
+        await self.call(lambda c: c.compact(revision, physical=True))
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int
+                           ) -> AsyncIterator[aetcd.rtypes.Event]:
+        """Events under prefix from start_revision on. Raises StoreUnavailable when the stream
+        drops and aetcd's RevisionCompactedError when start_revision was compacted away."""
+        watch = await self.call(
+            lambda c: c.watch_prefix(prefix, start_revision=start_revision))
+        try:
+            async for event in watch:
+                yield event
+        except aexc.RevisionCompactedError:
+            raise
+        except (*TRANSIENT, aexc.ClientError) as e:
+            failed = self.endpoint
+            await self.failover()
+            raise StoreUnavailable(f"etcd {failed}: watch dropped: {type(e).__name__}") from None
+        finally:
+            try:
+                await asyncio.wait_for(watch.cancel(), 1)
+            except (Exception, asyncio.TimeoutError):
+                pass
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    return aetcd.utils.prefix_range_end(prefix)

@@ -1,0 +1,175 @@
+"""Subnet leases in flannel's exact format: keys `10.5.52.0-24[&fc00::-64]`, JSON values.
+
+Decoding is strict (a typed LeaseDecodeError carrying the key, nothing else escapes) because the
+values come from other nodes; encoding writes what flanneld writes, field for field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from vxnet.errors import LeaseDecodeError
+from vxnet.ip import normalize_mac
+
+BACKEND_TYPE = "vxlan"
+_NO_V4 = "0.0.0.0-0"  # what flanneld writes as the IPv4 half of an IPv6-only key
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetKey:
+    """The name of a lease: an IPv4 subnet, an IPv6 subnet, or both (dual stack)."""
+
+    subnet: IPv4Network | None
+    subnet6: IPv6Network | None = None
+
+    def __post_init__(self) -> None:
+        if self.subnet is None and self.subnet6 is None:
+            raise ValueError("a subnet key needs an IPv4 or an IPv6 subnet")
+
+    def __str__(self) -> str:
+        v4 = _NO_V4 if self.subnet is None else _sep(self.subnet)
+        return v4 if self.subnet6 is None else f"{v4}&{_sep(self.subnet6)}"
+
+    @classmethod
+    def parse(cls, text: str) -> SubnetKey:
+        v4text, amp, v6text = text.partition("&")
+        if v4text == _NO_V4 and not amp:
+            raise LeaseDecodeError(text, "not a subnet key: names no subnet")
+        try:
+            subnet = None if v4text == _NO_V4 and amp else _parse_net(v4text, 4)
+            subnet6 = _parse_net(v6text, 6) if amp else None
+            return cls(subnet, subnet6)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise LeaseDecodeError(text, f"not a subnet key: {e}") from None
+
+
+def _sep(net: IPv4Network | IPv6Network) -> str:
+    return f"{net.network_address}-{net.prefixlen}"
+
+
+def _parse_net(text: str, version: int) -> IPv4Network | IPv6Network:
+    addr, dash, plen = text.rpartition("-")
+    if not dash or not plen.isdigit() or not plen.isascii():
+        raise ValueError(f"{text!r} is not ADDRESS-PREFIXLEN")
+    net = ipaddress.ip_network(f"{addr}/{int(plen)}", strict=True)
+    if net.version != version:
+        raise ValueError(f"{text!r} is not IPv{version}")
+    return net
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAttrs:
+    """The value of a subnet key: what a node publishes about itself."""
+
+    public_ip: IPv4Address | None
+    vtep_mac: str | None = None  # BackendData.VtepMAC (IPv4 overlay device)
+    vni: int = 1
+    public_ipv6: IPv6Address | None = None
+    vtep_mac6: str | None = None  # BackendV6Data.VtepMAC (IPv6 overlay device)
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {
+            "PublicIP": str(self.public_ip or "0.0.0.0"),
+            "PublicIPv6": None if self.public_ipv6 is None else str(self.public_ipv6),
+            "BackendType": BACKEND_TYPE,
+        }
+        if self.vtep_mac is not None:
+            doc["BackendData"] = {"VNI": self.vni, "VtepMAC": self.vtep_mac}
+        if self.vtep_mac6 is not None:
+            doc["BackendV6Data"] = {"VNI": self.vni, "VtepMAC": self.vtep_mac6}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A decoded subnet lease. `etcd_lease` is 0 for a reservation (a key pinned without TTL)."""
+
+    key: SubnetKey
+    attrs: LeaseAttrs
+    etcd_lease: int = 0
+    mod_revision: int = 0
+
+    @property
+    def reserved(self) -> bool:
+        return self.etcd_lease == 0
+
+    def same_peer(self, other: Lease) -> bool:
+        """Same data-plane content, whatever the etcd bookkeeping says."""
+        return self.key == other.key and self.attrs == other.attrs
+
+
+def decode_value(key: str, raw: bytes | str) -> LeaseAttrs:
+    """Decode a lease value written by flanneld or vxnet. Raises only LeaseDecodeError."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise LeaseDecodeError(key, f"value is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise LeaseDecodeError(key, "value is not a JSON object")
+    f = {k.lower(): v for k, v in doc.items()}  # Go's decoder matches names case-insensitively
+
+    btype = f.get("backendtype") or BACKEND_TYPE
+    if not isinstance(btype, str) or btype.lower() != BACKEND_TYPE:
+        raise LeaseDecodeError(key, f"BackendType {btype!r} is not vxlan")
+    pub = _addr(key, "PublicIP", f.get("publicip"), 4)
+    pub6 = _addr(key, "PublicIPv6", f.get("publicipv6"), 6)
+    if pub is not None and pub.is_unspecified:
+        pub = None
+    mac, vni = _backend(key, "BackendData", f.get("backenddata"))
+    mac6, vni6 = _backend(key, "BackendV6Data", f.get("backendv6data"))
+    if mac is None and mac6 is None:
+        raise LeaseDecodeError(key, "neither BackendData nor BackendV6Data carries a VtepMAC")
+    if mac is not None and mac6 is not None and vni != vni6:
+        raise LeaseDecodeError(key, f"BackendData.VNI {vni} differs from BackendV6Data.VNI {vni6}")
+    return LeaseAttrs(pub, mac, vni if mac is not None else vni6, pub6, mac6)  # type: ignore[arg-type]
+
+
+def _addr(key: str, name: str, value: Any, version: int) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise LeaseDecodeError(key, f"{name} is not a string: {value!r:.60}")
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise LeaseDecodeError(key, f"{name} {value!r:.60} is not an IP address") from None
+    if addr.version != version:
+        raise LeaseDecodeError(key, f"{name} {value} is not IPv{version}")
+    return addr
+
+
+def _backend(key: str, name: str, value: Any) -> tuple[str | None, int | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        raise LeaseDecodeError(key, f"{name} is not a JSON object")
+    f = {k.lower(): v for k, v in value.items()}
+    vni = f.get("vni", 1)
+    if not isinstance(vni, int) or isinstance(vni, bool) or not 0 <= vni < 1 << 24:
+        raise LeaseDecodeError(key, f"{name}.VNI {vni!r:.60} is not a VNI")
+    mac = f.get("vtepmac")
+    if not isinstance(mac, str):
+        raise LeaseDecodeError(key, f"{name}.VtepMAC is missing or not a string")
+    try:
+        return normalize_mac(mac), vni
+    except ValueError as e:
+        raise LeaseDecodeError(key, f"{name}.VtepMAC: {e}") from None
+
+
+def decode_lease(key: str, raw: bytes | str, etcd_lease: int = 0, mod_revision: int = 0) -> Lease:
+    """Decode one `subnets/` entry: `key` is the part after `subnets/`."""
+    sk = SubnetKey.parse(key)
+    attrs = decode_value(key, raw)
+    if sk.subnet is not None and attrs.vtep_mac is None:
+        raise LeaseDecodeError(key, "IPv4 subnet but no BackendData.VtepMAC")
+    if sk.subnet6 is not None and attrs.vtep_mac6 is None:
+        raise LeaseDecodeError(key, "IPv6 subnet but no BackendV6Data.VtepMAC")
+    if sk.subnet is not None and attrs.public_ip is None:
+        raise LeaseDecodeError(key, "IPv4 subnet but no PublicIP")
+    if sk.subnet6 is not None and attrs.public_ipv6 is None:
+        raise LeaseDecodeError(key, "IPv6 subnet but no PublicIPv6")
+    return Lease(sk, attrs, etcd_lease, mod_revision)

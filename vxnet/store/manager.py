@@ -1,0 +1,280 @@
+"""This node's subnet lease: acquire (reuse, prefer, or pick), keep alive, recover from loss.
+
+Races never end the process: a lost create-if-absent transaction just means "pick again".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from aetcd import transactions as tx
+
+from vxnet.backoff import Backoff
+from vxnet.errors import ConfigError, LeaseDecodeError, StoreUnavailable, VxnetError
+from vxnet.ip import IPNetwork
+from vxnet.store.allocator import choose, taken_in_pool
+from vxnet.store.config import NetworkConfig, Pool, parse_config
+from vxnet.store.etcd import Etcd, prefix_end
+from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey, decode_lease
+from vxnet.store.paths import Paths
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 24 * 3600  # flannel's subnet lease TTL
+DEFAULT_RENEW_MARGIN = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    name: str
+    public_ip: IPv4Address | None
+    public_ipv6: IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """Reported (never raised) when our lease vanished and a new one replaced it."""
+
+    old: Lease
+    new: Lease
+    reason: str
+
+
+AttrsFor = Callable[[SubnetKey], LeaseAttrs]
+
+
+async def read_config(etcd: Etcd, paths: Paths) -> NetworkConfig:
+    kv = await etcd.get(paths.config)
+    if kv is None:
+        raise ConfigError("config", f"no network config at {paths.config.decode()} in etcd")
+    return parse_config(kv.value)
+
+
+@dataclass(slots=True)
+class _Listing:
+    leases: list[Lease]
+    keys: list[SubnetKey]  # every parseable key, valid value or not: all of them are taken
+    owners: dict[str, str]
+    create_revisions: dict[str, int]
+
+
+class LeaseManager:
+    def __init__(self, etcd: Etcd, paths: Paths, node: NodeInfo, attrs_for: AttrsFor, *,
+                 ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
+                 rng: random.Random | None = None) -> None:
+        if ttl < 3:
+            raise VxnetError(f"lease TTL {ttl}s is too short (at least 3 s)")
+        self.etcd, self.paths, self.node, self.attrs_for = etcd, paths, node, attrs_for
+        self.ttl, self.renew_margin = ttl, renew_margin
+        self.rng = rng or random.SystemRandom()
+        self.lease: Lease | None = None
+        self.renewals = 0
+        self.losses = 0
+        self._check = asyncio.Event()
+
+    # -- acquisition ---------------------------------------------------------------------------
+
+    async def acquire(self, cfg: NetworkConfig, prefer: SubnetKey | None = None,
+                      attempts: int = 100) -> Lease:
+        """Our existing lease if there is one, else `prefer` if free, else a random free subnet."""
+        for _ in range(attempts):
+            listing = await self._list()
+            mine, stale = self._find_mine(cfg, listing)
+            lease = await (self._reuse(mine, listing) if mine else self._create(cfg, listing, prefer))
+            if lease is None:  # lost a race: look again
+                await asyncio.sleep(self.rng.uniform(0, 0.05))
+                continue
+            for old in stale:
+                await self._delete(old)
+            self.lease = lease
+            self._check.clear()
+            return lease
+        raise VxnetError(f"could not acquire a subnet lease after {attempts} attempts")
+
+    async def _list(self) -> _Listing:
+        kvs, _ = await self.etcd.get_prefix(self.paths.subnets)
+        owner_kvs, _ = await self.etcd.get_prefix(self.paths.owners)
+        owners = {kv.key[len(self.paths.owners):].decode(errors="replace"):
+                  kv.value.decode(errors="replace") for kv in owner_kvs}
+        listing = _Listing([], [], owners, {})
+        for kv in kvs:
+            name = kv.key[len(self.paths.subnets):].decode(errors="replace")
+            try:
+                listing.keys.append(SubnetKey.parse(name))
+                listing.create_revisions[name] = kv.create_revision
+                listing.leases.append(decode_lease(name, kv.value, kv.lease, kv.mod_revision))
+            except LeaseDecodeError:
+                continue  # another node's garbage: its key still blocks the subnet
+        return listing
+
+    def _fits(self, cfg: NetworkConfig, key: SubnetKey) -> bool:
+        def ok(pool: Pool | None, net: IPNetwork | None) -> bool:
+            if pool is None or net is None:
+                return pool is None and net is None
+            return pool.contains(net) and net.prefixlen == pool.subnet_len
+
+        return ok(cfg.ipv4, key.subnet) and ok(cfg.ipv6, key.subnet6)
+
+    def _find_mine(self, cfg: NetworkConfig, listing: _Listing) -> tuple[Lease | None, list[Lease]]:
+        """Leases that are ours by node name, or by public IP where no other node owns them."""
+        node = self.node
+        ours: list[Lease] = []
+        for lease in listing.leases:
+            owner = listing.owners.get(str(lease.key))
+            by_ip = (lease.attrs.public_ip == node.public_ip if cfg.ipv4
+                     else lease.attrs.public_ipv6 == node.public_ipv6)
+            if owner == node.name or (owner is None and by_ip):
+                ours.append(lease)
+        fitting = [lease for lease in ours if self._fits(cfg, lease.key)]
+        # prefer the lease our name owns over one matched by IP only
+        fitting.sort(key=lambda lease: listing.owners.get(str(lease.key)) != node.name)
+        mine = fitting[0] if fitting else None
+        stale = [lease for lease in ours if lease is not mine and not lease.reserved
+                 and listing.owners.get(str(lease.key)) == node.name]
+        return mine, stale
+
+    async def _reuse(self, mine: Lease, listing: _Listing) -> Lease | None:
+        attrs = self.attrs_for(mine.key)
+        key = str(mine.key)
+        lease_id = 0
+        if not mine.reserved:
+            lease_id = mine.etcd_lease if await self._alive(mine.etcd_lease) else 0
+            lease_id = lease_id or await self.etcd.grant(self.ttl)
+        if (lease_id == mine.etcd_lease and attrs == mine.attrs
+                and listing.owners.get(key) == self.node.name):
+            log.info("reusing lease %s untouched", key)
+            return mine
+        revision = await self._write(
+            [tx.Mod(self.paths.subnet(key)) == mine.mod_revision], key, attrs, lease_id)
+        if revision is None:
+            if lease_id and lease_id != mine.etcd_lease:
+                await self.etcd.revoke(lease_id)
+            return None
+        log.info("reusing lease %s (%s)", key, "reservation" if mine.reserved else "renewed")
+        return Lease(mine.key, attrs, lease_id, revision)
+
+    async def _alive(self, lease_id: int) -> bool:
+        try:
+            return await self.etcd.refresh(lease_id) > 0
+        except StoreUnavailable:
+            raise
+        except Exception:  # etcd answers "lease not found" as an error status
+            return False
+
+    async def _create(self, cfg: NetworkConfig, listing: _Listing,
+                      prefer: SubnetKey | None) -> Lease | None:
+        sub4 = sub6 = None
+        if cfg.ipv4:
+            taken = taken_in_pool(cfg.ipv4, (k.subnet for k in listing.keys if k.subnet))
+            sub4 = choose(cfg.ipv4, taken, [prefer and prefer.subnet], self.rng)
+        if cfg.ipv6:
+            taken = taken_in_pool(cfg.ipv6, (k.subnet6 for k in listing.keys if k.subnet6))
+            sub6 = choose(cfg.ipv6, taken, [prefer and prefer.subnet6], self.rng)
+        key = SubnetKey(sub4, sub6)  # type: ignore[arg-type]
+        name = str(key)
+        attrs = self.attrs_for(key)
+        lease_id = await self.etcd.grant(self.ttl)
+        # Create-if-absent. For IPv4 the compare covers every key starting with our IPv4 half,
+        # so a dual-stack key holding the same IPv4 subnet also counts as taken.
+        first = self.paths.subnet(str(SubnetKey(sub4)) if sub4 else name)
+        compare = [tx.Create(first, prefix_end(first) if sub4 else None) == 0]
+        revision = await self._write(compare, name, attrs, lease_id)
+        if revision is None:
+            await self.etcd.revoke(lease_id)
+            return None
+        lease = Lease(key, attrs, lease_id, revision)
+        if sub6 is not None and not await self._won_ipv6(lease, revision):
+            await self._delete(lease)
+            await self.etcd.revoke(lease_id)
+            return None
+        log.info("acquired new lease %s", name)
+        return lease
+
+    async def _write(self, compare: list, key: str, attrs: LeaseAttrs, lease_id: int
+                     ) -> int | None:
+        """Put the subnet key and its owner record if `compare` holds; the key's new revision."""
+        ok, resp = await self.etcd.txn(compare, [
+            tx.Put(self.paths.subnet(key), attrs.encode(), lease_id or None),
+            tx.Put(self.paths.owner(key), self.node.name.encode(), lease_id or None),
+            tx.Get(self.paths.subnet(key)),
+        ])
+        return resp[2][0][1].mod_revision if ok else None
+
+    async def _won_ipv6(self, lease: Lease, revision: int) -> bool:
+        """An IPv6 half can't be prefix-compared inside a dual-stack key: check after writing,
+        and let the older key win."""
+        listing = await self._list()
+        ours = str(lease.key)
+        return not any(
+            k.subnet6 == lease.key.subnet6 and str(k) != ours
+            and listing.create_revisions[str(k)] < revision
+            for k in listing.keys
+        )
+
+    async def _delete(self, lease: Lease) -> None:
+        key = str(lease.key)
+        await self.etcd.txn(
+            [tx.Mod(self.paths.subnet(key)) == lease.mod_revision],
+            [tx.Delete(self.paths.subnet(key)), tx.Delete(self.paths.owner(key))],
+        )
+
+    async def release(self) -> None:
+        """Give the subnet back (a node leaving for good). A normal stop keeps the lease."""
+        if self.lease is not None and not self.lease.reserved:
+            await self.etcd.revoke(self.lease.etcd_lease)
+        self.lease = None
+
+    # -- keeping it ----------------------------------------------------------------------------
+
+    def check_soon(self) -> None:
+        """Tell the keepalive loop to verify the lease now (e.g. the watch saw our key go)."""
+        self._check.set()
+
+    def renew_interval(self) -> float:
+        return max(1.0, min(self.ttl / 3, self.ttl - self.renew_margin))
+
+    async def keepalive(self, cfg: NetworkConfig,
+                        on_lost: Callable[[LeaseLost], Awaitable[None]] | None = None) -> None:
+        """Refresh the lease every renew_interval(); on loss re-acquire, preferring the same
+        subnet, and report it. Store outages are retried with backoff, never raised."""
+        backoff = Backoff(0.5, 10)
+        delay = self.renew_interval()
+        while True:
+            try:
+                await asyncio.wait_for(self._check.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            self._check.clear()
+            lease = self.lease
+            assert lease is not None, "keepalive() before acquire()"
+            try:
+                reason = await self._verify(lease)
+                if reason is not None:
+                    self.losses += 1
+                    log.warning("lease %s lost (%s); re-acquiring", lease.key, reason)
+                    new = await self.acquire(cfg, prefer=lease.key)
+                    if on_lost is not None:
+                        await on_lost(LeaseLost(lease, new, reason))
+                backoff.reset()
+                delay = self.renew_interval()
+            except StoreUnavailable as e:
+                delay = backoff.next_delay()
+                log.warning("lease keepalive: %s; retrying in %.1fs", e, delay)
+
+    async def _verify(self, lease: Lease) -> str | None:
+        """None while the lease is held (refreshing it); else why it is gone."""
+        if not lease.reserved:
+            if not await self._alive(lease.etcd_lease):
+                return "etcd lease expired or revoked"
+            self.renewals += 1
+        kv = await self.etcd.get(self.paths.subnet(str(lease.key)))
+        if kv is None:
+            return "subnet key deleted"
+        if kv.lease != lease.etcd_lease:
+            return "subnet key rewritten by someone else"
+        return None

@@ -1,0 +1,46 @@
+"""Small, stable integer IDs per node name (contiv-style), allocated create-if-absent.
+
+Kept under `<prefix>/vxnet/` without an etcd lease: an ID survives restarts and lease loss.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aetcd import transactions as tx
+
+from vxnet.errors import VxnetError
+from vxnet.store.etcd import Etcd
+from vxnet.store.paths import Paths
+
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+
+
+def check_node_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise VxnetError(f"--node-name: {name!r} is not a valid node name "
+                         "(letters, digits, '.', '_', '-'; at most 253)")
+    return name
+
+
+async def node_id(etcd: Etcd, paths: Paths, name: str, attempts: int = 100) -> int:
+    """This node's ID: the one it had, else the lowest free one, claimed in one transaction."""
+    check_node_name(name)
+    for _ in range(attempts):
+        existing = await etcd.get(paths.node(name))
+        if existing is not None:
+            try:
+                return int(existing.value)
+            except ValueError:
+                raise VxnetError(f"{paths.node(name).decode()}: holds {existing.value[:40]!r}, "
+                                 "not a node ID") from None
+        kvs, _ = await etcd.get_prefix(paths.node_ids)
+        used = {int(kv.key.rsplit(b"/", 1)[1]) for kv in kvs if kv.key.rsplit(b"/", 1)[1].isdigit()}
+        n = next(i for i in range(1, len(used) + 2) if i not in used)
+        ok, _ = await etcd.txn(
+            [tx.Create(paths.node(name)) == 0, tx.Create(paths.node_id(n)) == 0],
+            [tx.Put(paths.node(name), str(n).encode()), tx.Put(paths.node_id(n), name.encode())],
+        )
+        if ok:
+            return n
+    raise VxnetError(f"could not allocate a node ID for {name!r} after {attempts} attempts")

@@ -1,0 +1,163 @@
+"""Snapshot + watch of all subnet leases, as typed events, surviving etcd restarts and compaction.
+
+The contract: after snapshot(), events() yields every change exactly once, in order. A dropped
+stream resumes from the last revision seen (events already delivered at that revision are
+skipped, since one revision may hold several keys); a compacted start revision is recovered by
+re-listing and turning the difference into events.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aetcd.exceptions as aexc
+from aetcd.rtypes import Event
+
+from vxnet.backoff import Backoff
+from vxnet.errors import LeaseDecodeError, StoreUnavailable
+from vxnet.store.etcd import Etcd
+from vxnet.store.lease import Lease, decode_lease
+from vxnet.store.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+class EventKind(enum.Enum):
+    ADDED = "added"
+    CHANGED = "changed"
+    REMOVED = "removed"  # carries the last known lease
+    INVALID = "invalid"  # a key whose value could not be decoded: skip it, report it
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEvent:
+    kind: EventKind
+    key: str
+    lease: Lease | None
+    revision: int
+    error: LeaseDecodeError | None = None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    leases: dict[str, Lease]
+    invalid: dict[str, LeaseDecodeError]
+    revision: int
+
+
+@dataclass(slots=True)
+class _State:
+    known: dict[str, Lease] = field(default_factory=dict)
+    invalid: dict[str, LeaseDecodeError] = field(default_factory=dict)
+    revision: int = 0
+    seen_at_revision: set[str] = field(default_factory=set)
+
+
+class LeaseWatcher:
+    def __init__(self, etcd: Etcd, paths: Paths) -> None:
+        self.etcd, self.paths = etcd, paths
+        self._s = _State()
+        self.relists = 0
+        self.rewatches = 0
+
+    @property
+    def leases(self) -> dict[str, Lease]:
+        return self._s.known
+
+    @property
+    def revision(self) -> int:
+        return self._s.revision
+
+    async def _list(self) -> Snapshot:
+        kvs, revision = await self.etcd.get_prefix(self.paths.subnets)
+        snap = Snapshot({}, {}, revision)
+        for kv in kvs:
+            key = self._name(kv.key)
+            try:
+                snap.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+            except LeaseDecodeError as e:
+                snap.invalid[key] = e
+        return snap
+
+    def _name(self, raw: bytes) -> str:
+        return raw[len(self.paths.subnets):].decode(errors="replace")
+
+    async def snapshot(self) -> Snapshot:
+        """All leases now, and the revision events() will continue from."""
+        snap = await self._list()
+        self._s = _State(dict(snap.leases), dict(snap.invalid), snap.revision)
+        return snap
+
+    async def events(self) -> AsyncIterator[LeaseEvent]:
+        backoff = Backoff(0.2, 5)
+        while True:
+            s = self._s
+            start = s.revision if s.seen_at_revision else s.revision + 1
+            try:
+                async for ev in self.etcd.watch_prefix(self.paths.subnets, start):
+                    backoff.reset()
+                    for out in self._apply(ev):
+                        yield out
+                raise StoreUnavailable("watch stream ended")
+            except StoreUnavailable as e:
+                self.rewatches += 1
+                log.warning("lease watch: %s; resuming from revision %d", e, s.revision)
+                await backoff.sleep()
+            except aexc.RevisionCompactedError as e:
+                self.relists += 1
+                log.warning("lease watch: revision %d compacted (%s); re-listing", start, e)
+                try:
+                    for out in await self._relist():
+                        yield out
+                except StoreUnavailable as e2:
+                    log.warning("lease re-list: %s", e2)
+                    await backoff.sleep()
+
+    def _apply(self, ev: Event) -> list[LeaseEvent]:
+        s = self._s
+        key, rev = self._name(ev.kv.key), ev.kv.mod_revision
+        if rev == s.revision and key in s.seen_at_revision:
+            return []  # delivered before the stream dropped
+        if rev != s.revision:
+            s.revision, s.seen_at_revision = rev, set()
+        s.seen_at_revision.add(key)
+        if ev.kind == "DELETE":
+            s.invalid.pop(key, None)
+            prev = s.known.pop(key, None)
+            return [] if prev is None else [LeaseEvent(EventKind.REMOVED, key, prev, rev)]
+        try:
+            lease = decode_lease(key, ev.kv.value, ev.kv.lease, rev)
+        except LeaseDecodeError as e:
+            s.invalid[key] = e
+            prev = s.known.pop(key, None)
+            invalid = LeaseEvent(EventKind.INVALID, key, None, rev, e)
+            # the peer's valid data is gone: stop routing to it rather than to stale data
+            return [invalid] if prev is None else [LeaseEvent(EventKind.REMOVED, key, prev, rev),
+                                                   invalid]
+        s.invalid.pop(key, None)
+        prev = s.known.get(key)
+        s.known[key] = lease
+        if prev is None:
+            return [LeaseEvent(EventKind.ADDED, key, lease, rev)]
+        if prev.same_peer(lease) and prev.etcd_lease == lease.etcd_lease:
+            return []  # a rewrite of the same value: nothing for anyone to do
+        return [LeaseEvent(EventKind.CHANGED, key, lease, rev)]
+
+    async def _relist(self) -> list[LeaseEvent]:
+        snap = await self._list()
+        s, rev = self._s, snap.revision
+        out = [LeaseEvent(EventKind.REMOVED, k, old, rev)
+               for k, old in s.known.items() if k not in snap.leases]
+        for k, new in snap.leases.items():
+            old = s.known.get(k)
+            if old is None:
+                out.append(LeaseEvent(EventKind.ADDED, k, new, rev))
+            elif not (old.same_peer(new) and old.etcd_lease == new.etcd_lease):
+                out.append(LeaseEvent(EventKind.CHANGED, k, new, rev))
+        out += [LeaseEvent(EventKind.INVALID, k, None, rev, e)
+                for k, e in snap.invalid.items() if k not in s.invalid]
+        self._s = _State(dict(snap.leases), dict(snap.invalid), rev)
+        return out
