@@ -32,6 +32,7 @@ class EtcdServer:
         self.name = name or f"vxnet-etcd-{os.getpid()}-{self.client_port}"
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-etcd-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "etcd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -53,10 +54,9 @@ class EtcdServer:
             "existing" if self.data_dir.exists() else "new",
             "--logger", "zap", "--log-outputs", "stderr",
         ]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self._wrap(argv), stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self._wrap(argv), stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.wait_healthy(timeout)
         return self
 

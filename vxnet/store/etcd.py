@@ -7,6 +7,7 @@ client over a list of endpoints, and one transient error type (StoreUnavailable)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class Etcd:
         if client is not None:
             try:
                 await asyncio.wait_for(client.close(), self.timeout)
-            except (Exception, asyncio.TimeoutError) as e:  # closing a dead channel may fail
+            except (TimeoutError, Exception) as e:  # closing a dead channel may fail
                 log.debug("closing etcd client: %r", e)
 
     async def failover(self) -> None:
@@ -196,10 +197,8 @@ class Etcd:
             await self.failover()
             raise StoreUnavailable(f"etcd {failed}: watch dropped: {type(e).__name__}") from None
         finally:
-            try:
+            with contextlib.suppress(Exception):  # the stream may be dead already
                 await asyncio.wait_for(watch.cancel(), 1)
-            except (Exception, asyncio.TimeoutError):
-                pass
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -6,6 +6,7 @@ Races never end the process: a lost create-if-absent transaction just means "pic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -85,7 +86,8 @@ class LeaseManager:
         for _ in range(attempts):
             listing = await self._list()
             mine, stale = self._find_mine(cfg, listing)
-            lease = await (self._reuse(mine, listing) if mine else self._create(cfg, listing, prefer))
+            lease = await (self._reuse(mine, listing) if mine
+                           else self._create(cfg, listing, prefer))
             if lease is None:  # lost a race: look again
                 await asyncio.sleep(self.rng.uniform(0, 0.05))
                 continue
@@ -245,10 +247,8 @@ class LeaseManager:
         backoff = Backoff(0.5, 10)
         delay = self.renew_interval()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
             self._check.clear()
             lease = self.lease
             assert lease is not None, "keepalive() before acquire()"

@@ -1,3 +1,4 @@
+import contextlib
 import ipaddress as ipa
 import json
 
@@ -14,7 +15,8 @@ FLANNEL_V4 = (b'{"PublicIP":"198.51.100.11","PublicIPv6":null,"BackendType":"vxl
 FLANNEL_DUAL = (b'{"PublicIP":"198.51.100.12","PublicIPv6":"2001:db8:100::12",'
                 b'"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"5a:11:22:33:44:55"},'
                 b'"BackendV6Data":{"VNI":1,"VtepMAC":"5a:11:22:33:44:66"}}')
-FLANNEL_OLD = b'{"PublicIP":"10.1.2.3","BackendType":"vxlan","BackendData":{"VtepMAC":"AA:BB:CC:DD:EE:01"}}'
+FLANNEL_OLD = (b'{"PublicIP":"10.1.2.3","BackendType":"vxlan",'
+               b'"BackendData":{"VtepMAC":"AA:BB:CC:DD:EE:01"}}')
 
 
 @pytest.mark.parametrize("text", ["10.5.52.0-24", "10.5.52.0-24&fc00::-64", "0.0.0.0-0&fc00::-64",
@@ -30,9 +32,10 @@ def test_key_fields():
     assert SubnetKey.parse("0.0.0.0-0&fc00::-64").subnet is None
 
 
-@pytest.mark.parametrize("text", ["", "10.5.52.0", "10.5.52.1-24", "10.5.52.0-33", "fc00::-64",
-                                  "10.5.52.0-24&", "10.5.52.0-24&10.0.0.0-8", "x-24", "10.5.52.0-２４",
-                                  "10.5.52.0-24&fc00::1-64", "0.0.0.0-0"])
+@pytest.mark.parametrize("text", [
+    "", "10.5.52.0", "10.5.52.1-24", "10.5.52.0-33", "fc00::-64", "10.5.52.0-24&",
+    "10.5.52.0-24&10.0.0.0-8", "x-24", "10.5.52.0-\uff12\uff14",  # full-width digits
+    "10.5.52.0-24&fc00::1-64", "0.0.0.0-0"])
 def test_bad_keys(text):
     with pytest.raises(LeaseDecodeError) as exc:
         SubnetKey.parse(text)
@@ -67,7 +70,8 @@ def test_decode_lease_checks_families():
 @pytest.mark.parametrize(("raw", "why"), [
     (b"nope", "not JSON"),
     (b"[1]", "not a JSON object"),
-    (b'{"PublicIP": 5, "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}', "PublicIP is not a string"),
+    (b'{"PublicIP": 5, "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}',
+     "PublicIP is not a string"),
     (b'{"PublicIP": "300.1.1.1", "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}',
      "is not an IP address"),
     (b'{"PublicIP": "fc00::1", "BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}', "is not IPv4"),
@@ -97,26 +101,20 @@ json_values = st.recursive(
 
 @given(st.binary(max_size=300))
 def test_random_bytes_only_raise_the_typed_error(raw):
-    try:
+    with contextlib.suppress(LeaseDecodeError):
         decode_lease("10.5.52.0-24", raw)
-    except LeaseDecodeError:
-        pass
 
 
 @given(json_values)
 def test_random_json_only_raises_the_typed_error(doc):
-    try:
+    with contextlib.suppress(LeaseDecodeError):
         decode_lease("10.5.52.0-24&fc00::-64", json.dumps(doc).encode())
-    except LeaseDecodeError:
-        pass
 
 
 @given(st.text(max_size=60))
 def test_random_keys_only_raise_the_typed_error(text):
-    try:
+    with contextlib.suppress(LeaseDecodeError):
         SubnetKey.parse(text)
-    except LeaseDecodeError:
-        pass
 
 
 @given(st.ip_addresses(v=4), st.binary(min_size=6, max_size=6), st.integers(0, (1 << 24) - 1),

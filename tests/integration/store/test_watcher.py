@@ -1,0 +1,109 @@
+import asyncio
+import ipaddress as ipa
+
+from vxnet.store.lease import LeaseAttrs
+from vxnet.store.watcher import EventKind, LeaseWatcher
+
+
+def value(i: int) -> bytes:
+    return LeaseAttrs(ipa.ip_address(f"198.51.100.{i}"), f"0e:00:00:00:00:{i:02x}").encode()
+
+
+async def collect(watcher, out: list, stop: asyncio.Event):
+    async for ev in watcher.events():
+        out.append(ev)
+        if stop.is_set():
+            return
+
+
+async def wait_for(pred, timeout=15.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_snapshot_then_typed_events(etcd, paths):
+    await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
+    await etcd.put(paths.subnet("10.244.9.0-24"), b"{broken")
+    w = LeaseWatcher(etcd, paths)
+    snap = await w.snapshot()
+    assert list(snap.leases) == ["10.244.1.0-24"] and list(snap.invalid) == ["10.244.9.0-24"]
+    got: list = []
+    task = asyncio.create_task(collect(w, got, asyncio.Event()))
+    try:
+        await etcd.put(paths.subnet("10.244.2.0-24"), value(2))
+        await etcd.put(paths.subnet("10.244.2.0-24"), value(2))  # same value: no event
+        await etcd.put(paths.subnet("10.244.2.0-24"), value(3))
+        await etcd.put(paths.subnet("10.244.1.0-24"), b"[]")  # valid -> garbage
+        await etcd.delete(paths.subnet("10.244.2.0-24"))
+        await wait_for(lambda: len(got) >= 5)
+    finally:
+        task.cancel()
+    assert [(e.kind, e.key) for e in got] == [
+        (EventKind.ADDED, "10.244.2.0-24"),
+        (EventKind.CHANGED, "10.244.2.0-24"),
+        (EventKind.REMOVED, "10.244.1.0-24"),
+        (EventKind.INVALID, "10.244.1.0-24"),
+        (EventKind.REMOVED, "10.244.2.0-24"),
+    ]
+    assert got[1].lease.attrs.public_ip == ipa.ip_address("198.51.100.3")
+    assert got[4].lease.attrs.public_ip == ipa.ip_address("198.51.100.3")  # last known lease
+    assert "not a JSON object" in str(got[3].error)
+
+
+async def test_etcd_restart_mid_watch_loses_and_repeats_nothing(etcd_server, etcd, paths):
+    w = LeaseWatcher(etcd, paths)
+    await w.snapshot()
+    got: list = []
+    task = asyncio.create_task(collect(w, got, asyncio.Event()))
+    try:
+        await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
+        await wait_for(lambda: len(got) == 1)
+        await asyncio.to_thread(etcd_server.stop)
+        await asyncio.sleep(1.5)  # the watch notices the outage and starts retrying
+        await asyncio.to_thread(etcd_server.start)
+        for i in range(2, 12):
+            for _ in range(50):  # the test's own client may need a moment to reconnect too
+                try:
+                    await etcd.put(paths.subnet(f"10.244.{i}.0-24"), value(i))
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+        await etcd.delete(paths.subnet("10.244.1.0-24"))
+        await wait_for(lambda: len(got) >= 12)
+        await asyncio.sleep(0.5)  # anything duplicated would arrive now
+    finally:
+        task.cancel()
+    assert [(e.kind, e.key) for e in got] == (
+        [(EventKind.ADDED, "10.244.1.0-24")]
+        + [(EventKind.ADDED, f"10.244.{i}.0-24") for i in range(2, 12)]
+        + [(EventKind.REMOVED, "10.244.1.0-24")])
+    assert w.rewatches >= 1
+
+
+async def test_compaction_past_the_watcher_is_recovered_by_relisting(etcd, paths):
+    for i in (1, 2, 3):
+        await etcd.put(paths.subnet(f"10.244.{i}.0-24"), value(i))
+    w = LeaseWatcher(etcd, paths)
+    await w.snapshot()
+    # While the watcher is not watching: one removed, one changed, one added, then compacted.
+    await etcd.delete(paths.subnet("10.244.1.0-24"))
+    await etcd.put(paths.subnet("10.244.2.0-24"), value(22))
+    await etcd.put(paths.subnet("10.244.4.0-24"), value(4))
+    await etcd.put(paths.subnet("10.244.4.0-24"), value(44))
+    _, rev = await etcd.get_prefix(paths.subnets)
+    await etcd.compact(rev)
+    got: list = []
+    task = asyncio.create_task(collect(w, got, asyncio.Event()))
+    try:
+        await wait_for(lambda: len(got) >= 3)
+        await etcd.put(paths.subnet("10.244.5.0-24"), value(5))  # and the watch goes on
+        await wait_for(lambda: len(got) >= 4)
+    finally:
+        task.cancel()
+    assert sorted((e.kind.value, e.key) for e in got[:3]) == [
+        ("added", "10.244.4.0-24"), ("changed", "10.244.2.0-24"), ("removed", "10.244.1.0-24")]
+    assert (got[3].kind, got[3].key) == (EventKind.ADDED, "10.244.5.0-24")
+    assert w.relists == 1
+    assert set(w.leases) == {"10.244.2.0-24", "10.244.3.0-24", "10.244.4.0-24", "10.244.5.0-24"}

@@ -1,0 +1,3 @@
+from vxnet.cli import main
+
+main()
