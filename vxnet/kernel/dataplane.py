@@ -1,0 +1,373 @@
+"""Peer state for one overlay family on one VXLAN device: what the kernel must hold per peer,
+what of the kernel's is ours, and the order writes go in.
+
+Per remote peer: FDB `<peer VTEP MAC> -> <peer public IP>`, permanent neighbour `<peer .0> ->
+<peer VTEP MAC>`, and a route to the peer's subnet via its .0, onlink -- through a nexthop object
+when the kernel has them (inserts stay O(1) at 20k peers), else a plain gateway route. With
+DirectRouting and a peer on our parent's own subnet: only a route via its public IP there.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vxnet.ip import IPNetwork
+from vxnet.kernel import netlink as nl
+from vxnet.kernel.peer import Peer, PeerError, SubnetSpace, check_peer
+from vxnet.kernel.table import DeltaTable, Op
+
+log = logging.getLogger(__name__)
+
+PROTO_VXNET = 118  # our route/nexthop protocol number (free in iproute2's rt_protos)
+_NH_BASE = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
+_NH_SPAN = 0x10000
+_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
+
+
+@dataclass(frozen=True, slots=True)
+class PlaneSpec:
+    family: int  # overlay address family
+    ifindex: int  # our VXLAN device
+    underlay_version: int
+    local_subnet: IPNetwork | None = None
+    network: IPNetwork | None = None
+    parent_ifindex: int = 0
+    parent_networks: tuple[IPNetwork, ...] = ()  # connected subnets, for DirectRouting
+    direct_routing: bool = False
+    use_nexthops: bool = True
+
+    @property
+    def version(self) -> int:
+        return 4 if self.family == nl.AF_INET else 6
+
+
+@dataclass(slots=True)
+class PassResult:
+    writes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.writes.values())
+
+
+def _hex(b: bytes) -> str:
+    return b.hex(":") if len(b) == 6 else str(ipaddress.ip_address(b))
+
+
+class Dataplane:
+    def __init__(self, sock: nl.RtnlSocket, spec: PlaneSpec) -> None:
+        self.sock, self.spec = sock, spec
+        self.fdb: DeltaTable[nl.FdbKey, bytes] = DeltaTable(
+            "fdb", nl.fdb_set, nl.fdb_del, lambda k: k.mac.hex(":"))
+        self.neigh: DeltaTable[nl.NeighKey, bytes] = DeltaTable(
+            "neigh", nl.neigh_set, nl.neigh_del, lambda k: _hex(k.dst))
+        self.nexthop: DeltaTable[int, nl.Nexthop] = DeltaTable(
+            "nexthop", nl.nexthop_set, nl.nexthop_del, str)
+        self.route: DeltaTable[nl.RouteKey, nl.Route] = DeltaTable(
+            "route", nl.route_set, nl.route_del, lambda k: f"{_hex(k.dst)}/{k.dst_len}")
+        self.peers: dict[str, Peer] = {}
+        self.rejected: dict[str, str] = {}
+        self.parked = False
+        self._space = SubnetSpace()
+        self._macs: dict[str, str] = {}
+        self._entries: dict[str, list[tuple[DeltaTable[Any, Any], Any]]] = {}
+        self._nh_ids: dict[bytes, int] = {}  # gateway -> nexthop id
+        self._adopt: dict[bytes, int] = {}  # ids found in the kernel, taken over on first build
+        self._foreign_nh: set[int] = set()
+        self._next_nh = _NH_BASE[spec.family]
+        self._built = False
+        self._failing: dict[str, str] = {}
+
+    @property
+    def tables(self) -> tuple[DeltaTable[Any, Any], ...]:
+        # set order: L2 before L3, nexthop before the route using it; deletes go in reverse
+        return (self.fdb, self.neigh, self.nexthop, self.route)
+
+    # -- peers (desired state) ----------------------------------------------------------------------
+
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        new = {p.key: p for p in peers}
+        for key in [k for k in self.peers if k not in new] + [k for k in self.rejected
+                                                               if k not in new]:
+            self.remove_peer(key)
+        for p in new.values():
+            if self.peers.get(p.key) != p:
+                self.add_peer(p)
+
+    def add_peer(self, peer: Peer) -> str | None:
+        """Accept (or replace) a peer; returns why it was rejected, if it was."""
+        self.remove_peer(peer.key)
+        s = self.spec
+        try:
+            p = check_peer(peer, overlay_version=s.version, underlay_version=s.underlay_version,
+                           local=s.local_subnet, network=s.network)
+            other = self._space.conflict(p.subnet)
+            if other is not None:
+                raise PeerError(f"peer {p.key}: subnet {p.subnet} overlaps peer {other}")
+            if p.vtep_mac in self._macs:
+                raise PeerError(f"peer {p.key}: VTEP MAC {p.vtep_mac} is already peer "
+                                f"{self._macs[p.vtep_mac]}'s")
+        except PeerError as e:
+            if self.rejected.get(peer.key) != str(e):
+                log.warning("skipping %s", e)
+            self.rejected[peer.key] = str(e)
+            return str(e)
+        self.peers[p.key] = p
+        self._space.add(p.subnet, p.key)
+        self._macs[p.vtep_mac] = p.key
+        if self._built:
+            self._install(p)
+        return None
+
+    def remove_peer(self, key: str) -> None:
+        self.rejected.pop(key, None)
+        p = self.peers.pop(key, None)
+        if p is None:
+            return
+        self._space.remove(p.subnet)
+        self._macs.pop(p.vtep_mac, None)
+        for table, k in self._entries.pop(key, []):
+            table.delete_desired(k)
+            if table is self.nexthop:
+                self._nh_ids.pop(p.subnet.network_address.packed, None)
+
+    def _direct(self, p: Peer) -> bool:
+        return self.spec.direct_routing and any(p.public_ip in n for n in
+                                                self.spec.parent_networks)
+
+    def _install(self, p: Peer) -> None:
+        s = self.spec
+        gw = p.subnet.network_address.packed
+        rkey = nl.RouteKey(s.family, gw, p.subnet.prefixlen)
+        ents: list[tuple[DeltaTable[Any, Any], Any, Any]]
+        if self._direct(p):
+            ents = [(self.route, rkey, nl.Route(PROTO_VXNET, oif=s.parent_ifindex,
+                                                gateway=p.public_ip.packed))]
+        else:
+            mac = p.mac_bytes
+            ents = [(self.fdb, nl.FdbKey(s.ifindex, mac), p.public_ip.packed),
+                    (self.neigh, nl.NeighKey(s.family, s.ifindex, gw), mac)]
+            if s.use_nexthops:
+                nhid = self._nh_id(gw)
+                ents += [(self.nexthop, nhid, nl.Nexthop(s.family, s.ifindex, gw, True,
+                                                         PROTO_VXNET)),
+                         (self.route, rkey, nl.Route(PROTO_VXNET, nhid=nhid))]
+            else:
+                ents.append((self.route, rkey, nl.Route(PROTO_VXNET, oif=s.ifindex, gateway=gw,
+                                                        onlink=True)))
+        for table, k, v in ents:
+            table.set_desired(k, v)
+        self._entries[p.key] = [(t, k) for t, k, _ in ents]
+
+    def _nh_id(self, gw: bytes) -> int:
+        if gw in self._nh_ids:
+            return self._nh_ids[gw]
+        nhid = self._adopt.pop(gw, None)
+        if nhid is None or nhid in self.nexthop.desired:
+            base = _NH_BASE[self.spec.family]
+            for _ in range(_NH_SPAN):
+                nhid, self._next_nh = self._next_nh, base + (self._next_nh + 1 - base) % _NH_SPAN
+                if (nhid not in self.nexthop.desired and nhid not in self.nexthop.kernel
+                        and nhid not in self._foreign_nh):
+                    break
+            else:
+                raise PeerError(f"no free nexthop id left in {base:#x}+{_NH_SPAN}")
+        self._nh_ids[gw] = nhid
+        return nhid
+
+    # -- the kernel --------------------------------------------------------------------------------
+
+    def resync(self) -> PassResult:
+        """Dump every table, then write only what differs. The first one also builds desired
+        state, adopting the nexthop ids an earlier run left, so a restart writes nothing."""
+        if self.parked:
+            return PassResult()
+        t0 = time.perf_counter()
+        nexthops = self._dump_nexthops() if self.spec.use_nexthops else {}
+        if not self._built:
+            self._adopt = {}
+            for nhid, nh in sorted(nexthops.items()):
+                self._adopt.setdefault(nh.gateway, nhid)
+            self._built = True
+            for p in self.peers.values():
+                self._install(p)
+            self._adopt = {}
+        self.nexthop.load_kernel(nexthops)
+        self.fdb.load_kernel(self._dump_fdb())
+        self.neigh.load_kernel(self._dump_neigh())
+        self.route.load_kernel(self._dump_routes())
+        result = self.apply()
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def apply(self) -> PassResult:
+        """Write what the dirty keys need: sets in table order, then deletes in reverse."""
+        result = PassResult()
+        if self.parked or not self._built:
+            return result
+        t0 = time.perf_counter()
+        plans = [t.plan() for t in self.tables]
+        ops: list[Op[Any, Any]] = [op for sets, _ in plans for op in sets]
+        ops += [op for _, dels in reversed(plans) for op in dels]
+        if not ops:
+            return result
+        failed = {id(f.entry): f.error for f in self.sock.batch((op, op.request()) for op in ops)}
+        for op in ops:
+            err = failed.get(id(op))
+            ok = err is None or (op.delete and err.errno in _GONE)
+            op.table.record(op, ok)
+            if ok:
+                result.writes[op.table.name] += 1
+                self._failing.pop(str(op), None)
+            else:
+                result.failures.append(str(err))
+                if self._failing.get(str(op)) != str(err):
+                    log.warning("kernel write failed: %s", err)
+                self._failing[str(op)] = str(err)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def rebind(self, ifindex: int, **changes: Any) -> None:
+        """Our device was recreated (new ifindex) or its surroundings changed: rebuild desired
+        state against it at the next resync."""
+        self.spec = replace(self.spec, ifindex=ifindex, **changes)
+        for t in self.tables:
+            t.desired, t.kernel, t.dirty = {}, {}, set()
+        self._entries, self._nh_ids, self._built, self.parked = {}, {}, False, False
+
+    # -- dumps, each keeping only what is ours -------------------------------------------------------
+
+    def _owns_route(self, table: int, key: nl.RouteKey, r: nl.Route) -> bool:
+        return table == nl.RT_TABLE_MAIN and key.family == self.spec.family and (
+            r.protocol == PROTO_VXNET
+            or (r.oif == self.spec.ifindex and r.protocol == nl.RTPROT_BOOT))
+
+    def _dump_routes(self) -> dict[nl.RouteKey, nl.Route]:
+        out = {}
+        for _, buf, off, end in self.sock.dump(nl.RTM_GETROUTE,
+                                               nl.route_dump_request(self.spec.family)):
+            r = nl.parse_route(buf, off, end)
+            if r is not None and self._owns_route(*r):
+                out[r[1]] = r[2]
+        return out
+
+    def _neigh_value(self, fam: int, ifindex: int, state: int, flags: int,
+                     a: dict[int, bytes]) -> tuple[DeltaTable[Any, Any], Any, Any] | None:
+        """(table, key, value-or-None) for a neighbour message on our device, else None."""
+        if ifindex != self.spec.ifindex or nl.NDA_LLADDR not in a or nl.NDA_DST not in a:
+            return None
+        permanent = bool(state & nl.NUD_PERMANENT)
+        if fam == nl.AF_BRIDGE:
+            mac = a[nl.NDA_LLADDR]
+            if mac == bytes(6):
+                return None  # flood entries are not ours
+            ok = permanent and flags & nl.NTF_SELF
+            return self.fdb, nl.FdbKey(ifindex, mac), a[nl.NDA_DST] if ok else None
+        if fam == self.spec.family:
+            key = nl.NeighKey(fam, ifindex, a[nl.NDA_DST])
+            return self.neigh, key, a[nl.NDA_LLADDR] if permanent else None
+        return None
+
+    def _dump_l2(self, family: int, table: DeltaTable[Any, Any]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for _, buf, off, end in self.sock.dump(nl.RTM_GETNEIGH,
+                                               nl.neigh_dump_request(family, self.spec.ifindex)):
+            got = self._neigh_value(*nl.parse_neigh(buf, off, end))
+            if got is not None and got[0] is table and got[2] is not None:
+                out.setdefault(got[1], got[2])
+        return out
+
+    def _dump_fdb(self) -> dict[nl.FdbKey, bytes]:
+        return self._dump_l2(nl.AF_BRIDGE, self.fdb)
+
+    def _dump_neigh(self) -> dict[nl.NeighKey, bytes]:
+        return self._dump_l2(self.spec.family, self.neigh)
+
+    def _dump_nexthops(self) -> dict[int, nl.Nexthop]:
+        out, self._foreign_nh = {}, set()
+        for _, buf, off, end in self.sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
+            got = nl.parse_nexthop(buf, off, end)
+            if got is None:
+                continue
+            nhid, nh = got
+            if nh.protocol == PROTO_VXNET and nh.oif == self.spec.ifindex:
+                out[nhid] = nh
+            elif not (_NH_BASE[self.spec.family] <= nhid < _NH_BASE[self.spec.family] + _NH_SPAN
+                      and nh.protocol == PROTO_VXNET):
+                self._foreign_nh.add(nhid)
+        return out
+
+    # -- notifications ------------------------------------------------------------------------------
+
+    def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> bool:
+        """Fold one netlink notification into the kernel caches; True if it touched ours."""
+        if mtype in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
+            r = nl.parse_route(buf, off, end)
+            if r is None or r[0] != nl.RT_TABLE_MAIN or r[1].family != self.spec.family:
+                return False
+            _, key, value = r
+            if mtype == nl.RTM_DELROUTE:
+                if self.route.kernel.get(key) != value:
+                    return False
+                self.route.kernel_changed(key, None)
+            elif self._owns_route(*r):
+                self.route.kernel_changed(key, value)
+            elif key in self.route.desired:  # someone else's route took our key
+                self.route.kernel_changed(key, None)
+            else:
+                return False
+            return True
+        if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
+            got = self._neigh_value(*nl.parse_neigh(buf, off, end))
+            if got is None:
+                return False
+            table, key, value = got
+            if mtype == nl.RTM_DELNEIGH:
+                if table.kernel.get(key) != value and table is self.fdb:
+                    return False  # another remote of the same MAC went
+                value = None
+            table.kernel_changed(key, value)
+            return True
+        if mtype in (nl.RTM_NEWNEXTHOP, nl.RTM_DELNEXTHOP) and self.spec.use_nexthops:
+            got = nl.parse_nexthop(buf, off, end)
+            if got is None:
+                return False
+            nhid, nh = got
+            if nhid not in self.nexthop.desired and nhid not in self.nexthop.kernel:
+                return False
+            ours = nh.protocol == PROTO_VXNET and nh.oif == self.spec.ifindex
+            if mtype == nl.RTM_DELNEXTHOP or not ours:
+                self.nexthop.kernel_changed(nhid, None)
+                # the kernel drops routes using a deleted nexthop without telling anyone
+                for k, v in list(self.route.kernel.items()):
+                    if v.nhid == nhid:
+                        self.route.kernel_changed(k, None)
+            else:
+                self.nexthop.kernel_changed(nhid, nh)
+            return True
+        return False
+
+    # -- introspection ------------------------------------------------------------------------------
+
+    def drift(self) -> dict[str, dict[str, list[str]]]:
+        out = {}
+        for t in self.tables:
+            missing, wrong, extra = t.drift()
+            if missing or wrong or extra:
+                out[t.name] = {"missing": [t.show(k) for k in missing],
+                               "wrong": [t.show(k) for k in wrong],
+                               "extra": [t.show(k) for k in extra]}
+        return out
+
+    @property
+    def writes(self) -> dict[str, int]:
+        return {t.name: t.writes for t in self.tables}

@@ -1,0 +1,88 @@
+"""A remote node as the data plane sees it, and the checks that keep one bad peer harmless."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vxnet.errors import VxnetError
+from vxnet.ip import IPAddress, IPNetwork, normalize_mac
+
+
+class PeerError(VxnetError):
+    """This peer can't be programmed; every other peer still is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    key: str  # the lease key it came from, for logs and /v1/state
+    subnet: IPNetwork
+    public_ip: IPAddress
+    vtep_mac: str
+
+    @property
+    def mac_bytes(self) -> bytes:
+        return bytes.fromhex(self.vtep_mac.replace(":", ""))
+
+
+class SubnetSpace:
+    """Accepted subnets as integers, for O(prefix length) overlap checks at 20k peers."""
+
+    def __init__(self) -> None:
+        self._exact: dict[tuple[int, int, int], str] = {}  # (version, plen, net int) -> owner
+        self._covered: dict[tuple[int, int, int], int] = {}  # ancestors of accepted subnets
+
+    @staticmethod
+    def _id(net: IPNetwork) -> tuple[int, int, int]:
+        return net.version, net.prefixlen, int(net.network_address)
+
+    def _ancestors(self, net: IPNetwork) -> list[tuple[int, int, int]]:
+        bits, addr = net.max_prefixlen, int(net.network_address)
+        return [(net.version, p, addr >> (bits - p) << (bits - p)) for p in range(net.prefixlen)]
+
+    def conflict(self, net: IPNetwork) -> str | None:
+        """The owner of an accepted subnet that overlaps `net`, if any."""
+        me = self._id(net)
+        if me in self._exact:
+            return self._exact[me]
+        for anc in self._ancestors(net):
+            if anc in self._exact:
+                return self._exact[anc]
+        if me in self._covered:
+            return "a longer subnet inside it"
+        return None
+
+    def add(self, net: IPNetwork, owner: str) -> None:
+        self._exact[self._id(net)] = owner
+        for anc in self._ancestors(net):
+            self._covered[anc] = self._covered.get(anc, 0) + 1
+
+    def remove(self, net: IPNetwork) -> None:
+        if self._exact.pop(self._id(net), None) is None:
+            return
+        for anc in self._ancestors(net):
+            n = self._covered[anc] - 1
+            if n:
+                self._covered[anc] = n
+            else:
+                del self._covered[anc]
+
+
+def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,
+               local: IPNetwork | None, network: IPNetwork | None) -> Peer:
+    """Raise PeerError naming the problem, or return the peer with its MAC normalised."""
+    if peer.subnet.version != overlay_version:
+        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is not IPv{overlay_version}")
+    if peer.public_ip.version != underlay_version:
+        raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is not IPv{underlay_version}"
+                        " like our underlay")
+    if network is not None and not peer.subnet.subnet_of(network):  # type: ignore[arg-type]
+        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is outside the network {network}")
+    if local is not None and peer.subnet.overlaps(local):  # type: ignore[arg-type]
+        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} overlaps our own {local}")
+    if peer.subnet.num_addresses < 2:
+        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is a single address")
+    try:
+        mac = normalize_mac(peer.vtep_mac)
+    except ValueError as e:
+        raise PeerError(f"peer {peer.key}: VTEP {e}") from None
+    return Peer(peer.key, peer.subnet, peer.public_ip, mac)

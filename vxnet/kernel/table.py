@@ -1,0 +1,116 @@
+"""The one desired-vs-kernel mechanism, reused by every table (routes, neighbours, FDB, nexthops).
+
+Modelled on Calico Felix's delta tracker: each table holds what we want, what we believe the
+kernel holds (from dumps, our own writes and netlink notifications), and the keys where the two
+may differ. A pass turns only those keys into requests (`replace` or `delete`, never a flush),
+so an unchanged entry is never written and traffic through it never notices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Request = tuple[int, int, bytes]
+_ABSENT = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[K, V]):
+    """One planned kernel write; `value` is the new value (set) or the kernel's (delete)."""
+
+    table: DeltaTable[K, V]
+    delete: bool
+    key: K
+    value: V
+
+    def request(self) -> Request:
+        t = self.table
+        return t.encode_del(self.key, self.value) if self.delete else \
+            t.encode_set(self.key, self.value)
+
+    def __str__(self) -> str:
+        return f"{'delete' if self.delete else 'set'} {self.table.name} {self.table.show(self.key)}"
+
+
+@dataclass(eq=False)
+class DeltaTable(Generic[K, V]):
+    name: str
+    encode_set: Callable[[K, V], Request]
+    encode_del: Callable[[K, V], Request]
+    show: Callable[[K], str] = str
+    desired: dict[K, V] = field(default_factory=dict)
+    kernel: dict[K, V] = field(default_factory=dict)
+    dirty: set[K] = field(default_factory=set)
+    writes: int = 0  # successful kernel writes since start
+
+    # -- what we want ----------------------------------------------------------------------------
+    def set_desired(self, key: K, value: V) -> None:
+        if self.desired.get(key, _ABSENT) != value:
+            self.desired[key] = value
+            self.dirty.add(key)
+
+    def delete_desired(self, key: K) -> None:
+        if self.desired.pop(key, None) is not None:
+            self.dirty.add(key)
+
+    def replace_desired(self, desired: dict[K, V]) -> None:
+        old = self.desired
+        self.dirty.update(k for k in old.keys() - desired.keys())
+        self.dirty.update(k for k, v in desired.items() if old.get(k, _ABSENT) != v)
+        self.desired = desired
+
+    # -- what the kernel has -----------------------------------------------------------------------
+    def load_kernel(self, kernel: dict[K, V]) -> None:
+        """A fresh dump: every key where dump, cache or desire disagree becomes dirty."""
+        old = self.kernel
+        self.kernel = kernel
+        self.dirty.update(k for k in old.keys() - kernel.keys())
+        self.dirty.update(k for k, v in kernel.items() if self.desired.get(k) != v)
+        self.dirty.update(k for k, v in self.desired.items() if kernel.get(k) != v)
+
+    def kernel_changed(self, key: K, value: V | None) -> None:
+        """A notification (or knowledge) that the kernel now holds `value` (None: nothing)."""
+        if value is None:
+            if self.kernel.pop(key, None) is None:
+                return
+        elif self.kernel.get(key) == value:
+            return
+        else:
+            self.kernel[key] = value
+        self.dirty.add(key)
+
+    # -- the pass ------------------------------------------------------------------------------------
+    def plan(self) -> tuple[list[Op[K, V]], list[Op[K, V]]]:
+        """(sets, deletes) needed for the dirty keys; keys already in step are cleaned."""
+        sets, dels = [], []
+        for key in self.dirty:
+            want, have = self.desired.get(key), self.kernel.get(key)
+            if want is not None:
+                if have != want:
+                    sets.append(Op(self, False, key, want))
+            elif have is not None:
+                dels.append(Op(self, True, key, have))
+        self.dirty = set()
+        return sets, dels
+
+    def record(self, op: Op[K, V], ok: bool) -> None:
+        """Outcome of a planned op: the cache follows success; a failure stays dirty."""
+        if ok:
+            self.writes += 1
+            if op.delete:
+                self.kernel.pop(op.key, None)
+            else:
+                self.kernel[op.key] = op.value
+        else:
+            self.dirty.add(op.key)
+
+    def drift(self) -> tuple[list[K], list[K], list[K]]:
+        """(missing, wrong, extra) keys as of the cache: what /v1/state reports."""
+        missing = [k for k in self.desired if k not in self.kernel]
+        wrong = [k for k, v in self.desired.items() if k in self.kernel and self.kernel[k] != v]
+        extra = [k for k in self.kernel if k not in self.desired]
+        return missing, wrong, extra
