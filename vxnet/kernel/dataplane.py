@@ -92,7 +92,7 @@ class Dataplane:
         # set order: L2 before L3, nexthop before the route using it; deletes go in reverse
         return (self.fdb, self.neigh, self.nexthop, self.route)
 
-    # -- peers (desired state) ----------------------------------------------------------------------
+    # -- peers (desired state) ----------
 
     def set_peers(self, peers: Iterable[Peer]) -> None:
         new = {p.key: p for p in peers}
@@ -184,7 +184,7 @@ class Dataplane:
         self._nh_ids[gw] = nhid
         return nhid
 
-    # -- the kernel --------------------------------------------------------------------------------
+    # -- the kernel ----------
 
     def resync(self) -> PassResult:
         """Dump every table, then write only what differs. The first one also builds desired
@@ -244,7 +244,7 @@ class Dataplane:
             t.desired, t.kernel, t.dirty = {}, {}, set()
         self._entries, self._nh_ids, self._built, self.parked = {}, {}, False, False
 
-    # -- dumps, each keeping only what is ours -------------------------------------------------------
+    # -- dumps, each keeping only what is ours ----------
 
     def _owns_route(self, table: int, key: nl.RouteKey, r: nl.Route) -> bool:
         return table == nl.RT_TABLE_MAIN and key.family == self.spec.family and (
@@ -306,7 +306,7 @@ class Dataplane:
                 self._foreign_nh.add(nhid)
         return out
 
-    # -- notifications ------------------------------------------------------------------------------
+    # -- notifications ----------
 
     def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> bool:
         """Fold one netlink notification into the kernel caches; True if it touched ours."""
@@ -356,7 +356,7 @@ class Dataplane:
             return True
         return False
 
-    # -- introspection ------------------------------------------------------------------------------
+    # -- introspection ----------
 
     def drift(self) -> dict[str, dict[str, list[str]]]:
         out = {}

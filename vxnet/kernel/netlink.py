@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from vxnet.errors import VxnetError
 
-# --- constants (linux/netlink.h, rtnetlink.h, neighbour.h, nexthop.h) --------------------------
+# --- constants (linux/netlink.h, rtnetlink.h, neighbour.h, nexthop.h) ----------
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
 NLM_F_DUMP, NLM_F_REPLACE, NLM_F_CREATE = 0x300, 0x100, 0x400
@@ -80,7 +80,7 @@ def parse_attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
     return out
 
 
-# --- entries -------------------------------------------------------------------------------------
+# --- entries ----------
 # Keys and values are what the reconciler diffs; addresses are packed bytes (4 or 16), MACs 6.
 
 class RouteKey(NamedTuple):
@@ -118,7 +118,7 @@ class FdbKey(NamedTuple):
     mac: bytes
 
 
-# --- request encoders ----------------------------------------------------------------------------
+# --- request encoders ----------
 
 def _route_body(key: RouteKey, table: int, r: Route) -> bytes:
     scope, flags = RT_SCOPE_UNIVERSE, (RTNH_F_ONLINK if r.onlink else 0)
@@ -174,7 +174,7 @@ def nexthop_del(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
     return RTM_DELNEXTHOP, 0, _NHMSG.pack(nh.family, 0, 0, 0, 0) + _attr(NHA_ID, _U32.pack(nhid))
 
 
-# --- message parsers (dumps and notifications share them) ----------------------------------------
+# --- message parsers (dumps and notifications share them) ----------
 
 def parse_route(buf: bytes, off: int, end: int) -> tuple[int, RouteKey, Route] | None:
     """(table, key, value) of a unicast route, or None for anything else."""
@@ -212,7 +212,7 @@ def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
     return index, flags
 
 
-# --- the socket ----------------------------------------------------------------------------------
+# --- the socket ----------
 
 @dataclass(slots=True)
 class Failure:
@@ -338,7 +338,7 @@ def _ext_ack(data: bytes, off: int, end: int) -> str:
     return msg.rstrip(b"\0").decode(errors="replace")
 
 
-# --- dump requests ---------------------------------------------------------------------------------
+# --- dump requests ----------
 
 def route_dump_request(family: int) -> bytes:
     return _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)

@@ -47,7 +47,7 @@ class DeltaTable(Generic[K, V]):
     dirty: set[K] = field(default_factory=set)
     writes: int = 0  # successful kernel writes since start
 
-    # -- what we want ----------------------------------------------------------------------------
+    # -- what we want ----------
     def set_desired(self, key: K, value: V) -> None:
         if self.desired.get(key, _ABSENT) != value:
             self.desired[key] = value
@@ -63,7 +63,7 @@ class DeltaTable(Generic[K, V]):
         self.dirty.update(k for k, v in desired.items() if old.get(k, _ABSENT) != v)
         self.desired = desired
 
-    # -- what the kernel has -----------------------------------------------------------------------
+    # -- what the kernel has ----------
     def load_kernel(self, kernel: dict[K, V]) -> None:
         """A fresh dump: every key where dump, cache or desire disagree becomes dirty."""
         old = self.kernel
@@ -83,7 +83,7 @@ class DeltaTable(Generic[K, V]):
             self.kernel[key] = value
         self.dirty.add(key)
 
-    # -- the pass ------------------------------------------------------------------------------------
+    # -- the pass ----------
     def plan(self) -> tuple[list[Op[K, V]], list[Op[K, V]]]:
         """(sets, deletes) needed for the dirty keys; keys already in step are cleaned."""
         sets, dels = [], []

@@ -78,7 +78,7 @@ class LeaseManager:
         self.losses = 0
         self._check = asyncio.Event()
 
-    # -- acquisition ---------------------------------------------------------------------------
+    # -- acquisition ----------
 
     async def acquire(self, cfg: NetworkConfig, prefer: SubnetKey | None = None,
                       attempts: int = 100) -> Lease:
@@ -231,7 +231,7 @@ class LeaseManager:
             await self.etcd.revoke(self.lease.etcd_lease)
         self.lease = None
 
-    # -- keeping it ----------------------------------------------------------------------------
+    # -- keeping it ----------
 
     def check_soon(self) -> None:
         """Tell the keepalive loop to verify the lease now (e.g. the watch saw our key go)."""
