@@ -243,6 +243,7 @@ class Dataplane:
         for t in self.tables:
             t.desired, t.kernel, t.dirty = {}, {}, set()
         self._entries, self._nh_ids, self._built, self.parked = {}, {}, False, False
+        self._next_nh = _NH_BASE[self.spec.family]
 
     # -- dumps, each keeping only what is ours ----------
 
@@ -263,18 +264,19 @@ class Dataplane:
     def _neigh_value(self, fam: int, ifindex: int, state: int, flags: int,
                      a: dict[int, bytes]) -> tuple[DeltaTable[Any, Any], Any, Any] | None:
         """(table, key, value-or-None) for a neighbour message on our device, else None."""
-        if ifindex != self.spec.ifindex or nl.NDA_LLADDR not in a or nl.NDA_DST not in a:
+        if ifindex != self.spec.ifindex or nl.NDA_DST not in a:
             return None
         permanent = bool(state & nl.NUD_PERMANENT)
+        mac = a.get(nl.NDA_LLADDR)
         if fam == nl.AF_BRIDGE:
-            mac = a[nl.NDA_LLADDR]
-            if mac == bytes(6):
+            if mac is None or mac == bytes(6):
                 return None  # flood entries are not ours
             ok = permanent and flags & nl.NTF_SELF
             return self.fdb, nl.FdbKey(ifindex, mac), a[nl.NDA_DST] if ok else None
         if fam == self.spec.family:
+            # a deleted neighbour is reported without its MAC (first as FAILED, then gone)
             key = nl.NeighKey(fam, ifindex, a[nl.NDA_DST])
-            return self.neigh, key, a[nl.NDA_LLADDR] if permanent else None
+            return self.neigh, key, mac if permanent and mac else None
         return None
 
     def _dump_l2(self, family: int, table: DeltaTable[Any, Any]) -> dict[Any, Any]:

@@ -1,0 +1,75 @@
+"""A two-node lab per test, programmed directly through vxnet.kernel (no agent, no etcd)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress as ipa
+
+import pytest
+from pyroute2 import AsyncIPRoute
+
+from vxnet.kernel import netlink as nl
+from vxnet.kernel.device import DeviceSpec, default_name
+from vxnet.kernel.mac import vtep_mac
+from vxnet.kernel.monitor import Monitor, in_netns
+from vxnet.kernel.overlay import Overlay, open_overlay
+from vxnet.kernel.peer import Peer
+from vxnet.lab.topology import Lab, Node
+
+pytestmark = pytest.mark.netns
+NET4, NET6 = ipa.ip_network("10.244.0.0/16"), ipa.ip_network("fd00:10:244::/48")
+
+
+def subnet(node: Node, version: int = 4):
+    return ipa.ip_network(f"10.244.{node.index}.0/24" if version == 4
+                          else f"fd00:10:244:{node.index}::/64")
+
+
+def peer_of(node: Node, version: int = 4, **override) -> Peer:
+    sub = subnet(node, version)
+    p = Peer(f"{node.name}-v{version}", sub, node.ip if version == 4 else node.ip6, vtep_mac(sub))
+    return dataclasses.replace(p, **override)
+
+
+@dataclasses.dataclass
+class NodeKernel:
+    """The kernel half of one lab node, as the agent will hold it."""
+
+    node: Node
+    sock: nl.RtnlSocket
+    overlays: dict[int, Overlay]
+
+    def plane(self, version: int = 4):
+        return self.overlays[version].plane
+
+    def monitor(self, **kw) -> Monitor:
+        return Monitor(list(self.overlays.values()), netns=self.node.ns.name, **kw)
+
+
+async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:
+    with in_netns(node.ns.name):
+        sock = nl.RtnlSocket()
+    overlays = {}
+    async with AsyncIPRoute(netns=node.ns.name) as ipr:
+        parent = node.ifindex("eth0")
+        for v in versions:
+            sub = subnet(node, v)
+            dev = DeviceSpec(default_name(1, v), 1, 8472, node.ip if v == 4 else node.ip6,
+                             parent, vtep_mac(sub), 1450 if v == 4 else 1430, sub)
+            overlays[v] = await open_overlay(ipr, sock, dev, network=NET4 if v == 4 else NET6,
+                                             **kw)
+    return NodeKernel(node, sock, overlays)
+
+
+@pytest.fixture
+def lab():
+    lab = Lab("k")
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def two_nodes(lab):
+    return lab.add_node(1), lab.add_node(2)

@@ -1,0 +1,111 @@
+"""The lean codec against iproute2's own view of the same namespace."""
+
+import ipaddress as ipa
+import json
+import socket
+
+import pytest
+
+from tests.integration.kernel.conftest import open_node, peer_of
+from vxnet.kernel import netlink as nl
+
+pytestmark = pytest.mark.netns
+
+
+def ip_json(ns, *args):
+    return json.loads(ns.ip("-j", "-N", *args).stdout or "[]")
+
+
+def addr(b: bytes) -> str:
+    return str(ipa.ip_address(b))
+
+
+def all_routes(sock, family):
+    out = set()
+    for _, buf, off, end in sock.dump(nl.RTM_GETROUTE, nl.route_dump_request(family)):
+        r = nl.parse_route(buf, off, end)
+        if r and r[0] == nl.RT_TABLE_MAIN:
+            _, k, v = r
+            dst = "default" if k.dst_len == 0 else (
+                addr(k.dst) if k.dst_len == 8 * len(k.dst) else f"{addr(k.dst)}/{k.dst_len}")
+            out.add((dst, v.nhid or None, addr(v.gateway) if v.gateway else None,
+                     str(v.protocol)))
+    return out
+
+
+async def test_dumps_agree_with_iproute2(lab):
+    n1, n2, n3 = lab.add_node(1), lab.add_node(2), lab.add_node(3)
+    k = await open_node(n1, (4, 6))
+    k.plane(4).set_peers([peer_of(n2), peer_of(n3)])
+    k.plane(6).set_peers([peer_of(n2, 6)])
+    k.plane(4).resync()
+    k.plane(6).resync()
+    ns = n1.ns
+    ns.ip("route", "add", "10.77.0.0/16", "via", "198.51.100.254", "proto", "static")
+    ns.ip("route", "add", "default", "via", "198.51.100.254")
+    ns.ip("neigh", "add", "198.51.100.77", "lladdr", "0e:00:00:00:00:77", "dev", "eth0")
+
+    for fam, flag in ((socket.AF_INET, "-4"), (socket.AF_INET6, "-6")):
+        # a route through a nexthop object is its nhid; the gateway is the nexthop's business
+        theirs = {(r["dst"], r.get("nhid"), None if "nhid" in r else r.get("gateway"),
+                   str(r.get("protocol", 3)))
+                  for r in ip_json(ns, flag, "route", "show", "table", "main")
+                  if r.get("type", "unicast") == "unicast"}
+        assert all_routes(k.sock, fam) == theirs
+
+    ours_nh = {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
+               for nhid, v in k.plane(4)._dump_nexthops().items()}
+    ours_nh |= {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
+                for nhid, v in k.plane(6)._dump_nexthops().items()}
+    theirs_nh = {n["id"]: (n["gateway"], n1.ifindex(n["dev"]), "onlink" in n["flags"],
+                           int(n["protocol"])) for n in ip_json(ns, "nexthop")}
+    assert ours_nh == theirs_nh and len(ours_nh) == 3
+
+    for v, plane in ((4, k.plane(4)), (6, k.plane(6))):
+        dev = "flannel.1" if v == 4 else "flannel-v6.1"
+        theirs_neigh = {(n["dst"], n["lladdr"]) for n in ip_json(ns, "neigh", "show", "dev", dev)
+                        if "PERMANENT" in n["state"]}
+        assert {(addr(key.dst), mac.hex(":")) for key, mac in plane._dump_neigh().items()} == \
+            theirs_neigh
+        theirs_fdb = {(f["mac"], f["dst"]) for f in json.loads(
+            ns.run("bridge", "-j", "fdb", "show", "dev", dev).stdout)
+            if f.get("state") == "permanent" and "self" in f["flags"] and "dst" in f}
+        assert {(key.mac.hex(":"), addr(dst)) for key, dst in plane._dump_fdb().items()} == \
+            theirs_fdb
+        assert len(theirs_fdb) == (2 if v == 4 else 1)
+
+
+async def test_a_failing_request_is_reported_with_its_entry(two_nodes):
+    n1, _ = two_nodes
+    k = await open_node(n1)
+    dev = k.plane().spec.ifindex
+    gw = ipa.ip_address("10.244.9.0").packed
+    requests = [
+        ("good neigh", nl.neigh_set(nl.NeighKey(socket.AF_INET, dev, gw), bytes.fromhex(
+            "0e0000000009"))),
+        ("route via a missing nexthop", nl.route_set(nl.RouteKey(socket.AF_INET, gw, 24),
+                                                     nl.Route(118, nhid=424242))),
+        ("delete of nothing", nl.route_del(nl.RouteKey(socket.AF_INET, gw, 24),
+                                           nl.Route(118, oif=dev, gateway=gw, onlink=True))),
+        ("good fdb", nl.fdb_set(nl.FdbKey(dev, bytes.fromhex("0e0000000009")),
+                                ipa.ip_address("198.51.100.9").packed)),
+    ]
+    failures = k.sock.batch(requests)
+    assert [f.entry for f in failures] == ["route via a missing nexthop", "delete of nothing"]
+    assert failures[0].error.errno == 22 and "Nexthop id does not exist" in str(failures[0].error)
+    assert failures[0].error.entry == "route via a missing nexthop"
+    assert failures[1].error.errno in (3, 2)  # ESRCH
+    # the kernel went on past the failures
+    assert "0e:00:00:00:00:09" in n1.ns.ip("neigh", "show", "dev", "flannel.1").stdout
+    assert "198.51.100.9" in n1.ns.run("bridge", "fdb", "show", "dev", "flannel.1").stdout
+
+
+async def test_batches_larger_than_one_send(two_nodes):
+    n1, _ = two_nodes
+    k = await open_node(n1)
+    dev = k.plane().spec.ifindex
+    reqs = [(i, nl.neigh_set(nl.NeighKey(socket.AF_INET, dev, ipa.ip_address(
+        f"10.250.{i >> 8}.{i & 255}").packed), bytes([14, 0, 0, 0, i >> 8, i & 255])))
+            for i in range(3000)]
+    assert k.sock.batch(reqs) == []
+    assert len(k.plane()._dump_l2(socket.AF_INET, k.plane().neigh)) == 3000

@@ -1,0 +1,164 @@
+"""The VXLAN device (pyroute2): ensure it exists with exactly our attributes, never disturbing a
+compatible one. A device whose VNI, port, local IP, parent, GBP or learning differ is recreated
+with the same MAC; MTU, MAC and addresses are fixed in place."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
+
+from vxnet.errors import VxnetError
+from vxnet.ip import IPAddress, IPNetwork
+
+log = logging.getLogger(__name__)
+
+VXLAN_OVERHEAD = {4: 50, 6: 70}  # outer IP + UDP + VXLAN + inner Ethernet
+
+
+class DeviceError(VxnetError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    name: str
+    vni: int
+    port: int
+    local_ip: IPAddress
+    parent_ifindex: int
+    mac: str
+    mtu: int
+    subnet: IPNetwork  # its network address goes on the device as /32 or /128
+    gbp: bool = False
+    learning: bool = False
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+        return ipaddress.ip_interface((self.subnet.network_address, self.subnet.max_prefixlen))
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureResult:
+    ifindex: int
+    action: str  # "reused", "created", "recreated"
+    changes: tuple[str, ...] = ()
+
+
+def default_name(vni: int, version: int) -> str:
+    """flannel's names: flannel.<VNI> for the IPv4 overlay, flannel-v6.<VNI> for IPv6."""
+    return f"flannel.{vni}" if version == 4 else f"flannel-v6.{vni}"
+
+
+def device_mtu(underlay_mtu: int, underlay_version: int) -> int:
+    return underlay_mtu - VXLAN_OVERHEAD[underlay_version]
+
+
+async def get_link(ipr: AsyncIPRoute, **match: Any) -> Any | None:
+    try:
+        links = await ipr.link("get", **match)
+    except PyNetlinkError as e:
+        if e.code == 19:  # ENODEV
+            return None
+        raise
+    return links[0] if links else None
+
+
+def _incompatible(link: Any, spec: DeviceSpec) -> list[str]:
+    if link.get(("linkinfo", "kind")) != "vxlan":
+        return [f"kind {link.get(('linkinfo', 'kind'))} is not vxlan"]
+    info = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    local = info.get_attr("IFLA_VXLAN_LOCAL") or info.get_attr("IFLA_VXLAN_LOCAL6")
+    have = {
+        "VNI": info.get_attr("IFLA_VXLAN_ID"),
+        "port": info.get_attr("IFLA_VXLAN_PORT"),
+        "local IP": ipaddress.ip_address(local) if local else None,
+        "parent": info.get_attr("IFLA_VXLAN_LINK"),
+        "GBP": info.get_attr("IFLA_VXLAN_GBP") is not None,
+        "learning": bool(info.get_attr("IFLA_VXLAN_LEARNING")),
+    }
+    want = {"VNI": spec.vni, "port": spec.port, "local IP": spec.local_ip,
+            "parent": spec.parent_ifindex, "GBP": spec.gbp, "learning": spec.learning}
+    return [f"{k} {have[k]} != {want[k]}" for k in want if have[k] != want[k]]
+
+
+async def ensure_device(ipr: AsyncIPRoute, spec: DeviceSpec) -> EnsureResult:
+    link = await get_link(ipr, ifname=spec.name)
+    action = "reused"
+    if link is not None:
+        diff = _incompatible(link, spec)
+        if diff:
+            log.warning("device %s is incompatible (%s): recreating it", spec.name,
+                        "; ".join(diff))
+            await ipr.link("del", index=link["index"])
+            link, action = None, "recreated"
+    if link is None:
+        await _create(ipr, spec)
+        link = await get_link(ipr, ifname=spec.name)
+        if link is None:
+            raise DeviceError(f"device {spec.name} vanished right after being created")
+        action = "created" if action == "reused" else action
+    changes = await _fix_in_place(ipr, link, spec)
+    if action != "reused" or changes:
+        log.info("device %s %s (%s)", spec.name, action, ", ".join(changes) or "no changes")
+    return EnsureResult(link["index"], action, tuple(changes))
+
+
+async def _create(ipr: AsyncIPRoute, spec: DeviceSpec) -> None:
+    local = ("vxlan_local6" if spec.local_ip.version == 6 else "vxlan_local", str(spec.local_ip))
+    attrs: dict[str, Any] = {
+        "ifname": spec.name, "kind": "vxlan", "vxlan_id": spec.vni, "vxlan_port": spec.port,
+        "vxlan_link": spec.parent_ifindex, "vxlan_learning": int(spec.learning),
+        local[0]: local[1], "address": spec.mac, "mtu": spec.mtu,
+    }
+    if spec.gbp:
+        attrs["vxlan_gbp"] = True
+    try:
+        await ipr.link("add", **attrs)
+    except PyNetlinkError as e:
+        raise DeviceError(f"cannot create VXLAN device {spec.name} (VNI {spec.vni}, port "
+                          f"{spec.port}, local {spec.local_ip}): {e}") from None
+
+
+async def _fix_in_place(ipr: AsyncIPRoute, link: Any, spec: DeviceSpec) -> list[str]:
+    changes = []
+    index = link["index"]
+    if link.get("address") != spec.mac:
+        await ipr.link("set", index=index, address=spec.mac)
+        changes.append(f"MAC {link.get('address')} -> {spec.mac}")
+    if link.get("mtu") != spec.mtu:
+        await ipr.link("set", index=index, mtu=spec.mtu)
+        changes.append(f"MTU {link.get('mtu')} -> {spec.mtu}")
+    want = spec.address
+    have = await interface_networks(ipr, index, want.version)
+    for addr in have:
+        if addr != want:  # a stale address from an earlier lease
+            await ipr.addr("del", index=index, address=str(addr.ip),
+                           prefixlen=addr.network.prefixlen)
+            changes.append(f"removed address {addr}")
+    if want not in have:
+        # IFA_F_NODAD: the /128 is ours alone, usable at once rather than after DAD
+        await ipr.addr("add", index=index, address=str(want.ip), prefixlen=want.network.prefixlen,
+                       **({"flags": 0x02} if want.version == 6 else {}))
+        changes.append(f"address {want}")
+    if not link["flags"] & 1:
+        await ipr.link("set", index=index, state="up")
+        changes.append("up")
+    return changes
+
+
+async def interface_networks(ipr: AsyncIPRoute, index: int, version: int) -> list[
+        ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """Global addresses of an interface, as interfaces (address + connected network)."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    out = []
+    async for a in await ipr.addr("dump", index=index, family=family):
+        addr = ipaddress.ip_interface((a.get("IFA_ADDRESS"), a["prefixlen"]))
+        if not (addr.version == 6 and addr.ip.is_link_local):
+            out.append(addr)
+    return out

@@ -1,0 +1,53 @@
+"""One overlay family on this node: ensure its VXLAN device, then a Dataplane bound to it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+from pyroute2 import AsyncIPRoute
+
+from vxnet.ip import IPNetwork
+from vxnet.kernel import netlink as nl
+from vxnet.kernel.dataplane import Dataplane, PlaneSpec
+from vxnet.kernel.device import DeviceSpec, EnsureResult, ensure_device, interface_networks
+
+
+@dataclass(eq=False)
+class Overlay:
+    """Its VXLAN device and the peer state programmed through it."""
+
+    device: DeviceSpec
+    plane: Dataplane
+    ensured: EnsureResult
+    repairing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def nexthops_supported(sock: nl.RtnlSocket) -> bool:
+    """Kernels without nexthop objects (before 5.3, or built without) refuse the dump."""
+    try:
+        for _ in sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
+            pass
+    except nl.NetlinkError:
+        return False
+    return True
+
+
+async def open_overlay(ipr: AsyncIPRoute, sock: nl.RtnlSocket, device: DeviceSpec, *,
+                       network: IPNetwork | None, direct_routing: bool = False,
+                       use_nexthops: bool = True) -> Overlay:
+    ensured = await ensure_device(ipr, device)
+    parent_nets = await interface_networks(ipr, device.parent_ifindex, device.local_ip.version)
+    spec = PlaneSpec(
+        family=socket.AF_INET if device.subnet.version == 4 else socket.AF_INET6,
+        ifindex=ensured.ifindex,
+        underlay_version=device.local_ip.version,
+        local_subnet=device.subnet,
+        network=network,
+        parent_ifindex=device.parent_ifindex,
+        parent_networks=tuple(a.network for a in parent_nets),
+        direct_routing=direct_routing,
+        use_nexthops=use_nexthops and nexthops_supported(sock),
+    )
+    return Overlay(device, Dataplane(sock, spec), ensured)

@@ -1,0 +1,113 @@
+"""Lab wiring: a fabric namespace whose bridge is the underlay switch, node namespaces attached
+to it by veth, and pod namespaces attached to their node. Addresses follow design.md's plan:
+underlay 198.51.100.0/24 and 2001:db8:100::/64, pods 10.244.0.0/16 and fd00:10:244::/48.
+Everything is created inside namespaces the lab owns; close() removes them all."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+from vxnet.lab.netns import Netns
+
+UNDERLAY4 = ipaddress.ip_network("198.51.100.0/24")
+UNDERLAY6 = ipaddress.ip_network("2001:db8:100::/64")
+
+
+@dataclass
+class Pod:
+    ns: Netns
+    ip: ipaddress.IPv4Address | None
+    ip6: ipaddress.IPv6Address | None
+
+
+@dataclass
+class Node:
+    index: int
+    ns: Netns
+    ip: ipaddress.IPv4Address
+    ip6: ipaddress.IPv6Address
+    pods: list[Pod] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    def ifindex(self, ifname: str) -> int:
+        return json.loads(self.ns.ip("-j", "link", "show", ifname).stdout)[0]["ifindex"]
+
+
+class Lab:
+    def __init__(self, stem: str = "lab") -> None:
+        self.stem = stem
+        self.nodes: list[Node] = []
+        self._all: list[Netns] = []
+        self.fabric = self._ns("fab")
+        self.fabric.ip("link", "add", "br0", "type", "bridge")
+        self.fabric.ip("addr", "add", f"{UNDERLAY4[254]}/24", "dev", "br0")
+        self.fabric.ip("link", "set", "br0", "up")
+
+    def _ns(self, role: str) -> Netns:
+        ns = Netns.create(f"{self.stem}-{role}")
+        self._all.append(ns)
+        return ns
+
+    def add_node(self, index: int, mtu: int = 1500) -> Node:
+        ns = self._ns(f"n{index}")
+        node = Node(index, ns, UNDERLAY4[10 + index], UNDERLAY6[10 + index])
+        port = f"n{index}"
+        self.fabric.ip("link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "name",
+                       "eth0", "mtu", str(mtu), "netns", ns.name)
+        self.fabric.ip("link", "set", port, "master", "br0", "up")
+        ns.ip("addr", "add", f"{node.ip}/24", "dev", "eth0")
+        ns.ip("addr", "add", f"{node.ip6}/64", "dev", "eth0", "nodad")
+        ns.ip("link", "set", "eth0", "up")
+        # forwarding inside the node's own namespace: it routes for its pods
+        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        self.nodes.append(node)
+        return node
+
+    def add_pod(self, node: Node, subnet: ipaddress.IPv4Network | None,
+                subnet6: ipaddress.IPv6Network | None = None) -> Pod:
+        """A pod wired straight to its node by veth (the CNI plugin does this for real pods)."""
+        n = len(node.pods) + 1
+        ns = self._ns(f"p{node.index}{n}")
+        host_if = f"pod{n}"
+        node.ns.ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                   ns.name)
+        node.ns.ip("link", "set", host_if, "up")
+        ns.ip("link", "set", "eth0", "up")
+        pod = Pod(ns, None, None)
+        for net, plen in ((subnet, 32), (subnet6, 128)):
+            if net is None:
+                continue
+            gw, ip = net[1], net[1 + n]
+            node.ns.ip("addr", "add", f"{gw}/{plen}", "dev", host_if, *(
+                ["nodad"] if net.version == 6 else []))
+            ns.ip("addr", "add", f"{ip}/{net.prefixlen}", "dev", "eth0",
+                  *(["nodad"] if net.version == 6 else []))
+            node.ns.ip("route", "add", f"{ip}/{plen}", "dev", host_if)
+            if net.version == 4:
+                pod.ip = ip
+            else:
+                pod.ip6 = ip
+        for net in (subnet, subnet6):
+            if net is not None:
+                ns.ip(*(["-6"] if net.version == 6 else []), "route", "add", "default", "via",
+                      str(net[1]), "dev", "eth0")
+        node.pods.append(pod)
+        return pod
+
+    def close(self) -> None:
+        for ns in reversed(self._all):
+            with contextlib.suppress(Exception):
+                ns.delete()
+        self._all.clear()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
