@@ -105,7 +105,12 @@ class Dataplane:
 
     def add_peer(self, peer: Peer) -> str | None:
         """Accept (or replace) a peer; returns why it was rejected, if it was."""
+        old = self.peers.get(peer.key)
+        # a replaced peer keeps its nexthop id, so a changed MAC or IP rewrites nothing else
+        keep_nh = old and self._nh_ids.get(old.subnet.network_address.packed)
         self.remove_peer(peer.key)
+        if keep_nh and old.subnet == peer.subnet:
+            self._nh_ids[peer.subnet.network_address.packed] = keep_nh
         s = self.spec
         try:
             p = check_peer(peer, overlay_version=s.version, underlay_version=s.underlay_version,

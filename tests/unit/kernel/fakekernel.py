@@ -1,0 +1,53 @@
+"""An in-memory stand-in for RtnlSocket: keeps what was written, replays it as dumps, and fails
+the requests a test chooses. Bodies are the codec's own, so dumps parse exactly as real ones."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+from vxnet.kernel import netlink as nl
+
+_NEW = {nl.RTM_NEWROUTE: "route", nl.RTM_NEWNEIGH: "neigh", nl.RTM_NEWNEXTHOP: "nexthop"}
+_DEL = {nl.RTM_DELROUTE: "route", nl.RTM_DELNEIGH: "neigh", nl.RTM_DELNEXTHOP: "nexthop"}
+_DUMP = {nl.RTM_GETROUTE: ("route", nl.RTM_NEWROUTE), nl.RTM_GETNEIGH: ("neigh", nl.RTM_NEWNEIGH),
+         nl.RTM_GETNEXTHOP: ("nexthop", nl.RTM_NEWNEXTHOP)}
+
+
+def _key(kind: str, body: bytes):
+    if kind == "route":
+        return nl.parse_route(body, 0, len(body))[1]
+    if kind == "nexthop":
+        return nl.parse_attrs(body, 8, len(body))[nl.NHA_ID]
+    fam, ifindex, _, _, a = nl.parse_neigh(body, 0, len(body))
+    return fam, ifindex, a[nl.NDA_LLADDR] if fam == nl.AF_BRIDGE else a[nl.NDA_DST]
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.state: dict[str, dict] = {"route": {}, "neigh": {}, "nexthop": {}}
+        self.fail: Callable[[object], int] = lambda entry: 0  # errno to fail an entry with
+        self.log: list[str] = []
+        self.requests = 0
+
+    def batch(self, requests):
+        failures = []
+        for entry, (mtype, _, body) in requests:
+            self.requests += 1
+            self.log.append(str(entry))
+            code = self.fail(entry)
+            if not code and mtype in _DEL:
+                table = self.state[_DEL[mtype]]
+                if table.pop(_key(_DEL[mtype], body), None) is None:
+                    code = errno.ENOENT
+            elif not code:
+                kind = _NEW[mtype]
+                self.state[kind][_key(kind, body)] = body
+            if code:
+                failures.append(nl.Failure(entry, nl.NetlinkError(code, entry)))
+        return failures
+
+    def dump(self, mtype, body):
+        kind, new = _DUMP[mtype]
+        for b in list(self.state[kind].values()):
+            yield new, b, 0, len(b)

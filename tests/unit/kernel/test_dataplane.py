@@ -1,0 +1,134 @@
+"""Dataplane logic over a fake kernel: order, idempotence, failure handling, id adoption."""
+
+import errno
+import ipaddress as ipa
+import socket
+
+from tests.unit.kernel.fakekernel import FakeKernel
+from vxnet.kernel.dataplane import Dataplane, PlaneSpec
+from vxnet.kernel.mac import vtep_mac
+from vxnet.kernel.peer import Peer
+
+SPEC = PlaneSpec(socket.AF_INET, ifindex=7, underlay_version=4,
+                 local_subnet=ipa.ip_network("10.244.1.0/24"),
+                 network=ipa.ip_network("10.244.0.0/16"), parent_ifindex=2,
+                 parent_networks=(ipa.ip_network("198.51.100.0/24"),))
+
+
+def peer(i: int, **kw) -> Peer:
+    sub = ipa.ip_network(f"10.244.{i}.0/24")
+    return Peer(f"p{i}", sub, kw.get("ip", ipa.ip_address(f"198.51.100.{i}")), vtep_mac(sub))
+
+
+def plane(kernel=None, **spec):
+    from dataclasses import replace
+    return Dataplane(kernel or FakeKernel(), replace(SPEC, **spec))
+
+
+def test_nothing_is_written_before_the_first_resync():
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(2)])
+    assert dp.apply().total == 0 and k.requests == 0
+
+
+def test_sets_go_l2_first_and_deletes_l3_first():
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(2)])
+    dp.resync()
+    assert [line.split()[1] for line in k.log] == ["fdb", "neigh", "nexthop", "route"]
+    k.log.clear()
+    dp.set_peers([])
+    dp.apply()
+    assert [line.split()[1] for line in k.log] == ["route", "nexthop", "neigh", "fdb"]
+    assert all(not t for t in k.state.values())
+
+
+def test_second_pass_and_new_process_make_no_writes():
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(i) for i in range(2, 40)])
+    assert dp.resync().total == 38 * 4
+    assert dp.resync().total == 0
+    again = plane(k)  # a restart: empty caches, same kernel, peers in another order
+    again.set_peers([peer(i) for i in reversed(range(2, 40))])
+    assert again.resync().total == 0  # nexthop ids were adopted, not reassigned
+
+
+def test_a_failed_write_stays_dirty_and_is_retried():
+    k = FakeKernel()
+    k.fail = lambda e: errno.EBUSY if "route" in str(e) else 0
+    dp = plane(k)
+    dp.set_peers([peer(2)])
+    result = dp.resync()
+    assert dict(result.writes) == {"fdb": 1, "neigh": 1, "nexthop": 1}
+    assert len(result.failures) == 1 and "Device or resource busy" in result.failures[0]
+    assert dp.drift() == {"route": {"missing": ["10.244.2.0/24"], "wrong": [], "extra": []}}
+    k.fail = lambda e: 0
+    assert dict(dp.apply().writes) == {"route": 1}
+    assert dp.drift() == {}
+
+
+def test_deleting_what_is_already_gone_counts_as_done():
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(2)])
+    dp.resync()
+    k.state["route"].clear()  # gone behind our back, and we never heard
+    dp.set_peers([])
+    result = dp.apply()
+    assert result.failures == [] and result.writes["route"] == 1
+    assert dp.route.kernel == {}
+
+
+def test_changed_peer_rewrites_only_what_changed():
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(2)])
+    dp.resync()
+    k.log.clear()
+    moved = Peer("p2", ipa.ip_network("10.244.2.0/24"), ipa.ip_address("198.51.100.99"),
+                 vtep_mac(ipa.ip_network("10.244.2.0/24")))
+    dp.add_peer(moved)
+    assert dict(dp.apply().writes) == {"fdb": 1}
+    assert k.log == ["set fdb 0e:18:0a:f4:02:00"]
+
+
+def test_direct_routing_uses_the_parent_for_peers_on_our_segment():
+    dp = plane(direct_routing=True)
+    dp.set_peers([peer(2), peer(3, ip=ipa.ip_address("203.0.113.3"))])
+    dp.resync()
+    routes = dp.route.desired
+    direct = routes[next(k for k in routes if k.dst == ipa.ip_address("10.244.2.0").packed)]
+    assert (direct.oif, direct.gateway, direct.nhid) == (2, ipa.ip_address(
+        "198.51.100.2").packed, 0)
+    assert len(dp.fdb.desired) == 1  # only the peer across the router is encapsulated
+
+
+def test_a_rejected_peer_can_come_back_valid():
+    dp = plane()
+    bad = Peer("p5", ipa.ip_network("10.244.1.0/24"), ipa.ip_address("198.51.100.5"),
+               "0e:00:00:00:00:05")
+    assert "overlaps our own" in dp.add_peer(bad)
+    assert dp.add_peer(peer(5)) is None
+    assert "p5" in dp.peers and "p5" not in dp.rejected
+
+
+def test_duplicate_vtep_mac_is_rejected():
+    dp = plane()
+    dp.add_peer(peer(2))
+    twin = Peer("twin", ipa.ip_network("10.244.9.0/24"), ipa.ip_address("198.51.100.9"),
+                peer(2).vtep_mac)
+    assert "is already peer p2's" in dp.add_peer(twin)
+
+
+def test_kernel_notifications_mark_only_their_key():
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(2), peer(3)])
+    dp.resync()
+    key = next(iter(dp.neigh.kernel))
+    dp.neigh.kernel_changed(key, None)  # as the monitor does on RTM_DELNEIGH
+    result = dp.apply()
+    assert dict(result.writes) == {"neigh": 1}

@@ -1,0 +1,51 @@
+from vxnet.kernel.table import DeltaTable
+
+
+def table():
+    return DeltaTable("t", lambda k, v: (1, 0, b""), lambda k, v: (2, 0, b""))
+
+
+def plan(t):
+    sets, dels = t.plan()
+    return sorted((o.key, o.value) for o in sets), sorted((o.key, o.value) for o in dels)
+
+
+def test_plan_is_the_difference_only():
+    t = table()
+    t.load_kernel({"a": 1, "b": 2, "stale": 9})
+    t.replace_desired({"a": 1, "b": 3, "c": 4})
+    assert plan(t) == ([("b", 3), ("c", 4)], [("stale", 9)])
+    assert plan(t) == ([], [])  # nothing dirty any more
+
+
+def test_record_follows_success_and_keeps_failures_dirty():
+    t = table()
+    t.set_desired("a", 1)
+    sets, _ = t.plan()
+    t.record(sets[0], ok=False)
+    assert t.kernel == {} and t.dirty == {"a"}
+    sets, _ = t.plan()
+    t.record(sets[0], ok=True)
+    assert t.kernel == {"a": 1} and t.writes == 1 and t.drift() == ([], [], [])
+
+
+def test_kernel_changed_only_dirties_on_real_change():
+    t = table()
+    t.load_kernel({"a": 1})
+    t.set_desired("a", 1)
+    t.plan()
+    t.kernel_changed("a", 1)
+    assert not t.dirty
+    t.kernel_changed("a", 2)
+    assert plan(t) == ([("a", 1)], [])
+    t.kernel_changed("zzz", None)
+    assert not t.dirty
+
+
+def test_setting_the_same_value_is_not_work():
+    t = table()
+    t.set_desired("a", 0)
+    t.plan()
+    t.set_desired("a", 0)
+    t.delete_desired("missing")
+    assert not t.dirty
