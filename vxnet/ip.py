@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,8 +32,13 @@ def first_host(net: IPNetwork) -> IPAddress:
     return net.network_address + 1
 
 
+_CANONICAL_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}")
+
+
 def normalize_mac(mac: str) -> str:
     """Lower-case colon form; ValueError if it is not a 6-byte unicast MAC."""
+    if _CANONICAL_MAC.fullmatch(mac) and mac != "00:00:00:00:00:00":
+        return mac  # the common case, already as flanneld and vxnet write it
     parts = mac.replace("-", ":").split(":")
     if len(parts) != 6 or not all(len(p) == 2 for p in parts):
         raise ValueError(f"not a MAC address: {mac!r}")

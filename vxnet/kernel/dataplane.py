@@ -258,36 +258,34 @@ class Dataplane:
             or (r.oif == self.spec.ifindex and r.protocol == nl.RTPROT_BOOT))
 
     def _dump_routes(self) -> dict[nl.RouteKey, nl.Route]:
-        out = {}
-        for _, buf, off, end in self.sock.dump(nl.RTM_GETROUTE,
-                                               nl.route_dump_request(self.spec.family)):
-            r = nl.parse_route(buf, off, end)
-            if r is not None and self._owns_route(*r):
+        out, owns, parse = {}, self._owns_route, nl.parse_route
+        for buf, off, end in self.sock.dump(nl.RTM_GETROUTE,
+                                            nl.route_dump_request(self.spec.family)):
+            r = parse(buf, off, end)
+            if r is not None and owns(r[0], r[1], r[2]):
                 out[r[1]] = r[2]
         return out
 
-    def _neigh_value(self, fam: int, ifindex: int, state: int, flags: int,
-                     a: dict[int, bytes]) -> tuple[DeltaTable[Any, Any], Any, Any] | None:
+    def _neigh_value(self, fam: int, ifindex: int, state: int, flags: int, dst: bytes | None,
+                     mac: bytes | None) -> tuple[DeltaTable[Any, Any], Any, Any] | None:
         """(table, key, value-or-None) for a neighbour message on our device, else None."""
-        if ifindex != self.spec.ifindex or nl.NDA_DST not in a:
+        if ifindex != self.spec.ifindex or dst is None:
             return None
-        permanent = bool(state & nl.NUD_PERMANENT)
-        mac = a.get(nl.NDA_LLADDR)
+        permanent = state & nl.NUD_PERMANENT
         if fam == nl.AF_BRIDGE:
             if mac is None or mac == bytes(6):
                 return None  # flood entries are not ours
             ok = permanent and flags & nl.NTF_SELF
-            return self.fdb, nl.FdbKey(ifindex, mac), a[nl.NDA_DST] if ok else None
+            return self.fdb, nl.FdbKey(ifindex, mac), dst if ok else None
         if fam == self.spec.family:
             # a deleted neighbour is reported without its MAC (first as FAILED, then gone)
-            key = nl.NeighKey(fam, ifindex, a[nl.NDA_DST])
-            return self.neigh, key, mac if permanent and mac else None
+            return self.neigh, nl.NeighKey(fam, ifindex, dst), mac if permanent and mac else None
         return None
 
     def _dump_l2(self, family: int, table: DeltaTable[Any, Any]) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
-        for _, buf, off, end in self.sock.dump(nl.RTM_GETNEIGH,
-                                               nl.neigh_dump_request(family, self.spec.ifindex)):
+        for buf, off, end in self.sock.dump(nl.RTM_GETNEIGH,
+                                            nl.neigh_dump_request(family, self.spec.ifindex)):
             got = self._neigh_value(*nl.parse_neigh(buf, off, end))
             if got is not None and got[0] is table and got[2] is not None:
                 out.setdefault(got[1], got[2])
@@ -301,7 +299,7 @@ class Dataplane:
 
     def _dump_nexthops(self) -> dict[int, nl.Nexthop]:
         out, self._foreign_nh = {}, set()
-        for _, buf, off, end in self.sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
+        for buf, off, end in self.sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
             got = nl.parse_nexthop(buf, off, end)
             if got is None:
                 continue

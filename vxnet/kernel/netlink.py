@@ -44,6 +44,7 @@ RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_NEX
     1, 3, 7, 11, 32
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_TYPE_FLAGS = struct.Struct("=HH")
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _NHMSG = struct.Struct("=BBBBI")  # family scope protocol resvd flags
@@ -175,36 +176,85 @@ def nexthop_del(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
 
 
 # --- message parsers (dumps and notifications share them) ----------
+# Tight loops over just the attributes we compare: what keeps a 20k-entry dump cheap.
+
+_ZERO = {AF_INET: bytes(4), AF_INET6: bytes(16)}
+_attr_at = _ATTR.unpack_from
+_u32_at = _U32.unpack_from
+
 
 def parse_route(buf: bytes, off: int, end: int) -> tuple[int, RouteKey, Route] | None:
     """(table, key, value) of a unicast route, or None for anything else."""
     fam, dlen, _, _, table, proto, _, rtype, flags = _RTMSG.unpack_from(buf, off)
     if rtype != RTN_UNICAST:
         return None
-    a = parse_attrs(buf, off + _RTMSG.size, end)
-    if RTA_TABLE in a:
-        table = _U32.unpack(a[RTA_TABLE])[0]
-    dst = a.get(RTA_DST, bytes(4 if fam == AF_INET else 16))
-    key = RouteKey(fam, dst, dlen)
-    if RTA_NH_ID in a:
-        return table, key, Route(proto, nhid=_U32.unpack(a[RTA_NH_ID])[0])
-    oif = _U32.unpack(a[RTA_OIF])[0] if RTA_OIF in a else 0
-    return table, key, Route(proto, 0, oif, a.get(RTA_GATEWAY, b""), bool(flags & RTNH_F_ONLINK))
+    dst = gw = b""
+    nhid = oif = 0
+    a = off + 12
+    while a + 4 <= end:
+        n, kind = _attr_at(buf, a)
+        if n < 4:
+            break
+        if kind == RTA_TABLE:
+            table = _u32_at(buf, a + 4)[0]
+        elif kind == RTA_DST:
+            dst = buf[a + 4:a + n]
+        elif kind == RTA_NH_ID:
+            nhid = _u32_at(buf, a + 4)[0]
+            break  # the kernel puts table and dst first; what follows repeats the nexthop
+        elif kind == RTA_OIF:
+            oif = _u32_at(buf, a + 4)[0]
+        elif kind == RTA_GATEWAY:
+            gw = buf[a + 4:a + n]
+        a += (n + 3) & ~3
+    key = RouteKey(fam, dst or _ZERO.get(fam, b""), dlen)
+    if nhid:  # the nexthop object holds oif/gateway; the kernel repeats them for old tools
+        return table, key, Route(proto, nhid)
+    return table, key, Route(proto, 0, oif, gw, bool(flags & RTNH_F_ONLINK))
 
 
-def parse_neigh(buf: bytes, off: int, end: int) -> tuple[int, int, int, int, dict[int, bytes]]:
+def parse_neigh(buf: bytes, off: int, end: int
+                ) -> tuple[int, int, int, int, bytes | None, bytes | None]:
+    """(family, ifindex, state, flags, dst, lladdr) of a neighbour or FDB message."""
     fam, ifindex, state, flags, _ = _NDMSG.unpack_from(buf, off)
-    return fam, ifindex, state, flags, parse_attrs(buf, off + _NDMSG.size, end)
+    dst = ll = None
+    a = off + 12
+    while a + 4 <= end:
+        n, kind = _attr_at(buf, a)
+        if n < 4:
+            break
+        if kind == NDA_DST:
+            dst = buf[a + 4:a + n]
+            if ll is not None:
+                break
+        elif kind == NDA_LLADDR:
+            ll = buf[a + 4:a + n]
+            if dst is not None:
+                break
+        a += (n + 3) & ~3
+    return fam, ifindex, state, flags, dst, ll
 
 
 def parse_nexthop(buf: bytes, off: int, end: int) -> tuple[int, Nexthop] | None:
+    """(id, value) of a gateway nexthop; None for groups, blackholes and FDB nexthops."""
     fam, _, proto, _, flags = _NHMSG.unpack_from(buf, off)
-    a = parse_attrs(buf, off + _NHMSG.size, end)
-    if NHA_ID not in a or NHA_GATEWAY not in a:
-        return None  # groups, blackholes, fdb nexthops: never ours
-    oif = _U32.unpack(a[NHA_OIF])[0] if NHA_OIF in a else 0
-    return _U32.unpack(a[NHA_ID])[0], Nexthop(fam, oif, a[NHA_GATEWAY],
-                                             bool(flags & RTNH_F_ONLINK), proto)
+    nhid = oif = 0
+    gw = b""
+    a = off + 8
+    while a + 4 <= end:
+        n, kind = _attr_at(buf, a)
+        if n < 4:
+            break
+        if kind == NHA_ID:
+            nhid = _u32_at(buf, a + 4)[0]
+        elif kind == NHA_OIF:
+            oif = _u32_at(buf, a + 4)[0]
+        elif kind == NHA_GATEWAY:
+            gw = buf[a + 4:a + n]
+        a += (n + 3) & ~3
+    if not nhid or not gw:
+        return None
+    return nhid, Nexthop(fam, oif, gw, bool(flags & RTNH_F_ONLINK), proto)
 
 
 def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
@@ -250,64 +300,81 @@ class RtnlSocket:
         return self._seq
 
     def batch(self, requests: Iterable[tuple[object, tuple[int, int, bytes]]]) -> list[Failure]:
-        """Send (entry, (type, flags, body)) requests, many per send; every one is ACKed. Returns
-        the failures, each mapped back to its entry. The kernel goes on past a failed request."""
+        """Send (entry, (type, flags, body)) requests, many per send. Returns the failures, each
+        mapped back to its entry; the kernel goes on past a failed request.
+
+        The kernel handles a whole send before the call returns and always reports an error, so
+        only each chunk's last request asks for an ACK: every error queued before that ACK is
+        one of the chunk's, and no error means success. One receive per chunk, not per entry.
+        """
         failures: list[Failure] = []
         pending: dict[int, object] = {}
         buf = bytearray()
+        pack, seq = _HDR.pack_into, self._seq
         for entry, (mtype, flags, body) in requests:
-            seq = self._next_seq()
+            seq = (seq + 1) & 0xFFFFFFFF or 1
             pending[seq] = entry
-            buf += _HDR.pack(_HDR.size + len(body), mtype, flags | NLM_F_REQUEST | NLM_F_ACK,
-                             seq, 0) + body
+            at = len(buf)
+            buf += bytes(_HDR.size)
+            pack(buf, at, _HDR.size + len(body), mtype, flags | NLM_F_REQUEST, seq, 0)
+            buf += body
             if len(buf) >= CHUNK:
-                self._flush(buf, pending, failures)
-                buf = bytearray()
+                self._flush(buf, at, seq, pending, failures)
+                buf, pending = bytearray(), {}
         if buf:
-            self._flush(buf, pending, failures)
+            self._flush(buf, at, seq, pending, failures)
+        self._seq = seq
         return failures
 
-    def _flush(self, buf: bytearray, pending: dict[int, object], failures: list[Failure]) -> None:
+    def _flush(self, buf: bytearray, last_at: int, last_seq: int, pending: dict[int, object],
+               failures: list[Failure]) -> None:
+        mtype, flags = _TYPE_FLAGS.unpack_from(buf, last_at + 4)
+        _TYPE_FLAGS.pack_into(buf, last_at + 4, mtype, flags | NLM_F_ACK)
         self.sock.send(buf)
         self.requests += len(pending)
-        while pending:
+        while True:
             data = self.sock.recv(1 << 20)
             for mtype, _, seq, off, end in _messages(data):
                 if mtype != NLMSG_ERROR or seq not in pending:
                     continue
-                entry = pending.pop(seq)
                 code = -_ERR.unpack_from(data, off)[0]
                 if code:
+                    entry = pending[seq]
                     failures.append(Failure(entry, NetlinkError(code, entry,
                                                                 _ext_ack(data, off, end))))
+                if seq == last_seq:
+                    return
 
-    def dump(self, mtype: int, body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
-        """(type, buffer, payload offset, payload end) of every message of a dump. Restarts the
-        dump if the kernel says it was interrupted by a concurrent change."""
+    def dump(self, mtype: int, body: bytes) -> list[tuple[bytes, int, int]]:
+        """(buffer, payload offset, payload end) of every message of a dump. Restarts the dump
+        if the kernel says a concurrent change interrupted it (flagged on NLMSG_DONE)."""
+        hdr_at = _HDR.unpack_from
         for _ in range(5):
             seq = self._next_seq()
             self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP,
                                      seq, 0) + body)
-            out, interrupted = [], False
+            out: list[tuple[bytes, int, int]] = []
             while True:
                 data = self.sock.recv(1 << 20)
-                done = False
-                for t, flags, s, off, end in _messages(data):
-                    if s != seq:
-                        continue
-                    interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                    if t == NLMSG_DONE:
-                        done = True
+                off, size, done = 0, len(data), False
+                while off + 16 <= size:
+                    n, t, flags, s, _ = hdr_at(data, off)
+                    if n < 16:
                         break
-                    if t == NLMSG_ERROR:
-                        code = -_ERR.unpack_from(data, off)[0]
-                        raise NetlinkError(code, f"dump {mtype}", _ext_ack(data, off, end))
-                    out.append((t, data, off, end))
+                    if s == seq:
+                        if t == NLMSG_DONE:
+                            done, interrupted = True, bool(flags & NLM_F_DUMP_INTR)
+                            break
+                        if t == NLMSG_ERROR:
+                            code = -_ERR.unpack_from(data, off + 16)[0]
+                            raise NetlinkError(code, f"dump {mtype}",
+                                               _ext_ack(data, off + 16, off + n))
+                        out.append((data, off + 16, off + n))
+                    off += (n + 3) & ~3
                 if done:
                     break
             if not interrupted:
-                yield from out
-                return
+                return out
         raise NetlinkError(errno.EINTR, f"dump {mtype}", "interrupted five times")
 
     def recv_events(self) -> Iterator[tuple[int, bytes, int, int]]:

@@ -27,8 +27,7 @@ class Overlay:
 def nexthops_supported(sock: nl.RtnlSocket) -> bool:
     """Kernels without nexthop objects (before 5.3, or built without) refuse the dump."""
     try:
-        for _ in sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
-            pass
+        sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request())
     except nl.NetlinkError:
         return False
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
@@ -25,46 +26,45 @@ class Peer:
 
 
 class SubnetSpace:
-    """Accepted subnets as integers, for O(prefix length) overlap checks at 20k peers."""
+    """Accepted subnets as integers, grouped by prefix length: an overlap check is one lookup
+    per length in use (normally one), not a walk over every subnet."""
 
     def __init__(self) -> None:
         self._exact: dict[tuple[int, int, int], str] = {}  # (version, plen, net int) -> owner
-        self._covered: dict[tuple[int, int, int], int] = {}  # ancestors of accepted subnets
+        self._lens: Counter[tuple[int, int]] = Counter()  # (version, plen) in use
 
     @staticmethod
     def _id(net: IPNetwork) -> tuple[int, int, int]:
         return net.version, net.prefixlen, int(net.network_address)
 
-    def _ancestors(self, net: IPNetwork) -> list[tuple[int, int, int]]:
-        bits, addr = net.max_prefixlen, int(net.network_address)
-        return [(net.version, p, addr >> (bits - p) << (bits - p)) for p in range(net.prefixlen)]
-
     def conflict(self, net: IPNetwork) -> str | None:
         """The owner of an accepted subnet that overlaps `net`, if any."""
-        me = self._id(net)
-        if me in self._exact:
-            return self._exact[me]
-        for anc in self._ancestors(net):
-            if anc in self._exact:
-                return self._exact[anc]
-        if me in self._covered:
-            return "a longer subnet inside it"
+        v, plen, addr = self._id(net)
+        bits = net.max_prefixlen
+        for lv, lp in self._lens:
+            if lv != v:
+                continue
+            if lp <= plen:  # an equal or larger accepted subnet containing net
+                owner = self._exact.get((v, lp, addr >> (bits - lp) << (bits - lp)))
+                if owner is not None:
+                    return owner
+            else:  # smaller accepted subnets inside net: only with mixed lengths, so rare
+                shift = bits - plen
+                for (ev, ep, ea), owner in self._exact.items():
+                    if ev == v and ep == lp and ea >> shift == addr >> shift:
+                        return owner
         return None
 
     def add(self, net: IPNetwork, owner: str) -> None:
         self._exact[self._id(net)] = owner
-        for anc in self._ancestors(net):
-            self._covered[anc] = self._covered.get(anc, 0) + 1
+        self._lens[(net.version, net.prefixlen)] += 1
 
     def remove(self, net: IPNetwork) -> None:
-        if self._exact.pop(self._id(net), None) is None:
-            return
-        for anc in self._ancestors(net):
-            n = self._covered[anc] - 1
-            if n:
-                self._covered[anc] = n
-            else:
-                del self._covered[anc]
+        if self._exact.pop(self._id(net), None) is not None:
+            key = (net.version, net.prefixlen)
+            self._lens[key] -= 1
+            if not self._lens[key]:
+                del self._lens[key]
 
 
 def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,

@@ -65,12 +65,13 @@ class DeltaTable(Generic[K, V]):
 
     # -- what the kernel has ----------
     def load_kernel(self, kernel: dict[K, V]) -> None:
-        """A fresh dump: every key where dump, cache or desire disagree becomes dirty."""
-        old = self.kernel
+        """A fresh dump replaces the cache: every key where it and desire differ is dirty."""
         self.kernel = kernel
-        self.dirty.update(k for k in old.keys() - kernel.keys())
-        self.dirty.update(k for k, v in kernel.items() if self.desired.get(k) != v)
-        self.dirty.update(k for k, v in self.desired.items() if kernel.get(k) != v)
+        desired = self.desired
+        if kernel == desired:  # the common case, compared at C speed
+            return
+        self.dirty.update(kernel.keys() ^ desired.keys())
+        self.dirty.update(k for k, v in kernel.items() if k in desired and desired[k] != v)
 
     def kernel_changed(self, key: K, value: V | None) -> None:
         """A notification (or knowledge) that the kernel now holds `value` (None: nothing)."""

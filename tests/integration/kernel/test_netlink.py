@@ -22,7 +22,7 @@ def addr(b: bytes) -> str:
 
 def all_routes(sock, family):
     out = set()
-    for _, buf, off, end in sock.dump(nl.RTM_GETROUTE, nl.route_dump_request(family)):
+    for buf, off, end in sock.dump(nl.RTM_GETROUTE, nl.route_dump_request(family)):
         r = nl.parse_route(buf, off, end)
         if r and r[0] == nl.RT_TABLE_MAIN:
             _, k, v = r

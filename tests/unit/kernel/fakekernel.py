@@ -10,8 +10,7 @@ from vxnet.kernel import netlink as nl
 
 _NEW = {nl.RTM_NEWROUTE: "route", nl.RTM_NEWNEIGH: "neigh", nl.RTM_NEWNEXTHOP: "nexthop"}
 _DEL = {nl.RTM_DELROUTE: "route", nl.RTM_DELNEIGH: "neigh", nl.RTM_DELNEXTHOP: "nexthop"}
-_DUMP = {nl.RTM_GETROUTE: ("route", nl.RTM_NEWROUTE), nl.RTM_GETNEIGH: ("neigh", nl.RTM_NEWNEIGH),
-         nl.RTM_GETNEXTHOP: ("nexthop", nl.RTM_NEWNEXTHOP)}
+_DUMP = {nl.RTM_GETROUTE: "route", nl.RTM_GETNEIGH: "neigh", nl.RTM_GETNEXTHOP: "nexthop"}
 
 
 def _key(kind: str, body: bytes):
@@ -19,8 +18,8 @@ def _key(kind: str, body: bytes):
         return nl.parse_route(body, 0, len(body))[1]
     if kind == "nexthop":
         return nl.parse_attrs(body, 8, len(body))[nl.NHA_ID]
-    fam, ifindex, _, _, a = nl.parse_neigh(body, 0, len(body))
-    return fam, ifindex, a[nl.NDA_LLADDR] if fam == nl.AF_BRIDGE else a[nl.NDA_DST]
+    fam, ifindex, _, _, dst, mac = nl.parse_neigh(body, 0, len(body))
+    return fam, ifindex, mac if fam == nl.AF_BRIDGE else dst
 
 
 class FakeKernel:
@@ -48,6 +47,5 @@ class FakeKernel:
         return failures
 
     def dump(self, mtype, body):
-        kind, new = _DUMP[mtype]
-        for b in list(self.state[kind].values()):
-            yield new, b, 0, len(b)
+        kind = _DUMP[mtype]
+        return [(b, 0, len(b)) for b in self.state[kind].values()]

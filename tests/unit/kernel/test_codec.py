@@ -31,11 +31,11 @@ def test_nexthop_round_trip():
 
 def test_neigh_and_fdb_bodies():
     b = body(nl.neigh_set(nl.NeighKey(socket.AF_INET, 4, GW), b"\x0e\0\0\0\0\x02"))
-    fam, ifindex, state, flags, a = nl.parse_neigh(b, 0, len(b))
-    assert (fam, ifindex, state, a[nl.NDA_DST], a[nl.NDA_LLADDR]) == (
+    fam, ifindex, state, flags, dst, mac = nl.parse_neigh(b, 0, len(b))
+    assert (fam, ifindex, state, dst, mac) == (
         socket.AF_INET, 4, nl.NUD_PERMANENT, GW, b"\x0e\0\0\0\0\x02")
     b = body(nl.fdb_set(nl.FdbKey(4, b"\x0e\0\0\0\0\x02"), ipa.ip_address("198.51.100.2").packed))
-    fam, ifindex, state, flags, a = nl.parse_neigh(b, 0, len(b))
+    fam, ifindex, state, flags, dst, mac = nl.parse_neigh(b, 0, len(b))
     assert (fam, flags & nl.NTF_SELF, state) == (nl.AF_BRIDGE, nl.NTF_SELF, nl.NUD_PERMANENT)
 
 

@@ -132,3 +132,15 @@ def test_kernel_notifications_mark_only_their_key():
     dp.neigh.kernel_changed(key, None)  # as the monitor does on RTM_DELNEIGH
     result = dp.apply()
     assert dict(result.writes) == {"neigh": 1}
+
+
+def test_overlaps_of_other_lengths_are_found_both_ways():
+    from vxnet.kernel.peer import SubnetSpace
+    space = SubnetSpace()
+    space.add(ipa.ip_network("10.244.8.0/24"), "a")
+    assert space.conflict(ipa.ip_network("10.244.8.128/25")) == "a"  # inside an accepted one
+    assert space.conflict(ipa.ip_network("10.244.0.0/20")) == "a"  # containing one
+    assert space.conflict(ipa.ip_network("10.244.9.0/24")) is None
+    assert space.conflict(ipa.ip_network("fd00::/8")) is None
+    space.remove(ipa.ip_network("10.244.8.0/24"))
+    assert space.conflict(ipa.ip_network("10.244.0.0/20")) is None
