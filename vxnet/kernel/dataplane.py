@@ -373,6 +373,11 @@ class Dataplane:
                                "extra": [t.show(k) for k in extra]}
         return out
 
+    def programmed(self) -> set[str]:
+        """Peers whose every entry the kernel holds as wanted (as far as the caches know)."""
+        return {key for key, ents in self._entries.items()
+                if all(t.kernel.get(k) == t.desired.get(k) for t, k in ents)}
+
     @property
     def writes(self) -> dict[str, int]:
         return {t.name: t.writes for t in self.tables}

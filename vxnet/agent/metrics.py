@@ -1,0 +1,84 @@
+"""Prometheus metrics of one agent. Counts the agent already keeps are read at scrape time by a
+collector (no second bookkeeping); durations are histograms fed by the agent's hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vxnet.agent.agent import Agent
+from vxnet.kernel.dataplane import PassResult
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _AgentCollector(Collector):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        a = self.agent
+        ready = GaugeMetricFamily("vxnet_ready", "1 once subnet.env is written and the first "
+                                  "full sync is in the kernel")
+        ready.add_metric([], 1 if a.ready.is_set() else 0)
+        yield ready
+        desired = GaugeMetricFamily("vxnet_peers_desired", "Peers the store says to program",
+                                    labels=["family"])
+        programmed = GaugeMetricFamily("vxnet_peers_programmed", "Peers fully in the kernel",
+                                       labels=["family"])
+        rejected = GaugeMetricFamily("vxnet_peers_rejected", "Peers skipped as invalid",
+                                     labels=["family"])
+        writes = CounterMetricFamily("vxnet_kernel_writes", "Kernel writes made",
+                                     labels=["family", "table"])
+        for version, ov in a.overlays.items():
+            fam = f"ipv{version}"
+            desired.add_metric([fam], len(ov.plane.peers))
+            programmed.add_metric([fam], len(ov.plane.programmed()))
+            rejected.add_metric([fam], len(ov.plane.rejected))
+            for table, n in ov.plane.writes.items():
+                writes.add_metric([fam, table], n)
+        yield from (desired, programmed, rejected, writes)
+        counters = {
+            "vxnet_leases_invalid": ("Invalid lease keys/values seen (each skipped)",
+                                     a.invalid_total),
+            "vxnet_store_reconnects": ("etcd connections dropped and re-made", a.etcd.reconnects),
+            "vxnet_watch_restarts": ("Lease watches resumed or re-listed",
+                                     a.watcher.rewatches + a.watcher.relists),
+            "vxnet_lease_renewals": ("Subnet lease refreshes", a.mgr.renewals if a.mgr else 0),
+            "vxnet_lease_losses": ("Subnet leases lost and re-acquired",
+                                   a.mgr.losses if a.mgr else 0),
+            "vxnet_netlink_events": ("Netlink notifications read",
+                                     a.monitor.events if a.monitor else 0),
+            "vxnet_netlink_overflows": ("Netlink notification overflows (each a full resync)",
+                                        a.monitor.overflows if a.monitor else 0),
+            "vxnet_device_repairs": ("VXLAN devices recreated after deletion",
+                                     a.monitor.repairs if a.monitor else 0),
+        }
+        for name, (doc, value) in counters.items():
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            yield c
+
+
+class AgentMetrics:
+    def __init__(self, agent: Agent) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_AgentCollector(agent))
+        self.resync = Histogram("vxnet_resync_duration_seconds", "Full resync passes (dump, "
+                                "diff, write)", ["family", "kind"], buckets=_BUCKETS,
+                                registry=self.registry)
+        self.event_latency = Histogram("vxnet_event_to_kernel_seconds", "From a store event "
+                                       "arriving to its kernel writes done", buckets=_BUCKETS,
+                                       registry=self.registry)
+        agent.on_pass = self._on_pass
+        agent.on_event_latency = self.event_latency.observe
+
+    def _on_pass(self, version: int, kind: str, result: PassResult) -> None:
+        if kind != "event":
+            self.resync.labels(f"ipv{version}", kind).observe(result.seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,159 @@
+"""A lab cluster: etcd on the fabric, `vxnet agent` processes in node namespaces (logs to files),
+pods on the nodes. Shared by the end-to-end tests and `vxnet demo`; close() leaves nothing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vxnet.lab.etcd import EtcdServer
+from vxnet.lab.netns import entered
+from vxnet.lab.topology import UNDERLAY4, Lab, Node, Pod
+from vxnet.store.subnetenv import SubnetEnv
+
+API_PORT = 10280
+DEFAULT_CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
+PREFIX = "/coreos.com/network"
+
+
+def http_get(netns: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path as seen from inside a namespace."""
+    with entered(f"/run/netns/{netns}"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.connect()  # the socket is made, and stays, in the namespace
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+class Cluster:
+    def __init__(self, stem: str = "lab", *, config: dict[str, Any] | None = None,
+                 workdir: str | Path | None = None, agent_args: tuple[str, ...] = ()) -> None:
+        self.stem, self.config = stem, config or DEFAULT_CONFIG
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-lab-"))
+        self.agent_args = agent_args
+        self.lab: Lab | None = None
+        self.etcd: EtcdServer | None = None
+        self.agents: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{UNDERLAY4[254]}:2379"
+
+    def start(self, nodes: int = 0) -> Cluster:
+        self.lab = Lab(self.stem)
+        self.etcd = EtcdServer(str(UNDERLAY4[254]), client_port=2379, peer_port=2380,
+                               netns=self.lab.fabric.name, workdir=self.workdir / "etcd").start()
+        if self.config is not None:
+            self.etcdctl("put", f"{PREFIX}/config", json.dumps(self.config))
+        for i in range(1, nodes + 1):
+            self.add_node(i)
+        return self
+
+    def etcdctl(self, *args: str) -> str:
+        assert self.etcd is not None
+        return self.etcd.ctl(*args).stdout.decode()
+
+    @property
+    def nodes(self) -> list[Node]:
+        assert self.lab is not None
+        return self.lab.nodes
+
+    def node(self, index: int) -> Node:
+        return next(n for n in self.nodes if n.index == index)
+
+    def add_node(self, index: int, start_agent: bool = True) -> Node:
+        assert self.lab is not None
+        node = self.lab.add_node(index)
+        (self.workdir / node.name).mkdir(parents=True, exist_ok=True)
+        if start_agent:
+            self.start_agent(node)
+        return node
+
+    def subnet_env(self, node: Node) -> Path:
+        return self.workdir / node.name / "subnet.env"
+
+    def agent_argv(self, node: Node, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "vxnet", "agent", "--etcd-endpoints", self.endpoint,
+                "--iface", "eth0", "--node-name", node.name, "--subnet-file",
+                str(self.subnet_env(node)), "--healthz-port", str(API_PORT),
+                *self.agent_args, *extra]
+
+    def start_agent(self, node: Node, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / node.name / "agent.log", "ab")  # noqa: SIM115 (child owns it)
+        proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name,
+                                 *self.agent_argv(node, *extra)], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        self.agents[node.index] = proc
+        return proc
+
+    def stop_agent(self, node: Node, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        proc = self.agents.pop(node.index, None)
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else 0
+        os.killpg(proc.pid, sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+
+    def log(self, node: Node) -> str:
+        return (self.workdir / node.name / "agent.log").read_text(errors="replace")
+
+    def api(self, node: Node, path: str) -> tuple[int, str]:
+        return http_get(node.ns.name, API_PORT, path)
+
+    def wait_ready(self, node: Node, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.agents.get(node.index)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"agent on {node.name} exited with {proc.returncode}:\n"
+                                   f"{self.log(node)[-3000:]}")
+            try:
+                if self.api(node, "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"agent on {node.name} not ready after {timeout}s:\n"
+                           f"{self.log(node)[-3000:]}")
+
+    def add_pod(self, node: Node) -> Pod:
+        assert self.lab is not None
+        env = SubnetEnv.read(self.subnet_env(node))
+        return self.lab.add_pod(node, env.subnet, env.ipv6_subnet)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for index in list(self.agents):
+            self.stop_agent(self.node(index), signal.SIGKILL)
+        if self.etcd is not None:
+            self.etcd.close()
+            self.etcd = None
+        if self.lab is not None:
+            self.lab.close()
+            self.lab = None
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
