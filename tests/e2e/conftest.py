@@ -1,0 +1,59 @@
+"""End-to-end: a lab cluster per test (real etcd, real kernel, real `vxnet agent` processes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from vxnet.lab.cluster import Cluster
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def cluster(request, tmp_path):
+    if not shutil.which("etcd"):
+        pytest.skip("needs Debian's etcd-server (run `make test`)")
+    c = Cluster("e2e", workdir=tmp_path / "lab", agent_args=("--resync-interval", "5"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def wait_for(pred, timeout: float, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not true after {timeout}s")
+        time.sleep(0.02)
+
+
+def state(cluster, node) -> dict:
+    return json.loads(cluster.api(node, "/v1/state")[1])
+
+
+def ipam(cluster, node) -> dict:
+    return json.loads(cluster.api(node, "/v1/ipam")[1])
+
+
+def metric(cluster, node, name: str) -> float:
+    for line in cluster.api(node, "/metrics")[1].splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def ping(pod, dst, *args: str):
+    return pod.ns.run("ping", "-c", "1", "-W", "2", *args, str(dst), check=False, timeout=120)
+
+
+def routes(node) -> str:
+    return node.ns.ip("route", "show", "proto", "118").stdout

@@ -1,0 +1,183 @@
+"""Issue 4's acceptance, on a lab cluster of real agents."""
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+from tests.e2e.conftest import ipam, metric, ping, routes, state, wait_for
+from vxnet.lab.cluster import PREFIX
+
+FLANNEL_VALUE = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
+                 '"BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}')
+
+
+def start(cluster, n):
+    nodes = [cluster.add_node(i) for i in range(1, n + 1)]
+    for node in nodes:
+        cluster.wait_ready(node)
+    return nodes
+
+
+def test_three_nodes_every_pod_reaches_every_other(cluster):
+    nodes = start(cluster, 3)
+    pods = {n.index: cluster.add_pod(n) for n in nodes}
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                r = ping(pods[a.index], pods[b.index].ip, "-c", "2")
+                assert r.returncode == 0, (a.name, b.name, r.stdout)
+    infos = [ipam(cluster, n) for n in nodes]
+    assert sorted(i["nodeId"] for i in infos) == [1, 2, 3]
+    assert len({i["podSubnetThisNode"] for i in infos}) == 3
+    for n, info in zip(nodes, infos, strict=True):
+        assert info["nodeName"] == n.name and info["nodeIP"] == str(n.ip)
+        env = cluster.subnet_env(n).read_text()
+        assert f"FLANNEL_SUBNET={info['podSubnetThisNode'].replace('.0/24', '.1/24')}" in env
+        assert cluster.api(n, "/readyz")[0] == 200
+        assert metric(cluster, n, "vxnet_peers_programmed") == 2
+
+
+def test_sigkill_restart_under_traffic_loses_nothing(cluster):
+    n1, n2 = start(cluster, 2)
+    p1, p2 = cluster.add_pod(n1), cluster.add_pod(n2)
+    before = ipam(cluster, n1)
+    pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01", "-c",
+                               "600", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        cluster.stop_agent(n1, signal.SIGKILL)
+        time.sleep(0.5)
+        cluster.start_agent(n1)
+        cluster.wait_ready(n1)
+        out = pinger.communicate(timeout=60)[0]
+    finally:
+        pinger.kill()
+    sent, got = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    assert sent == 600 and got == 600, out
+    after = ipam(cluster, n1)
+    assert (after["podSubnetThisNode"], after["vtepMAC"]) == (before["podSubnetThisNode"],
+                                                              before["vtepMAC"])
+    assert state(cluster, n1)["firstSyncWrites"] == 0
+
+
+def test_a_node_leaves_and_another_joins(cluster):
+    n1, n2, n3 = start(cluster, 3)
+    gone = ipam(cluster, n3)
+    cluster.stop_agent(n3)
+    cluster.etcdctl("del", f"{PREFIX}/subnets/{gone['leaseKey']}")
+    t0 = time.monotonic()
+    for n in (n1, n2):
+        wait_for(lambda n=n: gone["podSubnetThisNode"] not in routes(n), 1.0, "route removed")
+        assert gone["vtepMAC"] not in n.ns.run("bridge", "fdb", "show", "dev", "flannel.1").stdout
+        assert gone["vtepMAC"] not in n.ns.ip("neigh", "show", "dev", "flannel.1").stdout
+    assert time.monotonic() - t0 < 1.0
+    n4 = cluster.add_node(4)
+    cluster.wait_ready(n4)
+    new = ipam(cluster, n4)
+    for n in (n1, n2):
+        wait_for(lambda n=n: new["podSubnetThisNode"] in routes(n), 2.0, "route added")
+    p1, p4 = cluster.add_pod(n1), cluster.add_pod(n4)
+    assert ping(p1, p4.ip, "-c", "2").returncode == 0
+
+
+def test_a_lease_written_by_flanneld_is_programmed(cluster):
+    (n1,) = start(cluster, 1)
+    lease_id = cluster.etcdctl("lease", "grant", "600").split()[1]
+    cluster.etcdctl("put", "--lease", lease_id, f"{PREFIX}/subnets/10.244.200.0-24",
+                    FLANNEL_VALUE)
+    wait_for(lambda: "10.244.200.0/24" in routes(n1), 2.0, "flannel peer's route")
+    assert "10.244.200.0 lladdr 0e:aa:bb:cc:dd:ee PERMANENT" in n1.ns.ip(
+        "neigh", "show", "dev", "flannel.1").stdout
+    assert "0e:aa:bb:cc:dd:ee dst 198.51.100.99 self permanent" in n1.ns.run(
+        "bridge", "fdb", "show", "dev", "flannel.1").stdout
+
+
+def test_garbage_leases_are_skipped_and_counted(cluster):
+    n1, n2 = start(cluster, 2)
+    own = ipam(cluster, n1)["podSubnetThisNode"]
+    own25 = own.replace("/24", "-25")
+    good = ipam(cluster, n2)["podSubnetThisNode"]
+    garbage = {
+        "10.244.201.0-24": "not json at all",
+        "10.244.202.0-24": '{"PublicIP": 5, "BackendData": {"VtepMAC": "0e:00:00:00:00:02"}}',
+        "10.244.203.0-24": '{"PublicIP": "198.51.100.50", "BackendData": {"VtepMAC": "zz"}}',
+        "10.244.204.0-24": '{"PublicIP": "999.1.1.1", "BackendData": '
+                           '{"VtepMAC": "0e:00:00:00:00:04"}}',
+        "no-such-key": FLANNEL_VALUE,
+    }
+    rejected = {  # decodable, but not something to program
+        "10.99.0.0-24": FLANNEL_VALUE.replace("0e:aa:bb:cc:dd:ee", "0e:00:00:00:00:05"),
+        own25: FLANNEL_VALUE.replace("0e:aa:bb:cc:dd:ee", "0e:00:00:00:00:06"),
+    }
+    for key, value in {**garbage, **rejected}.items():
+        cluster.etcdctl("put", f"{PREFIX}/subnets/{key}", value)
+    wait_for(lambda: set(garbage) <= set(state(cluster, n1)["invalidLeases"]), 3.0,
+             "invalid leases reported")
+    s = state(cluster, n1)
+    assert set(rejected) <= set(s["overlays"]["ipv4"]["rejected"])
+    assert "outside the network" in s["overlays"]["ipv4"]["rejected"]["10.99.0.0-24"]
+    assert "overlaps our own" in s["overlays"]["ipv4"]["rejected"][own25]
+    assert metric(cluster, n1, "vxnet_leases_invalid_total") >= len(garbage)
+    assert good in routes(n1) and s["overlays"]["ipv4"]["drift"] == {}
+    log = cluster.log(n1)
+    assert "skipping lease 10.244.201.0-24: value is not JSON" in log
+    assert "Traceback" not in log
+    assert cluster.api(n1, "/healthz")[0] == 200
+    # the agent is still healthy: a valid newcomer is programmed
+    cluster.etcdctl("put", f"{PREFIX}/subnets/10.244.210.0-24", FLANNEL_VALUE)
+    wait_for(lambda: "10.244.210.0/24" in routes(n1), 2.0, "valid lease after garbage")
+
+
+def test_etcd_outage_keeps_pods_talking_and_the_agent_catches_up(cluster):
+    n1, n2 = start(cluster, 2)
+    p1, p2 = cluster.add_pod(n1), cluster.add_pod(n2)
+    pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.1", "-c",
+                               "360", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        cluster.etcd.stop()
+        time.sleep(30)
+        cluster.etcd.start()
+        cluster.etcdctl("put", f"{PREFIX}/subnets/10.244.220.0-24", FLANNEL_VALUE)
+        wait_for(lambda: "10.244.220.0/24" in routes(n1), 20.0, "change after etcd restart")
+        out = pinger.communicate(timeout=60)[0]
+    finally:
+        pinger.kill()
+    sent, got = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    assert got == sent, out
+    assert metric(cluster, n1, "vxnet_store_reconnects_total") >= 1
+    assert cluster.agents[n1.index].poll() is None
+
+
+def run_agent(cluster, node, *extra, timeout=20):
+    return subprocess.run(["ip", "netns", "exec", node.ns.name,
+                           *cluster.agent_argv(node, *extra)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def last_line(res):
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr, res.stderr
+    return lines[-1]
+
+
+def test_fatal_problems_exit_nonzero_with_one_clear_line(cluster):
+    node = cluster.add_node(1, start_agent=False)
+    cluster.etcdctl("del", f"{PREFIX}/config")
+    res = run_agent(cluster, node)
+    assert res.returncode == 1
+    assert last_line(res) == ("vxnet agent: network config: config: no network config at "
+                              "/coreos.com/network/config in etcd")
+    cluster.etcdctl("put", f"{PREFIX}/config", json.dumps({"Network": "banana"}))
+    res = run_agent(cluster, node)
+    assert res.returncode == 1
+    assert last_line(res) == ("vxnet agent: network config: Network: 'banana' is not a CIDR "
+                              "network")
+    cluster.etcdctl("put", f"{PREFIX}/config", json.dumps({"Network": "10.244.0.0/16"}))
+    res = run_agent(cluster, node, "--iface", "nope0")
+    assert res.returncode == 1
+    assert last_line(res) == "vxnet agent: --iface: no interface named 'nope0'"
+    res = run_agent(cluster, node, "--node-name", "bad/name")
+    assert res.returncode == 1 and "is not a valid node name" in last_line(res)
