@@ -181,3 +181,11 @@ def test_fatal_problems_exit_nonzero_with_one_clear_line(cluster):
     assert last_line(res) == "vxnet agent: --iface: no interface named 'nope0'"
     res = run_agent(cluster, node, "--node-name", "bad/name")
     assert res.returncode == 1 and "is not a valid node name" in last_line(res)
+
+
+def test_cni_pods_on_different_nodes_talk_through_the_agent(cluster):
+    n1, n2 = start(cluster, 2)
+    a, b = cluster.add_cni_pod(n1), cluster.add_cni_pod(n2)
+    assert str(a.ip).startswith(ipam(cluster, n1)["podSubnetThisNode"].rsplit(".", 2)[0])
+    assert ping(a, b.ip, "-c", "2").returncode == 0
+    assert ping(b, a.ip, "-c", "2").returncode == 0

@@ -4,6 +4,7 @@ pods on the nodes. Shared by the end-to-end tests and `vxnet demo`; close() leav
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import shutil
@@ -36,6 +37,18 @@ def http_get(netns: str, port: int, path: str, timeout: float = 3.0) -> tuple[in
         return resp.status, resp.read().decode()
     finally:
         conn.close()
+
+
+def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, **env: str
+            ) -> subprocess.CompletedProcess[bytes]:
+    plugin = Path(sys.executable).parent / "vxnet-cni"
+    full = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command, "CNI_CONTAINERID": pod_ns,
+            "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+            "CNI_PATH": f"{plugin.parent}:/usr/lib/cni", **env}
+    full = {k: v for k, v in full.items() if v is not None and v != "<unset>"}
+    return subprocess.run(["ip", "netns", "exec", netns, str(plugin)], input=stdin, env=full,
+                          capture_output=True, timeout=60)
 
 
 class Cluster:
@@ -139,6 +152,33 @@ class Cluster:
         assert self.lab is not None
         env = SubnetEnv.read(self.subnet_env(node))
         return self.lab.add_pod(node, env.subnet, env.ipv6_subnet)  # type: ignore[arg-type]
+
+    def cni_conf(self, node: Node) -> dict[str, Any]:
+        return {"cniVersion": "1.0.0", "name": f"vxnet-{node.name}", "type": "vxnet-cni",
+                "subnetFile": str(self.subnet_env(node)),
+                "dataDir": str(self.workdir / node.name / "cni"),
+                "delegate": {"isDefaultGateway": True}}
+
+    def cni(self, node: Node, command: str, pod_ns: str, conf: dict[str, Any] | None = None,
+            stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
+        """Call vxnet-cni inside the node exactly as a container runtime does."""
+        return run_cni(node.ns.name, command, pod_ns, stdin if stdin is not None else
+                       json.dumps(conf or self.cni_conf(node)).encode(), **env)
+
+    def add_cni_pod(self, node: Node) -> Pod:
+        """A pod wired by the CNI plugin (bridge cni0 + host-local), as a runtime would."""
+        assert self.lab is not None
+        ns = self.lab.new_ns(f"c{node.index}{len(node.pods) + 1}")
+        res = self.cni(node, "ADD", ns.name)
+        if res.returncode != 0:
+            raise RuntimeError(f"CNI ADD on {node.name} failed: {res.stdout.decode()}")
+        result = json.loads(res.stdout)
+        addrs = [ipaddress.ip_interface(i["address"]).ip for i in result["ips"]]
+        pod = Pod(ns, next((a for a in addrs if a.version == 4), None),  # type: ignore[arg-type]
+                  next((a for a in addrs if a.version == 6), None))  # type: ignore[arg-type]
+        pod.cni_result = result
+        node.pods.append(pod)
+        return pod
 
     def close(self) -> None:
         for index in list(self.agents):

@@ -21,6 +21,7 @@ class Pod:
     ns: Netns
     ip: ipaddress.IPv4Address | None
     ip6: ipaddress.IPv6Address | None
+    cni_result: dict | None = None  # what the CNI plugin answered, for pods it wired
 
 
 @dataclass
@@ -44,18 +45,18 @@ class Lab:
         self.stem = stem
         self.nodes: list[Node] = []
         self._all: list[Netns] = []
-        self.fabric = self._ns("fab")
+        self.fabric = self.new_ns("fab")
         self.fabric.ip("link", "add", "br0", "type", "bridge")
         self.fabric.ip("addr", "add", f"{UNDERLAY4[254]}/24", "dev", "br0")
         self.fabric.ip("link", "set", "br0", "up")
 
-    def _ns(self, role: str) -> Netns:
+    def new_ns(self, role: str) -> Netns:
         ns = Netns.create(f"{self.stem}-{role}")
         self._all.append(ns)
         return ns
 
     def add_node(self, index: int, mtu: int = 1500) -> Node:
-        ns = self._ns(f"n{index}")
+        ns = self.new_ns(f"n{index}")
         node = Node(index, ns, UNDERLAY4[10 + index], UNDERLAY6[10 + index])
         port = f"n{index}"
         self.fabric.ip("link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "name",
@@ -73,7 +74,7 @@ class Lab:
                 subnet6: ipaddress.IPv6Network | None = None) -> Pod:
         """A pod wired straight to its node by veth (the CNI plugin does this for real pods)."""
         n = len(node.pods) + 1
-        ns = self._ns(f"p{node.index}{n}")
+        ns = self.new_ns(f"p{node.index}{n}")
         host_if = f"pod{n}"
         node.ns.ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
                    ns.name)

@@ -1,0 +1,1 @@
+"""The CNI plugin: pods wired through the standard bridge and host-local plugins."""
