@@ -4,10 +4,13 @@ them too, as they do for flanneld (e.g. FLANNELD_ETCD_ENDPOINTS)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import click
 
@@ -97,9 +100,80 @@ async def _run_agent(opts: object) -> None:
 
 
 @main.command()
-def demo() -> None:
+@click.option("--nodes", type=click.IntRange(2, 20), default=3, show_default=True)
+@click.option("--pods", type=click.IntRange(1, 10), default=2, show_default=True,
+              help="Pods per node.")
+def demo(nodes: int, pods: int) -> None:
     """Build a lab cluster in network namespaces, prove pod-to-pod reachability, tear it down."""
-    click.echo("vxnet demo: the demo arrives with issue 5; nothing to run yet.")
+    from vxnet.lab.demo import run_demo
+
+    sys.exit(0 if run_demo(nodes, pods, lambda s: click.echo(s)) else 1)
+
+
+LAB_STATE = Path("/run/vxnet-lab.json")
+
+
+@main.group()
+def lab() -> None:
+    """A lab cluster that stays up for you to poke at (`up`, `exec`, `down`)."""
+
+
+@lab.command("up")
+@click.option("--nodes", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--pods", type=click.IntRange(0, 10), default=1, show_default=True,
+              help="Pods per node, wired by vxnet-cni.")
+def lab_up(nodes: int, pods: int) -> None:
+    """Start etcd, NODES agents and their pods; leave them running."""
+    from vxnet.lab.cluster import Cluster
+    from vxnet.lab.demo import preflight
+
+    if LAB_STATE.exists():
+        raise click.ClickException(f"a lab is already up ({LAB_STATE}); `vxnet lab down` first")
+    for p in preflight():
+        raise click.ClickException(p)
+    cluster = Cluster("lab")
+    try:
+        cluster.start(nodes)
+        for n in cluster.nodes:
+            cluster.wait_ready(n)
+            for _ in range(pods):
+                cluster.add_cni_pod(n)
+        cluster.save(LAB_STATE)
+    except BaseException:
+        cluster.close()
+        raise
+    for n in cluster.nodes:
+        click.echo(f"{n.name}: {n.ip}, subnet.env {cluster.subnet_env(n)}, log "
+                   f"{cluster.workdir / n.name / 'agent.log'}")
+        for k, pod in enumerate(n.pods, 1):
+            click.echo(f"  {n.name}-pod{k}: {pod.ip}")
+    click.echo("try: vxnet lab exec node1-pod1 -- ping -c 3 <a pod IP>;  vxnet lab exec node1 "
+               "-- vxnet status;  vxnet lab down")
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop everything `vxnet lab up` started and delete its namespaces."""
+    from vxnet.lab.cluster import teardown_saved
+
+    if not LAB_STATE.exists():
+        click.echo("no lab is up")
+        return
+    for line in teardown_saved(LAB_STATE):
+        click.echo(line)
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("where")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec(where: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a lab namespace: node1, node1-pod1, fabric."""
+    if not LAB_STATE.exists():
+        raise click.ClickException("no lab is up: `vxnet lab up` first")
+    names = json.loads(LAB_STATE.read_text())["namespaces"]
+    if where not in names:
+        raise click.ClickException(f"no {where!r} in the lab; one of: {', '.join(names)}")
+    os.execvp("ip", ["ip", "netns", "exec", names[where], *command])
 
 
 if __name__ == "__main__":

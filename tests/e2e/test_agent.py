@@ -189,3 +189,15 @@ def test_cni_pods_on_different_nodes_talk_through_the_agent(cluster):
     assert str(a.ip).startswith(ipam(cluster, n1)["podSubnetThisNode"].rsplit(".", 2)[0])
     assert ping(a, b.ip, "-c", "2").returncode == 0
     assert ping(b, a.ip, "-c", "2").returncode == 0
+
+
+def test_the_demo_runs_green_and_leaves_nothing(capsys):
+    from vxnet.lab.demo import run_demo
+    from vxnet.lab.netns import netns_names
+
+    before = set(netns_names())
+    assert run_demo(nodes=2, pods_per_node=1) is True
+    out = capsys.readouterr().out
+    assert "RESULT: every pod reaches every other pod" in out
+    assert "done: nothing left behind." in out
+    assert set(netns_names()) == before

@@ -39,6 +39,24 @@ def http_get(netns: str, port: int, path: str, timeout: float = 3.0) -> tuple[in
         conn.close()
 
 
+def teardown_saved(path: Path) -> list[str]:
+    """Undo a `vxnet lab up` from its state file: stop its processes, delete its namespaces."""
+    state = json.loads(path.read_text())
+    done = []
+    for pid in state["pids"]:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # each was started as its own process group
+            done.append(f"stopped process group {pid}")
+        except ProcessLookupError:
+            pass
+    for name in state["namespaces"].values():
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        done.append(f"deleted namespace {name}")
+    shutil.rmtree(state["workdir"], ignore_errors=True)
+    path.unlink()
+    return done
+
+
 def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, **env: str
             ) -> subprocess.CompletedProcess[bytes]:
     plugin = Path(sys.executable).parent / "vxnet-cni"
@@ -179,6 +197,18 @@ class Cluster:
         pod.cni_result = result
         node.pods.append(pod)
         return pod
+
+    def save(self, path: Path) -> None:
+        """What `vxnet lab down/exec` need after this process is gone."""
+        assert self.lab is not None and self.etcd is not None and self.etcd.proc is not None
+        names = {"fabric": self.lab.fabric.name}
+        for n in self.nodes:
+            names[n.name] = n.ns.name
+            for k, pod in enumerate(n.pods, 1):
+                names[f"{n.name}-pod{k}"] = pod.ns.name
+        path.write_text(json.dumps({
+            "workdir": str(self.workdir), "namespaces": names,
+            "pids": [self.etcd.proc.pid, *(p.pid for p in self.agents.values())]}, indent=2))
 
     def close(self) -> None:
         for index in list(self.agents):
