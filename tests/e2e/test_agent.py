@@ -201,3 +201,39 @@ def test_the_demo_runs_green_and_leaves_nothing(capsys):
     assert "RESULT: every pod reaches every other pod" in out
     assert "done: nothing left behind." in out
     assert set(netns_names()) == before
+
+
+def capture_source(ns, count=1):
+    """tcpdump in a namespace: the source address of the first ICMP echo request it sees."""
+    return subprocess.Popen(["ip", "netns", "exec", ns.name, "tcpdump", "-l", "-n", "-c",
+                             str(count), "-i", "eth0", "icmp[icmptype] == icmp-echo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def test_ip_masq_hides_pods_going_out_but_not_between_pods(cluster):
+    n1 = cluster.add_node(1, start_agent=False)
+    cluster.start_agent(n1, "--ip-masq")
+    n2 = cluster.add_node(2)
+    for n in (n1, n2):
+        cluster.wait_ready(n)
+    assert "FLANNEL_IPMASQ=true" in cluster.subnet_env(n1).read_text()
+    outside, outside_ip = cluster.lab.add_host("out", 200)
+    p1, p2 = cluster.add_cni_pod(n1), cluster.add_cni_pod(n2)
+
+    cap = capture_source(outside)
+    time.sleep(0.5)
+    # the outside host has no route to pods: only a masqueraded ping can be answered
+    assert ping(p1, outside_ip, "-c", "2").returncode == 0
+    line = cap.communicate(timeout=10)[0]
+    assert f"IP {n1.ip} > {outside_ip}" in line, line
+
+    cap = capture_source(p2.ns)
+    time.sleep(0.5)
+    assert ping(p1, p2.ip).returncode == 0
+    line = cap.communicate(timeout=10)[0]
+    assert f"IP {p1.ip} > {p2.ip}" in line, line  # pod to pod: the pod's own address
+
+    n1.ns.run("nft", "delete", "table", "ip", "vxnet")
+    wait_for(lambda: metric(cluster, n1, "vxnet_masquerade_repairs_total") == 1, 10.0,
+             "rules repaired")
+    assert "masquerade" in n1.ns.run("nft", "list", "table", "ip", "vxnet").stdout

@@ -23,6 +23,7 @@ from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import PassResult
 from vxnet.kernel.device import DeviceSpec, default_name, device_mtu, ensure_device
 from vxnet.kernel.mac import vtep_mac
+from vxnet.kernel.masq import MasqRules, Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay, open_overlay
 from vxnet.kernel.peer import Peer
@@ -77,6 +78,7 @@ class Agent:
         self.watcher = LeaseWatcher(self.etcd, self.paths)
         self.monitor: Monitor | None = None
         self.sock: nl.RtnlSocket | None = None
+        self.masq: Masquerade | None = None
         self.first_sync_writes: int | None = None
         self.invalid: dict[str, str] = {}
         self.invalid_total = 0
@@ -126,6 +128,7 @@ class Agent:
         self.sock = nl.RtnlSocket()
         await self._setup_overlays(lease)
         self._write_subnet_env(lease)
+        await self._masquerade(lease)
         snap = await self._retry("listing leases", self.watcher.snapshot)
         for key, err in snap.invalid.items():
             self._invalid(key, str(err))
@@ -185,6 +188,16 @@ class Agent:
                     ov.device = spec
                     ov.ensured = await ensure_device(ipr, spec)
                     ov.plane.rebind(ov.ensured.ifindex, local_subnet=spec.subnet)
+
+    async def _masquerade(self, lease: Lease) -> None:
+        cfg = self.cfg
+        assert cfg is not None
+        if not self.opts.ip_masq:
+            return
+        rules = [MasqRules(pool.network, sub) for pool, sub in (
+            (cfg.ipv4, lease.key.subnet), (cfg.ipv6, lease.key.subnet6)) if pool and sub]
+        self.masq = Masquerade(rules)
+        await self.masq.apply()
 
     def _write_subnet_env(self, lease: Lease) -> None:
         cfg = self.cfg
@@ -270,6 +283,7 @@ class Agent:
                   ev.reason, ev.new.key)
         await self._setup_overlays(ev.new)
         self._write_subnet_env(ev.new)
+        await self._masquerade(ev.new)
         for version, ov in self.overlays.items():
             ov.plane.set_peers(self._peers(self.watcher.leases.values(), version))
             self.on_pass(version, "resync", ov.plane.resync())
@@ -282,6 +296,9 @@ class Agent:
                  asyncio.create_task(self._watch(), name="watch"),
                  asyncio.create_task(self.mgr.keepalive(self.cfg, self._lease_lost),
                                      name="keepalive")]
+        if self.masq is not None:
+            tasks.append(asyncio.create_task(
+                self.masq.keep(min(self.opts.resync_interval, 5.0)), name="masquerade"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:

@@ -56,6 +56,8 @@ class _AgentCollector(Collector):
                                         a.monitor.overflows if a.monitor else 0),
             "vxnet_device_repairs": ("VXLAN devices recreated after deletion",
                                      a.monitor.repairs if a.monitor else 0),
+            "vxnet_masquerade_repairs": ("Masquerade tables re-applied after drift",
+                                         a.masq.repairs if a.masq else 0),
         }
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(name, doc)

@@ -70,6 +70,18 @@ class Lab:
         self.nodes.append(node)
         return node
 
+    def add_host(self, role: str, index: int) -> tuple[Netns, ipaddress.IPv4Address]:
+        """A plain machine on the underlay, outside the cluster network."""
+        ns = self.new_ns(role)
+        ip = UNDERLAY4[index]
+        port = f"h{index}"
+        self.fabric.ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+                       ns.name)
+        self.fabric.ip("link", "set", port, "master", "br0", "up")
+        ns.ip("addr", "add", f"{ip}/24", "dev", "eth0")
+        ns.ip("link", "set", "eth0", "up")
+        return ns, ip
+
     def add_pod(self, node: Node, subnet: ipaddress.IPv4Network | None,
                 subnet6: ipaddress.IPv6Network | None = None) -> Pod:
         """A pod wired straight to its node by veth (the CNI plugin does this for real pods)."""
