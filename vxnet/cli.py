@@ -110,6 +110,54 @@ def demo(nodes: int, pods: int) -> None:
     sys.exit(0 if run_demo(nodes, pods, lambda s: click.echo(s)) else 1)
 
 
+@main.command()
+@flag("healthz-ip", default="127.0.0.1", show_default=True, help="The agent's API address.")
+@flag("healthz-port", type=click.IntRange(1, 65535), default=10280, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(healthz_ip: str, healthz_port: int, as_json: bool) -> None:
+    """This node's lease, device, peers and drift (from the running agent)."""
+    from vxnet.status import fetch, render_status
+
+    try:
+        ipam = fetch(healthz_ip, healthz_port, "/v1/ipam")
+        state = fetch(healthz_ip, healthz_port, "/v1/state")
+    except VxnetError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps({"ipam": ipam, "state": state}, indent=2, sort_keys=True))
+    else:
+        click.echo(render_status(ipam, state))
+
+
+@main.command()
+@flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True)
+@flag("etcd-prefix", default="/coreos.com/network", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def leases(etcd_endpoints: str, etcd_prefix: str, as_json: bool) -> None:
+    """The cluster's subnet leases, as etcd holds them."""
+    from vxnet.status import LEASE_HEADERS, cluster_leases
+    from vxnet.store.etcd import Etcd
+    from vxnet.store.paths import Paths
+    from vxnet.textui import table
+
+    async def go() -> list[list[str]]:
+        etcd = Etcd(etcd_endpoints, timeout=5)
+        try:
+            return await cluster_leases(etcd, Paths(etcd_prefix))
+        finally:
+            await etcd.close()
+
+    try:
+        rows = asyncio.run(go())
+    except VxnetError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps([dict(zip(LEASE_HEADERS, r, strict=True)) for r in rows],
+                              indent=2))
+    else:
+        click.echo(table(LEASE_HEADERS, rows) if rows else "no leases")
+
+
 LAB_STATE = Path("/run/vxnet-lab.json")
 
 

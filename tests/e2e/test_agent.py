@@ -237,3 +237,21 @@ def test_ip_masq_hides_pods_going_out_but_not_between_pods(cluster):
     wait_for(lambda: metric(cluster, n1, "vxnet_masquerade_repairs_total") == 1, 10.0,
              "rules repaired")
     assert "masquerade" in n1.ns.run("nft", "list", "table", "ip", "vxnet").stdout
+
+
+def test_status_and_leases_commands(cluster):
+    n1, n2 = start(cluster, 2)
+    cluster.etcdctl("put", f"{PREFIX}/subnets/10.244.230.0-24", "junk")
+    vxnet = [cluster.agent_argv(n1)[0], "-m", "vxnet"]
+    out = n1.ns.run(*vxnet, "status").stdout
+    info = ipam(cluster, n2)
+    assert f"node       {n1.name}" in out and "ready" in out
+    assert info["leaseKey"] in out and info["vtepMAC"] in out and "drift: none" in out
+    assert "10.244.230.0-24: value is not JSON" in out
+    as_json = json.loads(n1.ns.run(*vxnet, "status", "--json").stdout)
+    assert as_json["state"]["ready"] is True
+    out = n1.ns.run(*vxnet, "leases", "--etcd-endpoints", cluster.endpoint).stdout
+    assert info["leaseKey"] in out and "node2" in out and "INVALID" in out
+    res = n1.ns.run(*vxnet, "status", "--healthz-port", "1", check=False)
+    assert res.returncode == 1 and "cannot read http://127.0.0.1:1/v1/ipam" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -14,6 +14,7 @@ from typing import Any
 
 from vxnet.lab.cluster import Cluster
 from vxnet.lab.topology import Node, Pod
+from vxnet.textui import table
 
 Say = Callable[[str], None]
 REQUIRED = ("ip", "bridge", "etcd", "etcdctl", "ping", "/usr/lib/cni/bridge",
@@ -28,12 +29,6 @@ def preflight() -> list[str]:
         if not (shutil.which(tool) or os.path.exists(tool)):
             problems.append(f"{tool} is missing (`make demo` installs it)")
     return problems
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -84,7 +79,7 @@ def _demo(cluster: Cluster, n_nodes: int, pods_per_node: int, say: Say) -> bool:
     ok = _matrix(pods, say)
     converged = time.monotonic() - t0
     say("\n[5/5] summary\n")
-    say(_table(["node", "node ID", "underlay IP", "pod subnet", "VTEP MAC", "MTU", "ready"],
+    say(table(["node", "node ID", "underlay IP", "pod subnet", "VTEP MAC", "MTU", "ready"],
                [[n.name, str(infos[n.index]["nodeId"]), str(n.ip),
                  infos[n.index]["podSubnetThisNode"], infos[n.index]["vtepMAC"],
                  str(infos[n.index]["mtu"]), f"{ready_at[n.index]:.2f}s"] for n in nodes]))
@@ -111,5 +106,5 @@ def _matrix(pods: list[tuple[str, Node, Pod]], say: Say) -> bool:
     rows: list[list[Any]] = [[src] + ["-" if src == dst else ("ok" if results[(src, dst)]
                                                               else "FAIL") for dst in names]
                              for src in names]
-    say(_table(["from \\ to", *names], rows))
+    say(table(["from \\ to", *names], rows))
     return all(results.values())
