@@ -29,14 +29,18 @@ LOCAL = ipaddress.ip_network("10.0.0.0/24")
 NETWORK = ipaddress.ip_network("10.0.0.0/8")
 
 
+def peer(i: int) -> Peer:
+    """Fake peer i: subnet 10.<i/256>.<i%256>.0/24 (so i < 51200 stays below 10.200.0.0)."""
+    sub = ipaddress.ip_network(f"10.{i >> 8}.{i & 255}.0/24")
+    # FDB destinations only need to be addresses; nothing is ever sent to them here. They stay
+    # clear of the lab's node addresses (.11-.30): a lease with a node's own public IP is that
+    # node's lease (flannel's rule), which is not what a fake peer is for.
+    return Peer(f"p{i}", sub, ipaddress.ip_address(f"198.51.100.{100 + i % 150}"),
+                vtep_mac(sub))
+
+
 def peers(n: int) -> list[Peer]:
-    out = []
-    for i in range(1, n + 1):
-        sub = ipaddress.ip_network(f"10.{i >> 8}.{i & 255}.0/24")
-        # FDB destinations only need to be addresses; nothing is ever sent to them here
-        out.append(Peer(f"p{i}", sub, ipaddress.ip_address(f"198.51.100.{2 + i % 250}"),
-                        vtep_mac(sub)))
-    return out
+    return [peer(i) for i in range(1, n + 1)]
 
 
 def fresh_node() -> tuple[Netns, int]:

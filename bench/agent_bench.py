@@ -1,0 +1,246 @@
+"""Agent-level figures on a lab node with N fake peers in etcd:
+
+  cold      process start -> /readyz with every peer in the kernel; peak RSS; against
+            `ip -batch` + `bridge -batch` of the same entries, alternating run by run
+  latency   etcd put/change/delete -> the entry seen on a netlink monitor (p50/p99/max)
+  idle      CPU of an idle agent over a window, and the cost of its periodic resyncs
+
+    sudo .venv/bin/python bench/agent_bench.py --sizes 1000,5000,20000 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vxnet.kernel import netlink as nl
+from vxnet.lab.cluster import PREFIX, Cluster
+from vxnet.store.lease import LeaseAttrs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.kernel_bench import batch_files, peer, peers
+
+# the agent's own subnet comes from 10.200.0.0 up, clear of the fake peers below it
+CONFIG = {"Network": "10.0.0.0/8", "SubnetMin": "10.200.0.0", "Backend": {"Type": "vxlan"}}
+HERE = str(Path(__file__).resolve())
+
+
+# -- helpers that run inside a namespace (called as `python agent_bench.py _load|_latency`) --
+
+def _value(p) -> bytes:
+    return LeaseAttrs(p.public_ip, p.vtep_mac).encode()
+
+
+async def _load(endpoint: str, n: int) -> None:
+    from vxnet.store.etcd import Etcd
+    from vxnet.store.paths import Paths
+
+    etcd, paths = Etcd(endpoint, timeout=30), Paths(PREFIX)
+    lease = await etcd.grant(3600)
+    ps = peers(n)
+    for i in range(0, n, 500):
+        await asyncio.gather(*(etcd.put(paths.subnet(str(p.subnet).replace("/", "-")),
+                                        _value(p), lease) for p in ps[i:i + 500]))
+    await etcd.close()
+
+
+async def _latency(endpoint: str, ops: int, base: int) -> None:
+    """Serial puts/changes/deletes; for each, the time until its netlink notification."""
+    from vxnet.store.etcd import Etcd
+    from vxnet.store.paths import Paths
+
+    etcd, paths = Etcd(endpoint, timeout=10), Paths(PREFIX)
+    sock = nl.RtnlSocket([nl.RTNLGRP_NEIGH, nl.RTNLGRP_IPV4_ROUTE])
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+
+    def readable() -> None:
+        for t, buf, off, end in sock.recv_events():
+            if t in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
+                r = nl.parse_route(buf, off, end)
+                if r is not None:
+                    seen.put_nowait((t, r[1].dst))
+            elif t == nl.RTM_NEWNEIGH:
+                fam, _, _, _, _, mac = nl.parse_neigh(buf, off, end)
+                if fam == nl.AF_BRIDGE and mac:
+                    seen.put_nowait((t, mac))
+
+    loop.add_reader(sock.fileno(), readable)
+    out: dict[str, list[float]] = {"add": [], "change": [], "delete": []}
+    for i in range(ops):
+        p = peer(base + i // 3 + 1)
+        key = paths.subnet(str(p.subnet).replace("/", "-"))
+        kind = ("add", "change", "delete")[i % 3]
+        if kind == "add":
+            value, want = _value(p), (nl.RTM_NEWROUTE, p.subnet.network_address.packed)
+        elif kind == "change":
+            mac = "0e:ff:" + p.vtep_mac[6:]
+            value = LeaseAttrs(p.public_ip, mac).encode()
+            want = (nl.RTM_NEWNEIGH, bytes.fromhex(mac.replace(":", "")))
+        else:
+            value, want = None, (nl.RTM_DELROUTE, p.subnet.network_address.packed)
+        while not seen.empty():
+            seen.get_nowait()
+        t0 = time.perf_counter()
+        if value is None:
+            await etcd.delete(key)
+        else:
+            await etcd.put(key, value)
+        while True:
+            got = await asyncio.wait_for(seen.get(), 5)
+            if got == want:
+                out[kind].append(time.perf_counter() - t0)
+                break
+    loop.remove_reader(sock.fileno())
+    await etcd.close()
+    print(json.dumps(out))
+
+
+# -- the benchmark proper --
+
+def ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1000:7.1f} ms ({min(xs) * 1000:.0f}-{max(xs) * 1000:.0f})"
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def in_ns(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, HERE, *args],
+                          capture_output=True, text=True, check=True, timeout=600)
+
+
+def metric(c: Cluster, node, name: str) -> float:
+    for line in c.api(node, "/metrics")[1].splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def reset_node(node) -> None:
+    node.ns.ip("link", "del", "flannel.1", check=False)  # takes routes, neighbours, FDB along
+
+
+def cold_agent(c: Cluster, node, n: int) -> tuple[float, float, float]:
+    """(seconds to ready with all n peers programmed, first-sync seconds, peak RSS MiB)."""
+    reset_node(node)
+    t0 = time.perf_counter()
+    proc = c.start_agent(node)
+    while True:
+        try:
+            if c.api(node, "/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(c.log(node)[-2000:])
+        time.sleep(0.005)
+    ready = time.perf_counter() - t0
+    assert metric(c, node, 'vxnet_peers_programmed{family="ipv4"}') == n
+    first = metric(c, node, 'vxnet_resync_duration_seconds_sum{family="ipv4",kind="first"}')
+    rss = 0.0
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            rss = int(line.split()[1]) / 1024
+    c.stop_agent(node, signal.SIGTERM)
+    return ready, first, rss
+
+
+def cold_batch(node, n: int, tmp: Path) -> float:
+    reset_node(node)
+    node.ns.ip("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", str(node.ip),
+               "dev", "eth0", "nolearning", "dstport", "8472")
+    node.ns.ip("link", "set", "flannel.1", "up")
+    ip_text, fdb_text = batch_files(peers(n), nexthops=True)
+    (tmp / "ip").write_text(ip_text)
+    (tmp / "fdb").write_text(fdb_text)
+    t0 = time.perf_counter()
+    node.ns.run("bridge", "-batch", str(tmp / "fdb"), timeout=600)
+    node.ns.run("ip", "-batch", str(tmp / "ip"), timeout=600)
+    return time.perf_counter() - t0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,5000,20000")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--latency-peers", type=int, default=5000)
+    ap.add_argument("--latency-ops", type=int, default=1000)
+    ap.add_argument("--idle-peers", type=int, default=5000)
+    ap.add_argument("--idle-seconds", type=float, default=60)
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    print(f"{'peers':>6} | {'vxnet: start -> ready':>26} | {'first sync (kernel part)':>26} | "
+          f"{'ip+bridge -batch':>24} | {'sync/batch':>10} | peak RSS")
+    for n in sizes:
+        with Cluster("bench", config=CONFIG) as c:
+            c.start()
+            node = c.add_node(1, start_agent=False)
+            in_ns(c.lab.fabric.name, "_load", c.endpoint, str(n))  # type: ignore[union-attr]
+            ready, first, batch, rss = [], [], [], []
+            for rep in range(args.reps):
+                for which in (("agent", "batch") if rep % 2 == 0 else ("batch", "agent")):
+                    if which == "agent":
+                        r, f, m = cold_agent(c, node, n)
+                        ready.append(r)
+                        first.append(f)
+                        rss.append(m)
+                    else:
+                        batch.append(cold_batch(node, n, c.workdir))
+            ratio = statistics.median(first) / statistics.median(batch)
+            print(f"{n:>6} | {ms(ready):>26} | {ms(first):>26} | {ms(batch):>24} | "
+                  f"{ratio:>9.2f}x | {max(rss):.0f} MiB", flush=True)
+
+    with Cluster("bench", config=CONFIG, agent_args=("--resync-interval", "30")) as c:
+        c.start()
+        node = c.add_node(1, start_agent=False)
+        n = max(args.latency_peers, args.idle_peers)
+        in_ns(c.lab.fabric.name, "_load", c.endpoint, str(n))  # type: ignore[union-attr]
+        proc = c.start_agent(node)
+        c.wait_ready(node, 120)
+        res = json.loads(in_ns(node.ns.name, "_latency", c.endpoint, str(args.latency_ops),
+                               str(n)).stdout)
+        every = [x for xs in res.values() for x in xs]
+        print(f"\nevent latency, {n} peers held, {len(every)} operations (etcd put -> netlink):")
+        for kind, xs in [*res.items(), ("all", every)]:
+            print(f"  {kind:>7}: p50 {pct(xs, .5) * 1000:6.2f} ms  p99 {pct(xs, .99) * 1000:6.2f}"
+                  f" ms  max {max(xs) * 1000:6.2f} ms")
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        count0 = metric(c, node, 'vxnet_resync_duration_seconds_count{family="ipv4",kind='
+                                 '"periodic"}')
+        sum0 = metric(c, node, 'vxnet_resync_duration_seconds_sum{family="ipv4",kind="periodic"}')
+        time.sleep(args.idle_seconds)
+        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+        count = metric(c, node, 'vxnet_resync_duration_seconds_count{family="ipv4",kind='
+                                '"periodic"}') - count0
+        total = metric(c, node, 'vxnet_resync_duration_seconds_sum{family="ipv4",kind='
+                                '"periodic"}') - sum0
+        per = f"{total / count * 1000:.0f} ms each" if count else "none in the window"
+        print(f"\nidle agent, {n} peers, {args.idle_seconds:.0f} s: CPU {cpu * 100:.2f} % of a "
+              f"core; {count:.0f} periodic resyncs ({per})")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_load":
+        asyncio.run(_load(sys.argv[2], int(sys.argv[3])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_latency":
+        asyncio.run(_latency(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    else:
+        sys.exit(main())
