@@ -83,13 +83,13 @@ class Lab:
         return ns, ip
 
     def add_pod(self, node: Node, subnet: ipaddress.IPv4Network | None,
-                subnet6: ipaddress.IPv6Network | None = None) -> Pod:
+                subnet6: ipaddress.IPv6Network | None = None, mtu: int | None = None) -> Pod:
         """A pod wired straight to its node by veth (the CNI plugin does this for real pods)."""
         n = len(node.pods) + 1
         ns = self.new_ns(f"p{node.index}{n}")
         host_if = f"pod{n}"
-        node.ns.ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
-                   ns.name)
+        node.ns.ip("link", "add", host_if, *(["mtu", str(mtu)] if mtu else []), "type", "veth",
+                   "peer", "name", "eth0", *(["mtu", str(mtu)] if mtu else []), "netns", ns.name)
         node.ns.ip("link", "set", host_if, "up")
         ns.ip("link", "set", "eth0", "up")
         pod = Pod(ns, None, None)

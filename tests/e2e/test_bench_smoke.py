@@ -1,0 +1,26 @@
+"""The benchmarks keep working: each runs once at a tiny size (figures are not checked)."""
+
+import pytest
+
+from bench import agent_bench, dataplane_bench, kernel_bench
+
+pytestmark = pytest.mark.netns
+
+
+def test_kernel_bench(capsys):
+    assert kernel_bench.main(["--sizes", "20", "--reps", "1", "--noop-size", "20"]) == 0
+    assert "no-op resync at 20 peers" in capsys.readouterr().out
+
+
+def test_agent_bench(capsys):
+    assert agent_bench.main(["--sizes", "20", "--reps", "1", "--latency-peers", "20",
+                             "--latency-ops", "6", "--idle-peers", "20",
+                             "--idle-seconds", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "event latency" in out and "idle agent" in out
+
+
+def test_dataplane_bench(capsys):
+    assert dataplane_bench.main(["--mtus", "1500", "--streams", "1", "--reps", "1",
+                                 "--seconds", "0.5"]) == 0
+    assert "vxnet / flannel-hand" in capsys.readouterr().out
