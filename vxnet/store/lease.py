@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from vxnet.errors import LeaseDecodeError
-from vxnet.ip import normalize_mac
+from vxnet.ip import normalize_mac, parse_ip
 
 BACKEND_TYPE = "vxlan"
 _NO_V4 = "0.0.0.0-0"  # what flanneld writes as the IPv4 half of an IPv6-only key
@@ -55,10 +55,13 @@ def _parse_net(text: str, version: int) -> IPv4Network | IPv6Network:
     addr, dash, plen = text.rpartition("-")
     if not dash or not plen.isdigit() or not plen.isascii():
         raise ValueError(f"{text!r} is not ADDRESS-PREFIXLEN")
-    net = ipaddress.ip_network(f"{addr}/{int(plen)}", strict=True)
-    if net.version != version:
-        raise ValueError(f"{text!r} is not IPv{version}")
-    return net
+    try:
+        ip = parse_ip(addr, version)
+    except ValueError:
+        raise ValueError(f"{text!r} is not IPv{version}") from None
+    # from an int with the explicit class: given an address object, ipaddress re-parses its str
+    cls = IPv4Network if version == 4 else IPv6Network
+    return cls((int(ip), int(plen)), strict=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +137,14 @@ def _addr(key: str, name: str, value: Any, version: int) -> Any:
     if not isinstance(value, str):
         raise LeaseDecodeError(key, f"{name} is not a string: {value!r:.60}")
     try:
-        addr = ipaddress.ip_address(value)
+        return parse_ip(value, version)
+    except ValueError:
+        pass
+    try:
+        other = ipaddress.ip_address(value)
     except ValueError:
         raise LeaseDecodeError(key, f"{name} {value!r:.60} is not an IP address") from None
-    if addr.version != version:
-        raise LeaseDecodeError(key, f"{name} {value} is not IPv{version}")
-    return addr
+    raise LeaseDecodeError(key, f"{name} {other} is not IPv{version}")
 
 
 def _backend(key: str, name: str, value: Any) -> tuple[str | None, int | None]:

@@ -16,13 +16,14 @@ from ipaddress import IPv4Address, IPv6Address
 from aetcd import transactions as tx
 
 from vxnet.backoff import Backoff
-from vxnet.errors import ConfigError, LeaseDecodeError, StoreUnavailable, VxnetError
+from vxnet.errors import ConfigError, StoreUnavailable, VxnetError
 from vxnet.ip import IPNetwork
 from vxnet.store.allocator import choose, taken_in_pool
 from vxnet.store.config import NetworkConfig, Pool, parse_config
 from vxnet.store.etcd import Etcd, prefix_end
-from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey, decode_lease
+from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
 from vxnet.store.paths import Paths
+from vxnet.store.watcher import Snapshot, list_leases
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,8 @@ async def read_config(etcd: Etcd, paths: Paths) -> NetworkConfig:
 
 @dataclass(slots=True)
 class _Listing:
-    leases: list[Lease]
-    keys: list[SubnetKey]  # every parseable key, valid value or not: all of them are taken
+    snap: Snapshot
     owners: dict[str, str]
-    create_revisions: dict[str, int]
 
 
 class LeaseManager:
@@ -74,6 +73,7 @@ class LeaseManager:
         self.ttl, self.renew_margin = ttl, renew_margin
         self.rng = rng or random.SystemRandom()
         self.lease: Lease | None = None
+        self.last_snapshot: Snapshot | None = None  # the listing the last acquire() decided on
         self.renewals = 0
         self.losses = 0
         self._check = asyncio.Event()
@@ -99,20 +99,12 @@ class LeaseManager:
         raise VxnetError(f"could not acquire a subnet lease after {attempts} attempts")
 
     async def _list(self) -> _Listing:
-        kvs, _ = await self.etcd.get_prefix(self.paths.subnets)
+        snap = await list_leases(self.etcd, self.paths)
         owner_kvs, _ = await self.etcd.get_prefix(self.paths.owners)
         owners = {kv.key[len(self.paths.owners):].decode(errors="replace"):
                   kv.value.decode(errors="replace") for kv in owner_kvs}
-        listing = _Listing([], [], owners, {})
-        for kv in kvs:
-            name = kv.key[len(self.paths.subnets):].decode(errors="replace")
-            try:
-                listing.keys.append(SubnetKey.parse(name))
-                listing.create_revisions[name] = kv.create_revision
-                listing.leases.append(decode_lease(name, kv.value, kv.lease, kv.mod_revision))
-            except LeaseDecodeError:
-                continue  # another node's garbage: its key still blocks the subnet
-        return listing
+        self.last_snapshot = snap
+        return _Listing(snap, owners)
 
     def _fits(self, cfg: NetworkConfig, key: SubnetKey) -> bool:
         def ok(pool: Pool | None, net: IPNetwork | None) -> bool:
@@ -126,7 +118,7 @@ class LeaseManager:
         """Leases that are ours by node name, or by public IP where no other node owns them."""
         node = self.node
         ours: list[Lease] = []
-        for lease in listing.leases:
+        for lease in listing.snap.leases.values():
             owner = listing.owners.get(str(lease.key))
             by_ip = (lease.attrs.public_ip == node.public_ip if cfg.ipv4
                      else lease.attrs.public_ipv6 == node.public_ipv6)
@@ -172,10 +164,12 @@ class LeaseManager:
                       prefer: SubnetKey | None) -> Lease | None:
         sub4 = sub6 = None
         if cfg.ipv4:
-            taken = taken_in_pool(cfg.ipv4, (k.subnet for k in listing.keys if k.subnet))
+            taken = taken_in_pool(cfg.ipv4, (k.subnet for k in listing.snap.keys.values()
+                                             if k.subnet))
             sub4 = choose(cfg.ipv4, taken, [prefer and prefer.subnet], self.rng)
         if cfg.ipv6:
-            taken = taken_in_pool(cfg.ipv6, (k.subnet6 for k in listing.keys if k.subnet6))
+            taken = taken_in_pool(cfg.ipv6, (k.subnet6 for k in listing.snap.keys.values()
+                                             if k.subnet6))
             sub6 = choose(cfg.ipv6, taken, [prefer and prefer.subnet6], self.rng)
         key = SubnetKey(sub4, sub6)  # type: ignore[arg-type]
         name = str(key)
@@ -213,9 +207,9 @@ class LeaseManager:
         listing = await self._list()
         ours = str(lease.key)
         return not any(
-            k.subnet6 == lease.key.subnet6 and str(k) != ours
-            and listing.create_revisions[str(k)] < revision
-            for k in listing.keys
+            k.subnet6 == lease.key.subnet6 and name != ours
+            and listing.snap.create_revisions[name] < revision
+            for name, k in listing.snap.keys.items()
         )
 
     async def _delete(self, lease: Lease) -> None:

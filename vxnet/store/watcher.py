@@ -8,6 +8,7 @@ re-listing and turning the difference into events.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from aetcd.rtypes import Event
 from vxnet.backoff import Backoff
 from vxnet.errors import LeaseDecodeError, StoreUnavailable
 from vxnet.store.etcd import Etcd
-from vxnet.store.lease import Lease, decode_lease
+from vxnet.store.lease import Lease, SubnetKey, decode_lease
 from vxnet.store.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,28 @@ class Snapshot:
     leases: dict[str, Lease]
     invalid: dict[str, LeaseDecodeError]
     revision: int
+    # every key that names a subnet, valid value or not (all of them are taken), and when
+    # each was created (the older of two claims to one subnet wins)
+    keys: dict[str, SubnetKey] = field(default_factory=dict)
+    create_revisions: dict[str, int] = field(default_factory=dict)
+
+
+async def list_leases(etcd: Etcd, paths: Paths) -> Snapshot:
+    """All of `subnets/` at one revision, decoded; undecodable entries reported, not raised."""
+    kvs, revision = await etcd.get_prefix(paths.subnets)
+    snap = Snapshot({}, {}, revision)
+    cut = len(paths.subnets)
+    for kv in kvs:
+        key = kv.key[cut:].decode(errors="replace")
+        snap.create_revisions[key] = kv.create_revision
+        try:
+            lease = snap.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+            snap.keys[key] = lease.key
+        except LeaseDecodeError as e:
+            snap.invalid[key] = e
+            with contextlib.suppress(LeaseDecodeError):  # a garbled value still holds a subnet
+                snap.keys[key] = SubnetKey.parse(key)
+    return snap
 
 
 @dataclass(slots=True)
@@ -71,23 +94,16 @@ class LeaseWatcher:
     def revision(self) -> int:
         return self._s.revision
 
-    async def _list(self) -> Snapshot:
-        kvs, revision = await self.etcd.get_prefix(self.paths.subnets)
-        snap = Snapshot({}, {}, revision)
-        for kv in kvs:
-            key = self._name(kv.key)
-            try:
-                snap.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
-            except LeaseDecodeError as e:
-                snap.invalid[key] = e
-        return snap
-
     def _name(self, raw: bytes) -> str:
         return raw[len(self.paths.subnets):].decode(errors="replace")
 
     async def snapshot(self) -> Snapshot:
         """All leases now, and the revision events() will continue from."""
-        snap = await self._list()
+        return self.adopt(await list_leases(self.etcd, self.paths))
+
+    def adopt(self, snap: Snapshot) -> Snapshot:
+        """Continue from a listing made elsewhere (the lease manager's): events() resumes at
+        its revision + 1, so nothing after it is missed."""
         self._s = _State(dict(snap.leases), dict(snap.invalid), snap.revision)
         return snap
 
@@ -147,7 +163,7 @@ class LeaseWatcher:
         return [LeaseEvent(EventKind.CHANGED, key, lease, rev)]
 
     async def _relist(self) -> list[LeaseEvent]:
-        snap = await self._list()
+        snap = await list_leases(self.etcd, self.paths)
         s, rev = self._s, snap.revision
         out = [LeaseEvent(EventKind.REMOVED, k, old, rev)
                for k, old in s.known.items() if k not in snap.leases]
