@@ -26,7 +26,7 @@ from vxnet.lab.cluster import PREFIX, Cluster
 from vxnet.store.lease import LeaseAttrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.kernel_bench import batch_files, peer, peers
+from bench.kernel_bench import batch_files, fmt, peer, peers
 
 # the agent's own subnet comes from 10.200.0.0 up, clear of the fake peers below it
 CONFIG = {"Network": "10.0.0.0/8", "SubnetMin": "10.200.0.0", "Backend": {"Type": "vxlan"}}
@@ -108,10 +108,6 @@ async def _latency(endpoint: str, ops: int, base: int) -> None:
 
 
 # -- the benchmark proper --
-
-def ms(xs: list[float]) -> str:
-    return f"{statistics.median(xs) * 1000:7.1f} ms ({min(xs) * 1000:.0f}-{max(xs) * 1000:.0f})"
-
 
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
@@ -207,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         batch.append(cold_batch(node, n, c.workdir))
             ratio = statistics.median(first) / statistics.median(batch)
-            print(f"{n:>6} | {ms(ready):>26} | {ms(first):>26} | {ms(batch):>24} | "
+            print(f"{n:>6} | {fmt(ready):>26} | {fmt(first):>26} | {fmt(batch):>24} | "
                   f"{ratio:>9.2f}x | {max(rss):.0f} MiB", flush=True)
 
     with Cluster("bench", config=CONFIG, agent_args=("--resync-interval", "30")) as c:
