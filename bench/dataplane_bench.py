@@ -32,7 +32,7 @@ SCENARIOS = ["host", "vxnet", "flannel-hand", "vxnet-direct", "direct-hand"]
 Endpoints = tuple[Netns, Netns, str]  # client ns, server ns, server address
 
 
-def iperf(client: Netns, server: Netns, addr: str, streams: int, seconds: float) -> float:
+def iperf(client: Netns, server: Netns, addr: str, streams: int, seconds: int) -> float:
     """Received Gbit/s of one iperf3 run; a run that did not complete is retried afresh."""
     for _ in range(10):
         srv = subprocess.Popen(["ip", "netns", "exec", server.name, "iperf3", "-s", "-1", "-B",
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mtus", default="1500,9000")
     ap.add_argument("--streams", default="1,4")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=3)
+    # whole seconds: iperf3 reads -t as an integer, and -t 0 means "run forever"
+    ap.add_argument("--seconds", type=int, default=3, choices=range(1, 3601), metavar="1..3600")
     args = ap.parse_args(argv)
     mtus = [int(m) for m in args.mtus.split(",")]
     streams = [int(s) for s in args.streams.split(",")]

@@ -146,5 +146,6 @@ class Monitor:
                     log.warning("recreating %s failed: %s", ov.device.name, e)
                     await backoff.sleep()
             self.repairs += 1
+            ov.ensured = res
             ov.plane.rebind(res.ifindex)
             self._report(ov, "resync", ov.plane.resync())
