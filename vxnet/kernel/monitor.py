@@ -139,7 +139,9 @@ class Monitor:
         async with ov.repairing:
             while True:
                 try:
-                    async with AsyncIPRoute(netns=self.netns) as ipr:
+                    # flags=0: pyroute2 would otherwise *create* a namespace of that name when
+                    # its listing misses it, and recreate our device in an empty one
+                    async with AsyncIPRoute(netns=self.netns, flags=0) as ipr:
                         res = await ensure_device(ipr, ov.device)
                     break
                 except Exception as e:  # parent gone, transient netlink error: retry

@@ -50,7 +50,7 @@ async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:
     with in_netns(node.ns.name):
         sock = nl.RtnlSocket()
     overlays = {}
-    async with AsyncIPRoute(netns=node.ns.name) as ipr:
+    async with AsyncIPRoute(netns=node.ns.name, flags=0) as ipr:  # 0: never create a netns
         parent = node.ifindex("eth0")
         for v in versions:
             sub = subnet(node, v)
