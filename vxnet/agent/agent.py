@@ -15,14 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
-
 from vxnet.agent.iface import ExternalInterface, find_external
 from vxnet.backoff import Backoff
 from vxnet.errors import StoreUnavailable, SubnetEnvError
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import PassResult
-from vxnet.kernel.device import DeviceSpec, default_name, device_mtu, ensure_device
+from vxnet.kernel.device import DeviceSpec, default_name, device_mtu, ensure_device, iproute
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.masq import MasqRules, Masquerade
 from vxnet.kernel.monitor import Monitor
@@ -110,7 +108,7 @@ class Agent:
                                            lambda: read_config(self.etcd, self.paths))
         for w in cfg.warnings:
             log.warning("network config: %s", w)
-        async with AsyncIPRoute() as ipr:
+        async with iproute() as ipr:
             self.ext = await find_external(ipr, opts.iface, opts.public_ip, cfg.enable_ipv4,
                                            cfg.enable_ipv6, opts.public_ipv6)
         ext = self.ext
@@ -183,7 +181,7 @@ class Agent:
     async def _setup_overlays(self, lease: Lease) -> None:
         cfg = self.cfg
         assert cfg is not None and self.sock is not None
-        async with AsyncIPRoute() as ipr:
+        async with iproute() as ipr:
             for version, pool in ((4, cfg.ipv4), (6, cfg.ipv6)):
                 if pool is None:
                     continue

@@ -50,6 +50,19 @@ class EnsureResult:
     changes: tuple[str, ...] = ()
 
 
+def iproute(netns: str | None = None) -> AsyncIPRoute:
+    """pyroute2 on a netlink socket opened inside `netns` (None: our own). We open the socket
+    ourselves: pyroute2's own netns support forks a helper per socket (and, by default, creates
+    the namespace when its listing misses it), which misplaced sockets in long test runs."""
+    if netns is None:
+        return AsyncIPRoute()
+    from vxnet.lab.netns import entered
+
+    with entered(f"/run/netns/{netns}"):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+    return AsyncIPRoute(use_socket=sock)
+
+
 def default_name(vni: int, version: int) -> str:
     """flannel's names: flannel.<VNI> for the IPv4 overlay, flannel-v6.<VNI> for IPv6."""
     return f"flannel.{vni}" if version == 4 else f"flannel-v6.{vni}"

@@ -11,12 +11,10 @@ import errno
 import logging
 from collections.abc import Callable, Coroutine, Iterator
 
-from pyroute2 import AsyncIPRoute
-
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import PassResult
-from vxnet.kernel.device import ensure_device
+from vxnet.kernel.device import ensure_device, iproute
 from vxnet.kernel.overlay import Overlay
 from vxnet.lab.netns import entered
 
@@ -139,9 +137,7 @@ class Monitor:
         async with ov.repairing:
             while True:
                 try:
-                    # flags=0: pyroute2 would otherwise *create* a namespace of that name when
-                    # its listing misses it, and recreate our device in an empty one
-                    async with AsyncIPRoute(netns=self.netns, flags=0) as ipr:
+                    async with iproute(self.netns) as ipr:
                         res = await ensure_device(ipr, ov.device)
                     break
                 except Exception as e:  # parent gone, transient netlink error: retry

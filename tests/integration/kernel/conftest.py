@@ -6,10 +6,9 @@ import dataclasses
 import ipaddress as ipa
 
 import pytest
-from pyroute2 import AsyncIPRoute
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.device import DeviceSpec, default_name
+from vxnet.kernel.device import DeviceSpec, default_name, iproute
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.monitor import Monitor, in_netns
 from vxnet.kernel.overlay import Overlay, open_overlay
@@ -50,7 +49,7 @@ async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:
     with in_netns(node.ns.name):
         sock = nl.RtnlSocket()
     overlays = {}
-    async with AsyncIPRoute(netns=node.ns.name, flags=0) as ipr:  # 0: never create a netns
+    async with iproute(node.ns.name) as ipr:
         parent = node.ifindex("eth0")
         for v in versions:
             sub = subnet(node, v)
