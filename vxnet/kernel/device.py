@@ -15,6 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
 
 from vxnet.errors import VxnetError
 from vxnet.ip import IPAddress, IPNetwork
+from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ def iproute(netns: str | None = None) -> AsyncIPRoute:
     the namespace when its listing misses it), which misplaced sockets in long test runs."""
     if netns is None:
         return AsyncIPRoute()
-    from vxnet.lab.netns import entered
-
-    with entered(f"/run/netns/{netns}"):
+    with in_netns(netns):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
     return AsyncIPRoute(use_socket=sock)
 

@@ -6,31 +6,21 @@ timer both mean a full resync, which costs a few dumps when nothing drifted."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import PassResult
 from vxnet.kernel.device import ensure_device, iproute
 from vxnet.kernel.overlay import Overlay
-from vxnet.lab.netns import entered
+from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
 
 GROUPS = (nl.RTNLGRP_LINK, nl.RTNLGRP_NEIGH, nl.RTNLGRP_IPV4_ROUTE, nl.RTNLGRP_IPV6_ROUTE,
           nl.RTNLGRP_NEXTHOP)
-
-
-@contextlib.contextmanager
-def in_netns(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-    else:
-        with entered(f"/run/netns/{netns}"):
-            yield
 
 
 class Monitor:

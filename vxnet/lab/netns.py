@@ -4,14 +4,11 @@ open sockets inside one from this process."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from vxnet.nsenter import entered
 
 
 def unique_name(stem: str) -> str:
@@ -66,23 +63,6 @@ class Netns:
 
     def __str__(self) -> str:
         return self.name
-
-
-@contextlib.contextmanager
-def entered(path: str) -> Iterator[None]:
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns({path})")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:  # never leave the thread elsewhere
-                raise OSError(ctypes.get_errno(), "setns back to own namespace")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def netns_names() -> list[str]:

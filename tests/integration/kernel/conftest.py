@@ -10,10 +10,11 @@ import pytest
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.device import DeviceSpec, default_name, iproute
 from vxnet.kernel.mac import vtep_mac
-from vxnet.kernel.monitor import Monitor, in_netns
+from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay, open_overlay
 from vxnet.kernel.peer import Peer
 from vxnet.lab.topology import Lab, Node
+from vxnet.nsenter import in_netns
 
 pytestmark = pytest.mark.netns
 NET4, NET6 = ipa.ip_network("10.244.0.0/16"), ipa.ip_network("fd00:10:244::/48")
