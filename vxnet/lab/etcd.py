@@ -25,7 +25,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EtcdServer:
     def __init__(self, host: str = "127.0.0.1", *, client_port: int | None = None,
                  peer_port: int | None = None, netns: str | None = None,
-                 workdir: str | Path | None = None, name: str | None = None) -> None:
+                 workdir: str | Path | None = None, name: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """tls: (CA, server certificate, server key); clients must then present a certificate
+        signed by that CA."""
         self.host, self.netns = host, netns
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
@@ -36,10 +39,12 @@ class EtcdServer:
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "etcd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        self.client_tls: tuple[Path, Path, Path] | None = None  # (CA, cert, key) for etcdctl
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def _wrap(self, argv: list[str]) -> list[str]:
         return (["ip", "netns", "exec", self.netns, *argv]) if self.netns else argv
@@ -54,6 +59,10 @@ class EtcdServer:
             "existing" if self.data_dir.exists() else "new",
             "--logger", "zap", "--log-outputs", "stderr",
         ]
+        if self.tls:
+            ca, cert, key = self.tls
+            argv += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file",
+                     str(ca), "--client-cert-auth"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self._wrap(argv), stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -76,9 +85,13 @@ class EtcdServer:
             ) -> subprocess.CompletedProcess[bytes]:
         """Run etcdctl (v3 API) against this server."""
         env = {**os.environ, "ETCDCTL_API": "3"}
+        creds: list[str] = []
+        if self.client_tls:
+            ca, cert, key = self.client_tls
+            creds = ["--cacert", str(ca), "--cert", str(cert), "--key", str(key)]
         return subprocess.run(
             self._wrap([ETCDCTL, "--endpoints", self.endpoint, "--dial-timeout", "1s",
-                        "--command-timeout", "3s", *args]),
+                        "--command-timeout", "3s", *creds, *args]),
             env=env, capture_output=True, check=check, input=input, timeout=15)
 
     def stop(self, timeout: float = 10.0) -> None:
