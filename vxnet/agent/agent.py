@@ -103,6 +103,17 @@ class Agent:
                 await asyncio.sleep(delay)
 
     async def start(self) -> None:
+        # Start-up allocates tens of objects per peer (leases, peers, table entries), nearly all
+        # long-lived: with the cyclic GC paused they are not rescanned over and over, and frozen
+        # afterwards they stay out of every later collection, so resyncs stay cheap.
+        gc.disable()
+        try:
+            await self._start()
+        finally:
+            gc.enable()
+        gc.freeze()
+
+    async def _start(self) -> None:
         opts = self.opts
         self.cfg = cfg = await self._retry("reading the network config",
                                            lambda: read_config(self.etcd, self.paths))
@@ -138,16 +149,11 @@ class Agent:
         self.monitor = Monitor(list(self.overlays.values()),
                                resync_interval=opts.resync_interval, on_pass=self._monitor_pass)
         writes = 0
-        gc.disable()  # the first sync allocates ~10 objects a peer, all of them long-lived
-        try:
-            for version, ov in self.overlays.items():
-                ov.plane.set_peers(self._peers(snap.leases.values(), version))
-                result = ov.plane.resync()
-                self.on_pass(version, "first", result)
-                writes += result.total
-        finally:
-            gc.enable()
-        gc.freeze()  # and keep them out of every later collection: resyncs stay cheap
+        for version, ov in self.overlays.items():
+            ov.plane.set_peers(self._peers(snap.leases.values(), version))
+            result = ov.plane.resync()
+            self.on_pass(version, "first", result)
+            writes += result.total
         self.first_sync_writes = writes
         log.info("first sync: %d peers, %d kernel writes; ready",
                  sum(len(ov.plane.peers) for ov in self.overlays.values()), writes)
