@@ -24,6 +24,27 @@ def parse_ip(text: str, version: int) -> IPAddress:
         raise ValueError(f"{text!r} is not an IPv{version} address") from None
 
 
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def unsendable(ip: IPAddress) -> str | None:
+    """Why a VXLAN packet could not (or must not) be sent to `ip` as a peer's underlay address,
+    or None for a unicast address. Documentation and private ranges are fine: underlays use them."""
+    if ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK):
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.version == 4 and int(ip) == 0xFFFFFFFF:
+        return "broadcast"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_reserved:  # IPv4 class E; IPv6 ::/8 (mapped and compatible forms) and friends
+        return "reserved"
+    return None
+
+
 def subnet_count(lo: IPNetwork, hi: IPNetwork) -> int:
     """How many subnets of lo's size lie from lo to hi inclusive."""
     size = lo.num_addresses

@@ -215,7 +215,9 @@ class Agent:
     def _write_subnet_env(self, lease: Lease) -> None:
         cfg = self.cfg
         assert cfg is not None
-        mtu = next(ov.device.mtu for ov in self.overlays.values())
+        # pods get one MTU for both families: the smaller overlay's, or IPv6 packets sized for
+        # the IPv4 overlay would be refused by their own node ("packet too big")
+        mtu = min(ov.device.mtu for ov in self.overlays.values())
         SubnetEnv(cfg.ipv4.network if cfg.ipv4 else None, lease.key.subnet, mtu,
                   self.opts.ip_masq, cfg.ipv6.network if cfg.ipv6 else None,
                   lease.key.subnet6).write(self.opts.subnet_file)
@@ -242,9 +244,9 @@ class Agent:
     def _peer(lease: Lease, version: int) -> Peer | None:
         a = lease.attrs
         if version == 4 and lease.key.subnet and a.vtep_mac and a.public_ip:
-            return Peer(str(lease.key), lease.key.subnet, a.public_ip, a.vtep_mac)
+            return Peer(str(lease.key), lease.key.subnet, a.public_ip, a.vtep_mac, a.vni)
         if version == 6 and lease.key.subnet6 and a.vtep_mac6 and a.public_ipv6:
-            return Peer(str(lease.key), lease.key.subnet6, a.public_ipv6, a.vtep_mac6)
+            return Peer(str(lease.key), lease.key.subnet6, a.public_ipv6, a.vtep_mac6, a.vni)
         return None
 
     def _invalid(self, key: str, reason: str) -> None:

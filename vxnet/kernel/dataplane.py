@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from vxnet.ip import IPNetwork
+from vxnet.ip import IPAddress, IPNetwork
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.peer import Peer, PeerError, SubnetSpace, check_peer
 from vxnet.kernel.table import DeltaTable, Op
@@ -42,6 +42,8 @@ class PlaneSpec:
     parent_networks: tuple[IPNetwork, ...] = ()  # connected subnets, for DirectRouting
     direct_routing: bool = False
     use_nexthops: bool = True
+    vni: int | None = None  # peers must carry ours
+    own_ips: frozenset[IPAddress] = frozenset()  # this node's addresses: never a peer's
 
     @property
     def version(self) -> int:
@@ -114,7 +116,8 @@ class Dataplane:
         s = self.spec
         try:
             p = check_peer(peer, overlay_version=s.version, underlay_version=s.underlay_version,
-                           local=s.local_subnet, network=s.network)
+                           local=s.local_subnet, network=s.network, vni=s.vni,
+                          own_ips=s.own_ips)
             other = self._space.conflict(p.subnet)
             if other is not None:
                 raise PeerError(f"peer {p.key}: subnet {p.subnet} overlaps peer {other}")

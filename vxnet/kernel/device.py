@@ -174,3 +174,9 @@ async def interface_networks(ipr: AsyncIPRoute, index: int, version: int) -> lis
         if not (addr.version == 6 and addr.ip.is_link_local):
             out.append(addr)
     return out
+
+
+async def local_addresses(ipr: AsyncIPRoute) -> frozenset[IPAddress]:
+    """Every address on this node, whatever the interface: none of them may be a peer's."""
+    return frozenset(ipaddress.ip_address(a.get("IFA_ADDRESS")) async for a in
+                     await ipr.addr("dump"))

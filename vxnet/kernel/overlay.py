@@ -11,7 +11,13 @@ from pyroute2 import AsyncIPRoute
 from vxnet.ip import IPNetwork
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import Dataplane, PlaneSpec
-from vxnet.kernel.device import DeviceSpec, EnsureResult, ensure_device, interface_networks
+from vxnet.kernel.device import (
+    DeviceSpec,
+    EnsureResult,
+    ensure_device,
+    interface_networks,
+    local_addresses,
+)
 
 
 @dataclass(eq=False)
@@ -48,5 +54,7 @@ async def open_overlay(ipr: AsyncIPRoute, sock: nl.RtnlSocket, device: DeviceSpe
         parent_networks=tuple(a.network for a in parent_nets),
         direct_routing=direct_routing,
         use_nexthops=use_nexthops and nexthops_supported(sock),
+        vni=device.vni,
+        own_ips=await local_addresses(ipr),
     )
     return Overlay(device, Dataplane(sock, spec), ensured)

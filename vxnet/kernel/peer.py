@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import IPAddress, IPNetwork, normalize_mac
+from vxnet.ip import IPAddress, IPNetwork, normalize_mac, unsendable
 
 
 class PeerError(VxnetError):
@@ -19,6 +19,7 @@ class Peer:
     subnet: IPNetwork
     public_ip: IPAddress
     vtep_mac: str
+    vni: int = 1  # what the lease says; must be ours
 
     @property
     def mac_bytes(self) -> bytes:
@@ -68,13 +69,23 @@ class SubnetSpace:
 
 
 def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,
-               local: IPNetwork | None, network: IPNetwork | None) -> Peer:
-    """Raise PeerError naming the problem, or return the peer with its MAC normalised."""
+               local: IPNetwork | None, network: IPNetwork | None, vni: int | None = None,
+               own_ips: frozenset[IPAddress] = frozenset()) -> Peer:
+    """Raise PeerError naming the problem, or return the peer with its MAC normalised. Only a
+    peer that passes steers our traffic: its FDB entry sends pods' packets to its public IP."""
+    if vni is not None and peer.vni != vni:
+        raise PeerError(f"peer {peer.key}: VNI {peer.vni} is not ours ({vni})")
     if peer.subnet.version != overlay_version:
         raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is not IPv{overlay_version}")
     if peer.public_ip.version != underlay_version:
         raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is not IPv{underlay_version}"
                         " like our underlay")
+    why = unsendable(peer.public_ip)
+    if why is not None:
+        raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is {why}, not a unicast "
+                        "address a VXLAN packet can go to")
+    if peer.public_ip in own_ips:
+        raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is one of this node's own")
     if network is not None and not peer.subnet.subnet_of(network):  # type: ignore[arg-type]
         raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is outside the network {network}")
     if local is not None and peer.subnet.overlaps(local):  # type: ignore[arg-type]
@@ -85,4 +96,4 @@ def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,
         mac = normalize_mac(peer.vtep_mac)
     except ValueError as e:
         raise PeerError(f"peer {peer.key}: VTEP {e}") from None
-    return Peer(peer.key, peer.subnet, peer.public_ip, mac)
+    return Peer(peer.key, peer.subnet, peer.public_ip, mac, peer.vni)
