@@ -258,9 +258,10 @@ class Agent:
     def on_store_event(self, ev: LeaseEvent) -> None:
         """Fold one lease event into every overlay's desired state (no kernel writes here)."""
         if ev.key == self._own_key():
-            if ev.kind is not EventKind.ADDED:  # gone, garbled or rewritten: is it still ours?
-                assert self.mgr is not None
-                self.mgr.check_soon()
+            # any change to our key may be another writer's: the manager compares it with what
+            # we wrote and puts ours back (our own writes compare equal and cost one read)
+            assert self.mgr is not None
+            self.mgr.check_soon()
             return
         if ev.kind is EventKind.INVALID:
             self._invalid(ev.key, ev.error.reason if ev.error else "invalid")

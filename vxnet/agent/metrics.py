@@ -50,6 +50,8 @@ class _AgentCollector(Collector):
             "vxnet_lease_renewals": ("Subnet lease refreshes", a.mgr.renewals if a.mgr else 0),
             "vxnet_lease_losses": ("Subnet leases lost and re-acquired",
                                    a.mgr.losses if a.mgr else 0),
+            "vxnet_lease_takeovers": ("Foreign writes to this node's lease key, each put back",
+                                      a.mgr.takeovers if a.mgr else 0),
             "vxnet_netlink_events": ("Netlink notifications read",
                                      a.monitor.events if a.monitor else 0),
             "vxnet_netlink_overflows": ("Netlink notification overflows (each a full resync)",

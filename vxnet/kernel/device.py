@@ -178,5 +178,5 @@ async def interface_networks(ipr: AsyncIPRoute, index: int, version: int) -> lis
 
 async def local_addresses(ipr: AsyncIPRoute) -> frozenset[IPAddress]:
     """Every address on this node, whatever the interface: none of them may be a peer's."""
-    return frozenset(ipaddress.ip_address(a.get("IFA_ADDRESS")) async for a in
-                     await ipr.addr("dump"))
+    return frozenset({ipaddress.ip_address(a.get("IFA_ADDRESS")) async for a in
+                      await ipr.addr("dump")})

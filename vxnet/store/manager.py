@@ -16,12 +16,12 @@ from ipaddress import IPv4Address, IPv6Address
 from aetcd import transactions as tx
 
 from vxnet.backoff import Backoff
-from vxnet.errors import ConfigError, StoreUnavailable, VxnetError
+from vxnet.errors import ConfigError, LeaseDecodeError, StoreUnavailable, VxnetError
 from vxnet.ip import IPNetwork
 from vxnet.store.allocator import choose, taken_in_pool
 from vxnet.store.config import NetworkConfig, Pool, parse_config
 from vxnet.store.etcd import Etcd, prefix_end
-from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
+from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey, decode_value
 from vxnet.store.paths import Paths
 from vxnet.store.watcher import Snapshot, list_leases
 
@@ -76,6 +76,7 @@ class LeaseManager:
         self.last_snapshot: Snapshot | None = None  # the listing the last acquire() decided on
         self.renewals = 0
         self.losses = 0
+        self.takeovers = 0  # foreign writes to our key, each put back
         self._check = asyncio.Event()
 
     # -- acquisition ----------
@@ -137,7 +138,11 @@ class LeaseManager:
         key = str(mine.key)
         lease_id = 0
         if not mine.reserved:
-            lease_id = mine.etcd_lease if await self._alive(mine.etcd_lease) else 0
+            # at start-up the key's own etcd lease (our previous run's) is adopted; once we hold
+            # one, only ours: a lease some other writer attached would let them expire our key
+            held = self.lease.etcd_lease if self.lease and self.lease.key == mine.key else 0
+            candidate = held or mine.etcd_lease
+            lease_id = candidate if await self._alive(candidate) else 0
             lease_id = lease_id or await self.etcd.grant(self.ttl)
         if (lease_id == mine.etcd_lease and attrs == mine.attrs
                 and listing.owners.get(key) == self.node.name):
@@ -236,8 +241,9 @@ class LeaseManager:
 
     async def keepalive(self, cfg: NetworkConfig,
                         on_lost: Callable[[LeaseLost], Awaitable[None]] | None = None) -> None:
-        """Refresh the lease every renew_interval(); on loss re-acquire, preferring the same
-        subnet, and report it. Store outages are retried with backoff, never raised."""
+        """Refresh the lease every renew_interval(), and whenever check_soon() asks: a key
+        another writer changed is put back; a lease that is gone is re-acquired, preferring the
+        same subnet, and reported. Store outages are retried with backoff, never raised."""
         backoff = Backoff(0.5, 10)
         delay = self.renew_interval()
         while True:
@@ -261,14 +267,43 @@ class LeaseManager:
                 log.warning("lease keepalive: %s; retrying in %.1fs", e, delay)
 
     async def _verify(self, lease: Lease) -> str | None:
-        """None while the lease is held (refreshing it); else why it is gone."""
+        """None while the lease is held (refreshing it, and putting back our value under our
+        etcd lease if someone else wrote the key); else why it is gone."""
         if not lease.reserved:
             if not await self._alive(lease.etcd_lease):
                 return "etcd lease expired or revoked"
             self.renewals += 1
-        kv = await self.etcd.get(self.paths.subnet(str(lease.key)))
-        if kv is None:
-            return "subnet key deleted"
-        if kv.lease != lease.etcd_lease:
-            return "subnet key rewritten by someone else"
+        for _ in range(10):  # each round loses only to another concurrent write
+            key = str(lease.key)
+            kv = await self.etcd.get(self.paths.subnet(key))
+            if kv is None and lease.reserved:
+                return "reservation deleted"  # the operator freed it: take a leased subnet
+            if kv is None:
+                found, compare = "deleted", tx.Version(self.paths.subnet(key)) == 0
+            else:
+                found = _foreign(key, kv.value, kv.lease, lease)
+                if found is None:
+                    return None
+                compare = tx.Mod(self.paths.subnet(key)) == kv.mod_revision
+            self.takeovers += 1
+            log.warning("lease %s: another writer changed our key (%s); putting back our value "
+                        "under our etcd lease %s", key, found, lease.etcd_lease or "(reserved)")
+            revision = await self._write([compare], key, lease.attrs, lease.etcd_lease)
+            if revision is not None:
+                lease = self.lease = Lease(lease.key, lease.attrs, lease.etcd_lease, revision)
+                return None
+        self.check_soon()  # a writer fighting us: look again at once rather than give up
         return None
+
+
+def _foreign(key: str, raw: bytes, etcd_lease: int, ours: Lease) -> str | None:
+    """What another writer left on our key, or None if it is still exactly ours."""
+    try:
+        attrs = decode_value(key, raw)
+    except LeaseDecodeError as e:
+        return f"an undecodable value: {e.reason}"
+    if attrs == ours.attrs and etcd_lease == ours.etcd_lease:
+        return None
+    mac = attrs.vtep_mac or attrs.vtep_mac6
+    return (f"PublicIP {attrs.public_ip or attrs.public_ipv6}, VtepMAC {mac}, "
+            f"etcd lease {etcd_lease or 'none'}")

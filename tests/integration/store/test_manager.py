@@ -168,3 +168,66 @@ async def test_keepalive_renews_and_recovers_a_revoked_lease(etcd, paths):
         assert (await etcd.get(paths.subnet(str(lease.key)))).lease == ev.new.etcd_lease
     finally:
         task.cancel()
+
+
+async def wait_until(pred, timeout: float = 10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await pred():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+FOREIGN = LeaseAttrs(ipa.ip_address("198.51.100.99"), "0e:aa:bb:cc:dd:ee", 1).encode()
+
+
+async def test_foreign_writes_to_our_key_are_put_back_under_our_etcd_lease(etcd, paths):
+    cfg = await setup_config(etcd, paths)
+    m = manager(etcd, paths, 1)
+    lease = await m.acquire(cfg)
+    key = paths.subnet(str(lease.key))
+    ours = (lease.attrs.encode(), lease.etcd_lease)
+
+    async def restored() -> bool:
+        kv = await etcd.get(key)
+        return kv is not None and (kv.value, kv.lease) == ours
+
+    task = asyncio.create_task(m.keepalive(cfg))
+    try:
+        other = await etcd.grant(60)
+        writes = [lambda: etcd.put(key, FOREIGN),  # no etcd lease at all
+                  lambda: etcd.put(key, FOREIGN),  # the same again: the old bug's blind spot
+                  lambda: etcd.put(key, FOREIGN, other),  # someone else's etcd lease
+                  lambda: etcd.put(key, FOREIGN, lease.etcd_lease),  # under the lease we use
+                  lambda: etcd.put(key, b"{garbage"),
+                  lambda: etcd.delete(key)]
+        for n, write in enumerate(writes, 1):
+            await write()
+            m.check_soon()  # the agent does this on every watch event for its own key
+            await wait_until(restored)
+            assert m.takeovers == n and m.losses == 0
+        assert m.lease.etcd_lease == lease.etcd_lease and m.lease.key == lease.key
+    finally:
+        task.cancel()
+
+
+async def test_a_foreign_rewrite_of_our_reservation_is_put_back_as_a_reservation(etcd, paths):
+    cfg = await setup_config(etcd, paths)
+    n = node(1)
+    key = SubnetKey(ipa.ip_network("10.244.7.0/24"))
+    await etcd.put(paths.subnet(str(key)), attrs_for(n)(key).encode())  # pinned, no TTL
+    m = manager(etcd, paths, 1)
+    lease = await m.acquire(cfg)
+    assert lease.key == key and lease.reserved
+    task = asyncio.create_task(m.keepalive(cfg))
+    try:
+        await etcd.put(paths.subnet(str(key)), FOREIGN, await etcd.grant(60))
+        m.check_soon()
+
+        async def restored() -> bool:
+            kv = await etcd.get(paths.subnet(str(key)))
+            return kv.value == lease.attrs.encode() and kv.lease == 0
+
+        await wait_until(restored)
+        assert m.takeovers == 1
+    finally:
+        task.cancel()
