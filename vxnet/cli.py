@@ -40,6 +40,9 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
 @flag("etcd-cafile", type=click.Path(dir_okay=False), help="CA for etcd's TLS certificate.")
 @flag("etcd-certfile", type=click.Path(dir_okay=False), help="Client certificate for etcd.")
 @flag("etcd-keyfile", type=click.Path(dir_okay=False), help="Client key for etcd.")
+@flag("etcd-username", help="etcd user (etcd authentication).")
+@flag("etcd-password", help="Password of --etcd-username (prefer FLANNELD_ETCD_PASSWORD: "
+      "flags show in ps).")
 @flag("iface", help="External interface, by name or IP (default: the default route's).")
 @flag("public-ip", help="IPv4 address other nodes reach this one at.")
 @flag("public-ipv6", help="IPv6 address other nodes reach this one at.")

@@ -32,3 +32,7 @@ class ExhaustedError(VxnetError):
 
 class StoreUnavailable(VxnetError):
     """etcd could not be reached (transient: callers retry)."""
+
+
+class StoreAuthError(VxnetError):
+    """etcd refused our credentials or our role's permissions (a configuration error)."""

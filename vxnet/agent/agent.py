@@ -27,7 +27,7 @@ from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay, open_overlay
 from vxnet.kernel.peer import Peer
 from vxnet.store.config import NetworkConfig
-from vxnet.store.etcd import Etcd, TLSFiles
+from vxnet.store.etcd import Etcd, TLSFiles, credentials
 from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
 from vxnet.store.manager import DEFAULT_TTL, LeaseLost, LeaseManager, NodeInfo, read_config
 from vxnet.store.nodeid import check_node_name, node_id
@@ -46,6 +46,8 @@ class AgentOptions:
     etcd_cafile: str | None = None
     etcd_certfile: str | None = None
     etcd_keyfile: str | None = None
+    etcd_username: str | None = None
+    etcd_password: str | None = None
     etcd_timeout: float = 5.0
     iface: str | None = None
     public_ip: str | None = None
@@ -66,7 +68,8 @@ class Agent:
         check_node_name(opts.node_name)
         self.paths = Paths(opts.etcd_prefix)
         self.etcd = Etcd(opts.etcd_endpoints, timeout=opts.etcd_timeout,
-                         tls=TLSFiles(opts.etcd_cafile, opts.etcd_certfile, opts.etcd_keyfile))
+                         tls=TLSFiles(opts.etcd_cafile, opts.etcd_certfile, opts.etcd_keyfile),
+                         auth=credentials(opts.etcd_username, opts.etcd_password))
         self.started = time.monotonic()
         self.ready = asyncio.Event()
         self.cfg: NetworkConfig | None = None

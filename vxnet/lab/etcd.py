@@ -26,7 +26,8 @@ class EtcdServer:
     def __init__(self, host: str = "127.0.0.1", *, client_port: int | None = None,
                  peer_port: int | None = None, netns: str | None = None,
                  workdir: str | Path | None = None, name: str | None = None,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path, Path] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         """tls: (CA, server certificate, server key); clients must then present a certificate
         signed by that CA."""
         self.host, self.netns = host, netns
@@ -40,6 +41,7 @@ class EtcdServer:
         self.log_path = self.workdir / "etcd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls = tls
+        self.extra_args = extra_args
         self.client_tls: tuple[Path, Path, Path] | None = None  # (CA, cert, key) for etcdctl
 
     @property
@@ -57,7 +59,7 @@ class EtcdServer:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state",
             "existing" if self.data_dir.exists() else "new",
-            "--logger", "zap", "--log-outputs", "stderr",
+            "--logger", "zap", "--log-outputs", "stderr", *self.extra_args,
         ]
         if self.tls:
             ca, cert, key = self.tls
@@ -93,6 +95,15 @@ class EtcdServer:
             self._wrap([ETCDCTL, "--endpoints", self.endpoint, "--dial-timeout", "1s",
                         "--command-timeout", "3s", *creds, *args]),
             env=env, capture_output=True, check=check, input=input, timeout=15)
+
+    def enable_auth(self, prefix: str, user: str, password: str) -> None:
+        """etcd authentication on: a root user, and `user` with a role limited to `prefix`."""
+        for args in (("user", "add", "root:rootpw"), ("role", "add", "vxnet"),
+                     ("role", "grant-permission", "vxnet", "--prefix=true", "readwrite",
+                      prefix.rstrip("/") + "/"),
+                     ("user", "add", f"{user}:{password}"), ("user", "grant-role", user, "vxnet"),
+                     ("auth", "enable")):
+            self.ctl(*args)
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

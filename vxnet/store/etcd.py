@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +20,7 @@ import aetcd.exceptions as aexc
 import grpc
 from aetcd import rpc
 
-from vxnet.errors import StoreUnavailable, VxnetError
+from vxnet.errors import StoreAuthError, StoreUnavailable, VxnetError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,38 +74,79 @@ class TLSFiles:
         )
 
 
-class _Client(aetcd.Client):
-    """aetcd's client with TLS: same stubs, a secure channel when credentials are given."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """etcd's user/password authentication (flanneld's --etcd-username/--etcd-password)."""
 
-    def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float) -> None:
+    username: str
+    password: str = field(repr=False)
+
+
+def credentials(username: str | None, password: str | None) -> Credentials | None:
+    if username is None and password is None:
+        return None
+    if not username or password is None:
+        raise VxnetError("--etcd-username and --etcd-password go together")
+    return Credentials(username, password)
+
+
+# Answers that mean "these credentials will never work", as opposed to "try again later".
+_AUTH_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                 grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+class _Client(aetcd.Client):
+    """aetcd's client with TLS and authentication over either channel: aetcd alone has no TLS,
+    and its own connect() would authenticate only over plain gRPC."""
+
+    def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float,
+                 auth: Credentials | None) -> None:
         super().__init__(ep.host, ep.port, timeout=timeout)  # type: ignore[arg-type]
+        self._endpoint, self._auth = ep, auth
         self._creds = tls.credentials() if ep.tls or tls.cafile else None
 
     async def connect(self) -> None:
-        if self._creds is None or self._connected.is_set():
-            await super().connect()
+        if self._connected.is_set():
             return
         target = f"{self._host}:{self._port}"
-        self.channel = grpc.aio.secure_channel(target, self._creds, self._options.items())
+        self.channel = (grpc.aio.secure_channel(target, self._creds, self._options.items())
+                        if self._creds is not None
+                        else grpc.aio.insecure_channel(target, self._options.items()))
+        if self._auth is not None:
+            await self._authenticate(self._auth)
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
         self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout)
+        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                              metadata=self.metadata)
         self._connected.set()
+
+    async def _authenticate(self, auth: Credentials) -> None:
+        self.auth_stub = rpc.AuthStub(self.channel)
+        request = rpc.AuthenticateRequest(name=auth.username, password=auth.password)
+        try:
+            resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in _AUTH_REFUSED:
+                raise StoreAuthError(f"etcd {self._endpoint} refused user {auth.username!r}: "
+                                     f"{e.details()}") from None
+            raise  # transport trouble: transient
+        self.metadata = (("token", resp.token),)
 
 
 class Etcd:
     """One logical etcd client over several endpoints. Every call has a deadline."""
 
     def __init__(self, endpoints: Sequence[str] | str, *, tls: TLSFiles | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, auth: Credentials | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
             raise VxnetError("--etcd-endpoints: no endpoint given")
         self.endpoints = [Endpoint.parse(e) for e in endpoints]
         self.tls = tls or TLSFiles()
+        self.auth = auth
         self.timeout = timeout
         self._index = 0
         self._client: _Client | None = None
@@ -117,7 +158,7 @@ class Etcd:
 
     async def client(self) -> aetcd.Client:
         if self._client is None:
-            self._client = _Client(self.endpoint, self.tls, self.timeout)
+            self._client = _Client(self.endpoint, self.tls, self.timeout, self.auth)
             await self._client.connect()
         return self._client
 
@@ -140,10 +181,22 @@ class Etcd:
         try:
             client = await self.client()
             return await asyncio.wait_for(fn(client), self.timeout * 2)
+        except aexc.UnauthenticatedError as e:  # our token expired or was revoked: log in again
+            await self.close()
+            raise StoreUnavailable(f"etcd {self.endpoint}: {e}; authenticating again") from None
         except TRANSIENT as e:
             failed = self.endpoint
             await self.failover()
             raise StoreUnavailable(f"etcd {failed}: {type(e).__name__}: {e}") from None
+        except aexc.ClientError as e:
+            if "user name is empty" in str(e):
+                raise StoreAuthError(f"etcd {self.endpoint} requires authentication: give "
+                                     "--etcd-username and --etcd-password") from None
+            if "permission denied" not in str(e):
+                raise
+            user = f" to user {self.auth.username!r}" if self.auth else ""
+            raise StoreAuthError(f"etcd {self.endpoint}: permission denied{user} (does the "
+                                 "user's role cover the prefix?)") from None
 
     # Thin typed helpers over call(): the only operations the store needs.
 
