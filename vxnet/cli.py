@@ -60,6 +60,9 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
       help="This node's name (owner of its lease, key of its node ID).")
 @flag("resync-interval", type=click.FloatRange(0.1, None), default=30.0, show_default=True,
       help="Seconds between full kernel resyncs.")
+@click.option("--vxlan-allowlist/--no-vxlan-allowlist", envvar=_env("vxlan-allowlist"),
+              show_envvar=True, default=True, show_default=True,
+              help="Accept VXLAN only from cluster members' public IPs (nftables).")
 @flag("etcd-timeout", type=click.FloatRange(0.1, None), default=5.0, show_default=True,
       help="Seconds before an etcd request is given up (and retried).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

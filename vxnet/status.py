@@ -51,6 +51,13 @@ def render_status(ipam: dict[str, Any], state: dict[str, Any]) -> str:
             out += [f"  {k}: {why}" for k, why in ov["rejected"].items()]
         drift = ov["drift"]
         out.append(f"\n{fam} drift: " + ("none" if not drift else json.dumps(drift)))
+    allow = state.get("vxlanAllowList")
+    out.append("\nVXLAN allow-list: " + ("off" if allow is None else
+               f"UDP {allow['port']} from {allow['peers']} peer IPs, "
+               f"{'in step' if allow['inStep'] else 'NOT IN STEP'}, {allow['repairs']} repairs, "
+               f"{allow['refusedPackets']} packets refused"))
+    if allow and allow["refusedSources"]:
+        out += [f"  refused from {ip}: {n} packets" for ip, n in allow["refusedSources"].items()]
     if state.get("invalidLeases"):
         out.append("\ninvalid leases in the store (skipped):")
         out += [f"  {k}: {why}" for k, why in state["invalidLeases"].items()]

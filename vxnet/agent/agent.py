@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 from vxnet.agent.iface import ExternalInterface, find_external
 from vxnet.backoff import Backoff
-from vxnet.errors import StoreUnavailable, SubnetEnvError
+from vxnet.errors import StoreUnavailable, SubnetEnvError, VxnetError
+from vxnet.ip import IPAddress
 from vxnet.kernel import netlink as nl
+from vxnet.kernel import nft
+from vxnet.kernel.allowlist import AllowList
 from vxnet.kernel.dataplane import PassResult
 from vxnet.kernel.device import DeviceSpec, default_name, device_mtu, ensure_device, iproute
 from vxnet.kernel.mac import vtep_mac
@@ -60,6 +63,7 @@ class AgentOptions:
     subnet_lease_ttl: int = DEFAULT_TTL  # seconds
     node_name: str = field(default_factory=socket.gethostname)
     resync_interval: float = 30.0
+    vxlan_allowlist: bool = True
 
 
 class Agent:
@@ -81,6 +85,7 @@ class Agent:
         self.monitor: Monitor | None = None
         self.sock: nl.RtnlSocket | None = None
         self.masq: Masquerade | None = None
+        self.allow: AllowList | None = None
         self.first_sync_writes: int | None = None
         self.invalid: dict[str, str] = {}
         self.invalid_total = 0
@@ -138,6 +143,12 @@ class Agent:
         self.node_id = await self._retry("allocating a node ID", lambda: node_id(
             self.etcd, self.paths, opts.node_name))
         log.info("lease %s (node ID %d)", lease.key, self.node_id)
+        if opts.vxlan_allowlist:  # in place before our device can receive anything
+            if not nft.available():
+                raise VxnetError("the VXLAN allow-list needs nft (Debian: nftables); install it "
+                                 "or turn the allow-list off with --no-vxlan-allowlist")
+            self.allow = AllowList(cfg.backend.port, self._peer_ips)
+            await self.allow.ensure_table()
         self.sock = nl.RtnlSocket()
         await self._setup_overlays(lease)
         self._write_subnet_env(lease)
@@ -154,6 +165,9 @@ class Agent:
         writes = 0
         for version, ov in self.overlays.items():
             ov.plane.set_peers(self._peers(snap.leases.values(), version))
+        if self.allow is not None:  # peers' packets are let in before we send them any
+            await self.allow.sync(full=True)
+        for version, ov in self.overlays.items():
             result = ov.plane.resync()
             self.on_pass(version, "first", result)
             writes += result.total
@@ -278,6 +292,10 @@ class Agent:
             else:
                 ov.plane.add_peer(p)
 
+    def _peer_ips(self) -> set[IPAddress]:
+        """Where VXLAN may come from: the public IPs of the peers we program."""
+        return {p.public_ip for ov in self.overlays.values() for p in ov.plane.peers.values()}
+
     # -- steady state ----------
 
     def _monitor_pass(self, ov: Overlay, kind: str, result: PassResult) -> None:
@@ -292,6 +310,8 @@ class Agent:
                 result = ov.plane.apply()
                 if result.total or result.failures:
                     self.on_pass(version, "event", result)
+            if self.allow is not None:
+                self.allow.changed()
             self.on_event_latency(time.perf_counter() - t0)
 
     async def _lease_lost(self, ev: LeaseLost) -> None:
@@ -306,6 +326,8 @@ class Agent:
         for version, ov in self.overlays.items():
             ov.plane.set_peers(self._peers(self.watcher.leases.values(), version))
             self.on_pass(version, "resync", ov.plane.resync())
+        if self.allow is not None:
+            self.allow.changed()
 
     async def run(self) -> None:
         """Start, then run every loop until cancelled (SIGTERM/SIGINT)."""
@@ -315,6 +337,9 @@ class Agent:
                  asyncio.create_task(self._watch(), name="watch"),
                  asyncio.create_task(self.mgr.keepalive(self.cfg, self._lease_lost),
                                      name="keepalive")]
+        if self.allow is not None:
+            tasks.append(asyncio.create_task(self.allow.run(self.opts.resync_interval),
+                                             name="allowlist"))
         if self.masq is not None:
             tasks.append(asyncio.create_task(
                 self.masq.keep(min(self.opts.resync_interval, 5.0)), name="masquerade"))
@@ -355,6 +380,13 @@ class Agent:
         out: dict[str, Any] = {"ready": self.ready.is_set(),
                                "firstSyncWrites": self.first_sync_writes,
                                "invalidLeases": dict(self.invalid), "overlays": {}}
+        if self.allow is not None:
+            allow = self.allow
+            out["vxlanAllowList"] = {
+                "port": allow.port, "peers": None if allow.kernel is None else len(allow.kernel),
+                "inStep": allow.kernel == self._peer_ips(), "repairs": allow.repairs,
+                "refusedPackets": allow.refused_packets,
+                "refusedSources": dict(sorted(allow.refused_sources.items()))}
         for version, ov in self.overlays.items():
             plane = ov.plane
             programmed = plane.programmed()

@@ -61,6 +61,14 @@ class _AgentCollector(Collector):
             "vxnet_masquerade_repairs": ("Masquerade tables re-applied after drift",
                                          a.masq.repairs if a.masq else 0),
         }
+        if a.allow is not None:
+            counters.update({
+                "vxnet_vxlan_dropped_packets": ("VXLAN packets dropped: not from a peer's public "
+                                                "IP (sources in /v1/state)",
+                                                a.allow.refused_packets),
+                "vxnet_vxlan_allowlist_repairs": ("VXLAN allow-list tables or sets put back "
+                                                  "after someone else changed them",
+                                                  a.allow.repairs)})
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)

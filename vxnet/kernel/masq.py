@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
 from vxnet.ip import IPNetwork
+from vxnet.kernel.nft import load, nft
 
 log = logging.getLogger(__name__)
 TABLE = "vxnet"
@@ -46,14 +47,6 @@ table {f} {TABLE} {{
 """
 
 
-async def _nft(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "nft", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(stdin.encode() if stdin else None)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
 class Masquerade:
     def __init__(self, rules: list[MasqRules]) -> None:
         self.rules = rules
@@ -62,14 +55,11 @@ class Masquerade:
 
     async def apply(self) -> None:
         for r in self.rules:
-            rc, _, err = await _nft("-f", "-", stdin=r.script())
-            if rc != 0:
-                raise VxnetError(f"--ip-masq: nft could not load the {r.family} rules: "
-                                 f"{err.strip()}")
+            await load(r.script(), f"the --ip-masq {r.family} rules")
             self._expected[r.family] = await self._listing(r.family)
 
     async def _listing(self, family: str) -> str:
-        rc, out, _ = await _nft("list", "table", family, TABLE)
+        rc, out, _ = await nft("list", "table", family, TABLE)
         return out if rc == 0 else ""
 
     async def in_step(self) -> bool:

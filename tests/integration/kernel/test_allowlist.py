@@ -1,0 +1,69 @@
+"""The VXLAN allow-list against the real nftables of a namespace of its own."""
+
+import asyncio
+import ipaddress as ipa
+
+import pytest
+
+from vxnet.kernel.allowlist import TABLE, AllowList
+from vxnet.lab.netns import Netns
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def ns():
+    n = Netns.create("allow")
+    try:
+        yield n
+    finally:
+        n.delete()
+
+
+def elements(ns, name="peers4") -> set:
+    out = ns.run("nft", "list", "set", "inet", TABLE, name, check=False).stdout
+    inside = out.partition("elements = {")[2].partition("}")[0]
+    return {ipa.ip_address(x.strip()) for x in inside.replace("\n", " ").split(",") if x.strip()}
+
+
+async def until(pred, timeout=2.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "not in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_follows_peers_and_undoes_others_changes_but_not_ours(ns):
+    peers = {ipa.ip_address("198.51.100.12"), ipa.ip_address("2001:db8:100::12")}
+    allow = AllowList(8472, lambda: set(peers), netns=ns.name)
+    await allow.ensure_table()
+    assert elements(ns) == set()  # in place, empty: nothing gets in before we know the peers
+    await allow.sync(full=True)
+    assert elements(ns) | elements(ns, "peers6") == peers
+    task = asyncio.create_task(allow.run(interval=60))
+    try:
+        peers.add(ipa.ip_address("198.51.100.13"))
+        peers.discard(ipa.ip_address("198.51.100.12"))
+        allow.changed()
+        await until(lambda: elements(ns) == {ipa.ip_address("198.51.100.13")})
+        await asyncio.sleep(0.2)
+        assert allow.repairs == 0  # our own transactions are not tampering
+        # someone else's nft (ours would be recognised as ours)
+        ns.run("nft", "add", "element", "inet", TABLE, "peers4", "{ 203.0.113.66 }")
+        await until(lambda: ipa.ip_address("203.0.113.66") not in elements(ns))
+        ns.run("nft", "delete", "table", "inet", TABLE)
+        await until(lambda: elements(ns) == {ipa.ip_address("198.51.100.13")})
+        assert allow.repairs == 2
+    finally:
+        task.cancel()
+
+
+async def test_a_restart_keeps_the_old_table_until_it_has_its_peers(ns):
+    old = AllowList(8472, lambda: {ipa.ip_address("198.51.100.12")}, netns=ns.name)
+    await old.ensure_table()
+    await old.sync(full=True)
+    new = AllowList(8472, lambda: {ipa.ip_address("198.51.100.14")}, netns=ns.name)
+    await new.ensure_table()
+    assert elements(ns) == {ipa.ip_address("198.51.100.12")}  # untouched
+    await new.sync(full=True)
+    assert elements(ns) == {ipa.ip_address("198.51.100.14")}

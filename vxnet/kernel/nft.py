@@ -1,0 +1,58 @@
+"""Running `nft`, the one way vxnet changes nftables: every call has a deadline, and the PIDs of
+our own runs are remembered so that the ruleset notifications they cause can be told apart from
+everyone else's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections import deque
+
+from vxnet.errors import VxnetError
+
+TIMEOUT = 10.0  # seconds; an nft run normally takes milliseconds
+_own_pids: deque[int] = deque(maxlen=64)
+
+
+class NftError(VxnetError):
+    """nft failed or could not be run; the caller retries, nothing is left half-done (every
+    script is one transaction)."""
+
+
+def available() -> bool:
+    return shutil.which("nft") is not None
+
+
+def ours(pid: int) -> bool:
+    """Was the nftables transaction committed by PID one of our own nft runs?"""
+    return pid in _own_pids
+
+
+async def nft(*args: str, stdin: str | None = None, netns: str | None = None
+              ) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one nft run, inside `netns` if given."""
+    argv = ["nft", *args] if netns is None else ["ip", "netns", "exec", netns, "nft", *args]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+    except OSError as e:
+        raise NftError(f"cannot run nft: {e.strerror}") from None
+    _own_pids.append(proc.pid)  # `ip netns exec` execs nft: the same PID
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None),
+                                          TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise NftError(f"nft {' '.join(args)}: no answer in {TIMEOUT:.0f}s") from None
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def load(script: str, what: str, netns: str | None = None) -> None:
+    """Apply a script as one transaction, or raise NftError saying what failed."""
+    rc, _, err = await nft("-f", "-", stdin=script, netns=netns)
+    if rc != 0:
+        raise NftError(f"nft could not load {what}: {err.strip()}")
