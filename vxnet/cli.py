@@ -11,11 +11,15 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vxnet import __version__
 from vxnet.errors import VxnetError
+
+if TYPE_CHECKING:
+    from vxnet.agent.options import AgentOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,7 +74,7 @@ def agent(verbose: bool, **kw: object) -> None:
     """Run the node agent: lease a subnet, program the VXLAN overlay, keep it in step."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from vxnet.agent.agent import AgentOptions
+    from vxnet.agent.options import AgentOptions
 
     opts = AgentOptions(**{k.replace("-", "_"): v for k, v in kw.items()})  # type: ignore[arg-type]
     try:
@@ -80,25 +84,30 @@ def agent(verbose: bool, **kw: object) -> None:
         sys.exit(1)
 
 
-async def _run_agent(opts: object) -> None:
-    from vxnet.agent.agent import Agent
+async def _run_agent(opts: AgentOptions) -> None:
     from vxnet.agent.http import ApiServer
     from vxnet.agent.metrics import AgentMetrics
+    from vxnet.agent.startup import start
+    from vxnet.agent.state import AgentState
 
-    agent = Agent(opts)  # type: ignore[arg-type]
-    api = ApiServer(agent, AgentMetrics(agent))
+    state = AgentState(opts.node_name)
+    metrics = AgentMetrics(state)
+    api = ApiServer(state, metrics)
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly; kernel state and lease stay
         loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
-    if agent.opts.healthz_port:
+    if opts.healthz_port:
+        host, port = opts.healthz_ip, opts.healthz_port
         try:
-            await api.start(agent.opts.healthz_ip, agent.opts.healthz_port)
+            await api.start(host, port)
         except OSError as e:
-            raise VxnetError(f"--healthz-port: cannot listen on {agent.opts.healthz_ip}:"
-                             f"{agent.opts.healthz_port}: {e.strerror}") from None
+            raise VxnetError(f"--healthz-port: cannot listen on {host}:{port}: "
+                             f"{e.strerror}") from None
     try:
-        await agent.run()
+        state.runtime = await start(opts, state, metrics)
+        state.phase = "running"
+        await state.runtime.run()
     except asyncio.CancelledError:
         logging.getLogger("vxnet").info("stopping; kernel state and lease are left in place")
     finally:

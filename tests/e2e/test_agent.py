@@ -176,11 +176,27 @@ def test_fatal_problems_exit_nonzero_with_one_clear_line(cluster):
     assert last_line(res) == ("vxnet agent: network config: Network: 'banana' is not a CIDR "
                               "network")
     cluster.etcdctl("put", f"{PREFIX}/config", json.dumps({"Network": "10.244.0.0/16"}))
-    res = run_agent(cluster, node, "--iface", "nope0")
-    assert res.returncode == 1
-    assert last_line(res) == "vxnet agent: --iface: no interface named 'nope0'"
     res = run_agent(cluster, node, "--node-name", "bad/name")
     assert res.returncode == 1 and "is not a valid node name" in last_line(res)
+
+
+def test_start_up_waits_for_an_interface_that_is_not_there_yet(cluster):
+    node = cluster.add_node(1, start_agent=False)
+    cluster.start_agent(node, "--iface", "late0")
+    wait_for(lambda: "no interface named 'late0'" in readyz(cluster, node), 10,
+             "/readyz says what start-up waits for")
+    node.ns.ip("link", "add", "late0", "type", "veth", "peer", "name", "late0p")
+    node.ns.ip("addr", "add", "198.51.100.111/24", "dev", "late0")
+    node.ns.ip("link", "set", "late0", "up")
+    cluster.wait_ready(node)
+    assert ipam(cluster, node)["nodeIP"] == "198.51.100.111"
+
+
+def readyz(cluster, node) -> str:
+    try:
+        return cluster.api(node, "/readyz")[1]
+    except OSError:
+        return ""
 
 
 def test_cni_pods_on_different_nodes_talk_through_the_agent(cluster):

@@ -1,5 +1,6 @@
 """The agent's HTTP API: /healthz, /readyz, /metrics, /v1/ipam, /v1/state (GET only).
-A deliberately small HTTP/1.1 server on asyncio: read-only, local, one request per connection."""
+A deliberately small HTTP/1.1 server on asyncio: read-only, local, one request per connection.
+The views read the agent's state object; they serve from the first second of start-up on."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from vxnet.agent.agent import Agent
 from vxnet.agent.metrics import AgentMetrics
+from vxnet.agent.state import AgentState
 
 log = logging.getLogger(__name__)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -18,22 +20,73 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 Response = tuple[int, str, bytes]
 
 
+def ipam_view(state: AgentState) -> dict[str, Any]:
+    rt = state.runtime
+    out: dict[str, Any] = {"nodeName": state.node_name, "nodeId": rt and rt.node_id,
+                           "ready": state.ready}
+    if rt is None:
+        return out
+    key, cfg, ext = rt.lease.key, rt.cfg, rt.ext
+    first = next(iter(rt.overlays.values()))
+    out.update({
+        "nodeIP": str(ext.ip or ext.ip6),
+        "podSubnetThisNode": str(key.subnet or key.subnet6),
+        "network": str(cfg.ipv4.network if cfg.ipv4 else cfg.ipv6.network),  # type: ignore[union-attr]
+        "vtepMAC": first.device.mac, "mtu": first.device.mtu, "leaseKey": str(key),
+    })
+    if key.subnet6 and 6 in rt.overlays:
+        out.update({"nodeIPv6": str(ext.ip6), "podSubnetThisNodeIPv6": str(key.subnet6),
+                    "vtepMACIPv6": rt.overlays[6].device.mac})
+    return out
+
+
+def state_view(state: AgentState) -> dict[str, Any]:
+    rt = state.runtime
+    out: dict[str, Any] = {"ready": state.ready, "phase": state.phase}
+    if rt is None:
+        return out
+    out.update({"firstSyncWrites": rt.first_sync_writes, "invalidLeases": dict(rt.invalid),
+                "taskRestarts": dict(rt.supervisor.restarts),
+                "taskErrors": dict(rt.supervisor.last_error), "overlays": {}})
+    for version, ov in rt.overlays.items():
+        plane = ov.plane
+        programmed = plane.programmed()
+        out["overlays"][f"ipv{version}"] = {
+            "device": ov.device.name, "ifindex": plane.spec.ifindex, "parked": plane.parked,
+            "nexthops": plane.spec.use_nexthops,
+            "peers": {k: {"subnet": str(p.subnet), "publicIP": str(p.public_ip),
+                          "vtepMAC": p.vtep_mac, "programmed": k in programmed}
+                      for k, p in sorted(plane.peers.items())},
+            "rejected": dict(plane.rejected),
+            "drift": plane.drift(),
+            "kernelWrites": plane.writes,
+        }
+    if rt.allow is not None:
+        allow = rt.allow
+        out["vxlanAllowList"] = {
+            "port": allow.port, "peers": None if allow.kernel is None else len(allow.kernel),
+            "inStep": allow.kernel == rt.peer_ips(), "repairs": allow.repairs,
+            "refusedPackets": allow.refused_packets,
+            "refusedSources": dict(sorted(allow.refused_sources.items()))}
+    return out
+
+
 class ApiServer:
-    def __init__(self, agent: Agent, metrics: AgentMetrics) -> None:
-        self.agent, self.metrics = agent, metrics
+    def __init__(self, state: AgentState, metrics: AgentMetrics) -> None:
+        self.state, self.metrics = state, metrics
         self.routes: dict[str, Callable[[], Response]] = {
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self._readyz,
             "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.render()),
-            "/v1/ipam": lambda: _json(self.agent.ipam()),
-            "/v1/state": lambda: _json(self.agent.state()),
+            "/v1/ipam": lambda: _json(ipam_view(self.state)),
+            "/v1/state": lambda: _json(state_view(self.state)),
         }
         self._server: asyncio.Server | None = None
 
     def _readyz(self) -> Response:
-        if self.agent.ready.is_set():
+        if self.state.ready:
             return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", b"not ready: first full sync not done\n"
+        return 503, "text/plain", f"not ready: {self.state.not_ready_reason}\n".encode()
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port)

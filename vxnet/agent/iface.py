@@ -13,6 +13,10 @@ from vxnet.errors import VxnetError
 from vxnet.kernel.device import get_link, interface_networks
 
 
+class InterfaceUnavailable(VxnetError):
+    """The external interface (or its address) is not there yet: start-up waits for it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExternalInterface:
     name: str
@@ -39,7 +43,7 @@ async def find_external(ipr: AsyncIPRoute, iface: str | None, public_ip: str | N
         except ValueError:
             link = await get_link(ipr, ifname=iface)
             if link is None:
-                raise VxnetError(f"--iface: no interface named {iface!r}") from None
+                raise InterfaceUnavailable(f"--iface: no interface named {iface!r}") from None
             index = link["index"]
         else:
             async for a in await ipr.addr("dump"):
@@ -47,12 +51,12 @@ async def find_external(ipr: AsyncIPRoute, iface: str | None, public_ip: str | N
                     index = a["index"]
                     break
             if index is None:
-                raise VxnetError(f"--iface: no interface has the address {addr}")
+                raise InterfaceUnavailable(f"--iface: no interface has the address {addr}")
     else:
         index = await _default_route_index(ipr, socket.AF_INET if want4 else socket.AF_INET6)
         if index is None:
-            raise VxnetError("no default route to pick the external interface from; "
-                             "give --iface")
+            raise InterfaceUnavailable("no default route to pick the external interface "
+                                       "from; give --iface")
     link = await get_link(ipr, index=index)
     name = link.get("ifname")
     ip4 = ip6 = None
@@ -71,5 +75,5 @@ def _pick(override: str | None, addrs: list, name: str, flag: str) -> ipaddress.
             raise VxnetError(f"{flag}: {override!r} is not an IP address") from None
     if not addrs:
         version = "IPv6" if flag.endswith("v6") else "IPv4"
-        raise VxnetError(f"interface {name} has no global {version} address")
+        raise InterfaceUnavailable(f"interface {name} has no global {version} address")
     return addrs[0].ip

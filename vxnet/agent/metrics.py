@@ -9,22 +9,24 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vxnet.agent.agent import Agent
+from vxnet.agent.state import AgentState
 from vxnet.kernel.dataplane import PassResult
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class _AgentCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        a = self.agent
         ready = GaugeMetricFamily("vxnet_ready", "1 once subnet.env is written and the first "
                                   "full sync is in the kernel")
-        ready.add_metric([], 1 if a.ready.is_set() else 0)
+        ready.add_metric([], 1 if self.state.ready else 0)
         yield ready
+        a = self.state.runtime
+        if a is None:
+            return
         desired = GaugeMetricFamily("vxnet_peers_desired", "Peers the store says to program",
                                     labels=["family"])
         programmed = GaugeMetricFamily("vxnet_peers_programmed", "Peers fully in the kernel",
@@ -47,17 +49,17 @@ class _AgentCollector(Collector):
             "vxnet_store_reconnects": ("etcd connections dropped and re-made", a.etcd.reconnects),
             "vxnet_watch_restarts": ("Lease watches resumed or re-listed",
                                      a.watcher.rewatches + a.watcher.relists),
-            "vxnet_lease_renewals": ("Subnet lease refreshes", a.mgr.renewals if a.mgr else 0),
-            "vxnet_lease_losses": ("Subnet leases lost and re-acquired",
-                                   a.mgr.losses if a.mgr else 0),
+            "vxnet_lease_renewals": ("Subnet lease refreshes", a.mgr.renewals),
+            "vxnet_lease_losses": ("Subnet leases lost and re-acquired", a.mgr.losses),
             "vxnet_lease_takeovers": ("Foreign writes to this node's lease key, each put back",
-                                      a.mgr.takeovers if a.mgr else 0),
-            "vxnet_netlink_events": ("Netlink notifications read",
-                                     a.monitor.events if a.monitor else 0),
+                                      a.mgr.takeovers),
+            "vxnet_netlink_events": ("Netlink notifications read", a.monitor.events),
             "vxnet_netlink_overflows": ("Netlink notification overflows (each a full resync)",
-                                        a.monitor.overflows if a.monitor else 0),
+                                        a.monitor.overflows),
             "vxnet_device_repairs": ("VXLAN devices recreated after deletion",
-                                     a.monitor.repairs if a.monitor else 0),
+                                     a.monitor.repairs),
+            "vxnet_kernel_pass_errors": ("Kernel passes that raised (each retried after a full "
+                                         "resync)", a.reconciler.errors),
             "vxnet_masquerade_repairs": ("Masquerade tables re-applied after drift",
                                          a.masq.repairs if a.masq else 0),
         }
@@ -73,24 +75,33 @@ class _AgentCollector(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
+        restarts = CounterMetricFamily("vxnet_task_restarts", "Long-running tasks restarted "
+                                       "after failing (the agent itself keeps running)",
+                                       labels=["task"])
+        for task, n in sorted(a.supervisor.restarts.items()):
+            restarts.add_metric([task], n)
+        yield restarts
 
 
 class AgentMetrics:
-    def __init__(self, agent: Agent) -> None:
+    """The registry, and the runtime's observer of kernel passes (the Reconciler's Observer)."""
+
+    def __init__(self, state: AgentState) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_AgentCollector(agent))
+        self.registry.register(_AgentCollector(state))
         self.resync = Histogram("vxnet_resync_duration_seconds", "Full resync passes (dump, "
                                 "diff, write)", ["family", "kind"], buckets=_BUCKETS,
                                 registry=self.registry)
         self.event_latency = Histogram("vxnet_event_to_kernel_seconds", "From a store event "
                                        "arriving to its kernel writes done", buckets=_BUCKETS,
                                        registry=self.registry)
-        agent.on_pass = self._on_pass
-        agent.on_event_latency = self.event_latency.observe
 
-    def _on_pass(self, version: int, kind: str, result: PassResult) -> None:
+    def on_pass(self, version: int, kind: str, result: PassResult) -> None:
         if kind != "event":
             self.resync.labels(f"ipv{version}", kind).observe(result.seconds)
+
+    def on_event_latency(self, seconds: float) -> None:
+        self.event_latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROTO_VXNET = 118  # our route/nexthop protocol number (free in iproute2's rt_protos)
 _NH_BASE = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
 _NH_SPAN = 0x10000
+CHUNK = 2000  # requests (or peers built) per step: a few ms each, so the loop stays fair
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
 
 
@@ -195,39 +196,67 @@ class Dataplane:
     # -- the kernel ----------
 
     def resync(self) -> PassResult:
+        """A whole full pass at once (see resync_steps)."""
+        result = PassResult()
+        for _ in self.resync_steps(result):
+            pass
+        return result
+
+    def apply(self) -> PassResult:
+        """A whole pass over the dirty keys at once (see apply_steps)."""
+        result = PassResult()
+        for _ in self.apply_steps(result):
+            pass
+        return result
+
+    def resync_steps(self, result: PassResult, chunk: int = CHUNK) -> Iterator[None]:
         """Dump every table, then write only what differs. The first one also builds desired
-        state, adopting the nexthop ids an earlier run left, so a restart writes nothing."""
+        state, adopting the nexthop ids an earlier run left, so a restart writes nothing.
+        A generator: each step (a dump, a slice of the build, a chunk of writes) is short, and
+        an async caller yields to the event loop between steps."""
         if self.parked:
-            return PassResult()
+            return
         t0 = time.perf_counter()
         nexthops = self._dump_nexthops() if self.spec.use_nexthops else {}
+        yield
         if not self._built:
             self._adopt = {}
             for nhid, nh in sorted(nexthops.items()):
                 self._adopt.setdefault(nh.gateway, nhid)
             self._built = True
-            for p in self.peers.values():
-                self._install(p)
+            for n, p in enumerate(list(self.peers.values()), 1):
+                if self.peers.get(p.key) is p:  # still wanted after the last yield
+                    self._install(p)
+                if n % chunk == 0:
+                    yield
             self._adopt = {}
         self.nexthop.load_kernel(nexthops)
-        self.fdb.load_kernel(self._dump_fdb())
-        self.neigh.load_kernel(self._dump_neigh())
-        self.route.load_kernel(self._dump_routes())
-        result = self.apply()
+        for table, dump in ((self.fdb, self._dump_fdb), (self.neigh, self._dump_neigh),
+                            (self.route, self._dump_routes)):
+            yield
+            table.load_kernel(dump())
+        yield from self.apply_steps(result, chunk)
         result.seconds = time.perf_counter() - t0
-        return result
 
-    def apply(self) -> PassResult:
-        """Write what the dirty keys need: sets in table order, then deletes in reverse."""
-        result = PassResult()
+    def apply_steps(self, result: PassResult, chunk: int = CHUNK) -> Iterator[None]:
+        """Write what the dirty keys need, `chunk` requests per step: sets in table order, then
+        deletes in reverse. Keys stay dirty until written, so if a step raises (or the caller
+        stops) nothing is lost: the next pass plans it again."""
         if self.parked or not self._built:
-            return result
+            return
         t0 = time.perf_counter()
         plans = [t.plan() for t in self.tables]
         ops: list[Op[Any, Any]] = [op for sets, _ in plans for op in sets]
         ops += [op for _, dels in reversed(plans) for op in dels]
-        if not ops:
-            return result
+        for at in range(0, len(ops), chunk):
+            if at:
+                yield
+            if self.parked:  # the device went away while we yielded
+                return
+            self._write(ops[at:at + chunk], result)
+        result.seconds += time.perf_counter() - t0
+
+    def _write(self, ops: list[Op[Any, Any]], result: PassResult) -> None:
         failed = {id(f.entry): f.error for f in self.sock.batch((op, op.request()) for op in ops)}
         for op in ops:
             err = failed.get(id(op))
@@ -241,8 +270,12 @@ class Dataplane:
                 if self._failing.get(str(op)) != str(err):
                     log.warning("kernel write failed: %s", err)
                 self._failing[str(op)] = str(err)
-        result.seconds = time.perf_counter() - t0
-        return result
+
+    @property
+    def pending(self) -> bool:
+        """Work a pass could do now: keys not yet in step (failed writes, changes made during
+        a pass). A parked or not yet built plane has none: its next full pass does it."""
+        return self._built and not self.parked and any(t.dirty for t in self.tables)
 
     def rebind(self, ifindex: int, **changes: Any) -> None:
         """Our device was recreated (new ifindex) or its surroundings changed: rebuild desired

@@ -1,20 +1,21 @@
-"""Keeps the kernel in step between full syncs: netlink notifications repair the one entry that
-changed; our device going down parks its overlay until it is up again (then a full resync);
-a deleted device is recreated with the same MAC; lost notifications (ENOBUFS) and the periodic
-timer both mean a full resync, which costs a few dumps when nothing drifted."""
+"""Keeps the kernel caches in step between full passes: netlink notifications fold into them
+(the reconciler then repairs the one entry that changed); our device going down parks its
+overlay until it is up again (then a full resync); a deleted device is recreated with the same
+MAC; lost notifications (ENOBUFS) and the periodic timer both ask for a full resync, which costs
+a few dumps when nothing drifted. Nothing here writes peer state itself."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.dataplane import PassResult
 from vxnet.kernel.device import ensure_device, iproute
 from vxnet.kernel.overlay import Overlay
+from vxnet.kernel.reconciler import Reconciler
 from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,10 @@ GROUPS = (nl.RTNLGRP_LINK, nl.RTNLGRP_NEIGH, nl.RTNLGRP_IPV4_ROUTE, nl.RTNLGRP_I
 
 
 class Monitor:
-    def __init__(self, overlays: list[Overlay], *, netns: str | None = None,
-                 resync_interval: float = 30.0,
-                 on_pass: Callable[[Overlay, str, PassResult], None] | None = None) -> None:
-        self.overlays, self.netns = overlays, netns
+    def __init__(self, overlays: list[Overlay], reconciler: Reconciler, *,
+                 netns: str | None = None, resync_interval: float = 30.0) -> None:
+        self.overlays, self.reconciler, self.netns = overlays, reconciler, netns
         self.resync_interval = resync_interval
-        self.on_pass = on_pass
         self.events = 0
         self.overflows = 0
         self.repairs = 0
@@ -38,7 +37,8 @@ class Monitor:
 
     # -- lifecycle ---------
 
-    def _open(self) -> None:
+    def open(self) -> None:
+        """Subscribe. Done before the first sync, so no change after it goes unseen."""
         with in_netns(self.netns):
             self._sock = nl.RtnlSocket(GROUPS, rcvbuf=32 << 20)
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
@@ -50,34 +50,23 @@ class Monitor:
             self._sock = None
 
     async def run(self) -> None:
-        """Subscribe, then resync every resync_interval until cancelled. The socket is open
-        before this first yields, so nothing that happens after start-up goes unseen."""
-        self._open()
+        """Ask for a full resync every resync_interval until cancelled."""
+        if self._sock is None:
+            self.open()
         try:
             while True:
                 await asyncio.sleep(self.resync_interval)
-                self.resync_all("periodic")
+                self.reconciler.request_resync("periodic")
         finally:
             self._close()
             for t in self._tasks:
                 t.cancel()
 
-    # -- passes ---------
-
-    def _report(self, ov: Overlay, kind: str, result: PassResult) -> None:
-        if self.on_pass is not None:
-            self.on_pass(ov, kind, result)
-
-    def resync_all(self, kind: str = "resync") -> None:
-        for ov in self.overlays:
-            if not ov.repairing.locked():
-                self._report(ov, kind, ov.plane.resync())
-
     # -- notifications ---------
 
     def _readable(self) -> None:
         assert self._sock is not None
-        touched: list[Overlay] = []
+        touched = False
         try:
             for mtype, buf, off, end in self._sock.recv_events():
                 self.events += 1
@@ -85,19 +74,18 @@ class Monitor:
                     self._link_event(mtype, *nl.parse_link(buf, off, end))
                     continue
                 for ov in self.overlays:
-                    if ov.plane.on_message(mtype, buf, off, end) and ov not in touched:
-                        touched.append(ov)
+                    touched = ov.plane.on_message(mtype, buf, off, end) or touched
         except OSError as e:
-            if e.errno != errno.ENOBUFS:
-                raise
-            self.overflows += 1
-            log.warning("netlink notifications were lost (ENOBUFS): full resync")
+            # ENOBUFS: notifications were lost; anything else: the socket is unusable. Either
+            # way a new socket and a full resync put us back in step.
+            self.overflows += e.errno == errno.ENOBUFS
+            log.warning("netlink notifications: %s; new socket and full resync", e)
             self._close()
-            self._open()
-            self.resync_all("overflow")
+            self.open()
+            self.reconciler.request_resync("overflow")
             return
-        for ov in touched:
-            self._report(ov, "event", ov.plane.apply())
+        if touched:
+            self.reconciler.kick()
 
     def _link_event(self, mtype: int, index: int, flags: int) -> None:
         for ov in self.overlays:
@@ -115,7 +103,7 @@ class Monitor:
             elif plane.parked:
                 log.info("device %s is up again: full resync", ov.device.name)
                 plane.parked = False
-                self._report(ov, "resync", plane.resync())
+                self.reconciler.request_resync("resync", ov)
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -136,4 +124,4 @@ class Monitor:
             self.repairs += 1
             ov.ensured = res
             ov.plane.rebind(res.ifindex)
-            self._report(ov, "resync", ov.plane.resync())
+        self.reconciler.request_resync("resync", ov)

@@ -86,28 +86,36 @@ class DeltaTable(Generic[K, V]):
 
     # -- the pass ----------
     def plan(self) -> tuple[list[Op[K, V]], list[Op[K, V]]]:
-        """(sets, deletes) needed for the dirty keys; keys already in step are cleaned."""
-        sets, dels = [], []
+        """(sets, deletes) needed for the dirty keys. Keys already in step are cleaned; the
+        others stay dirty until record() sees them in step, so a write that fails, raises or
+        is never sent is never forgotten."""
+        sets, dels, clean = [], [], []
         for key in self.dirty:
             want, have = self.desired.get(key), self.kernel.get(key)
             if want is not None:
                 if have != want:
                     sets.append(Op(self, False, key, want))
+                else:
+                    clean.append(key)
             elif have is not None:
                 dels.append(Op(self, True, key, have))
-        self.dirty = set()
+            else:
+                clean.append(key)
+        self.dirty.difference_update(clean)
         return sets, dels
 
     def record(self, op: Op[K, V], ok: bool) -> None:
-        """Outcome of a planned op: the cache follows success; a failure stays dirty."""
-        if ok:
-            self.writes += 1
-            if op.delete:
-                self.kernel.pop(op.key, None)
-            else:
-                self.kernel[op.key] = op.value
+        """Outcome of a planned op: the cache follows success only. The key stays dirty unless
+        it is now in step (a failure, or a desire that changed while the op was in flight)."""
+        if not ok:
+            return
+        self.writes += 1
+        if op.delete:
+            self.kernel.pop(op.key, None)
         else:
-            self.dirty.add(op.key)
+            self.kernel[op.key] = op.value
+        if self.desired.get(op.key) == self.kernel.get(op.key):
+            self.dirty.discard(op.key)
 
     def drift(self) -> tuple[list[K], list[K], list[K]]:
         """(missing, wrong, extra) keys as of the cache: what /v1/state reports."""

@@ -7,7 +7,6 @@ client over a list of endpoints, and one transient error type (StoreUnavailable)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions as aexc
+import aetcd.rtypes
 import grpc
 from aetcd import rpc
 
@@ -90,6 +90,11 @@ def credentials(username: str | None, password: str | None) -> Credentials | Non
     return Credentials(username, password)
 
 
+# gRPC keepalive: a black-holed connection is noticed in ~10 s, not at the next TCP timeout.
+# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+KEEPALIVE = {"grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 4000,
+             "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0}
+
 # Answers that mean "these credentials will never work", as opposed to "try again later".
 _AUTH_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                  grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
@@ -101,7 +106,8 @@ class _Client(aetcd.Client):
 
     def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float,
                  auth: Credentials | None) -> None:
-        super().__init__(ep.host, ep.port, timeout=timeout)  # type: ignore[arg-type]
+        super().__init__(ep.host, ep.port, timeout=timeout,  # type: ignore[arg-type]
+                         options=KEEPALIVE)
         self._endpoint, self._auth = ep, auth
         self._creds = tls.credentials() if ep.tls or tls.cafile else None
 
@@ -170,14 +176,18 @@ class Etcd:
             except (TimeoutError, Exception) as e:  # closing a dead channel may fail
                 log.debug("closing etcd client: %r", e)
 
-    async def failover(self) -> None:
-        """Drop the current connection and move to the next endpoint."""
+    async def failover(self, failed: aetcd.Client | None = None) -> None:
+        """Drop the current connection and move to the next endpoint -- unless the connection
+        that failed (`failed`) was already replaced by another task's failover."""
+        if failed is not None and failed is not self._client:
+            return
         await self.close()
         self._index = (self._index + 1) % len(self.endpoints)
         self.reconnects += 1
 
     async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """Run one request; on a transport failure rotate endpoints and raise StoreUnavailable."""
+        client = None
         try:
             client = await self.client()
             return await asyncio.wait_for(fn(client), self.timeout * 2)
@@ -186,7 +196,7 @@ class Etcd:
             raise StoreUnavailable(f"etcd {self.endpoint}: {e}; authenticating again") from None
         except TRANSIENT as e:
             failed = self.endpoint
-            await self.failover()
+            await self.failover(client)
             raise StoreUnavailable(f"etcd {failed}: {type(e).__name__}: {e}") from None
         except aexc.ClientError as e:
             if "user name is empty" in str(e):
@@ -199,6 +209,10 @@ class Etcd:
                                  "user's role cover the prefix?)") from None
 
     # Thin typed helpers over call(): the only operations the store needs.
+
+    async def connected(self) -> aetcd.Client:
+        """A connected client, connecting (and failing over) as call() does."""
+        return await self.call(_itself)
 
     async def get(self, key: bytes) -> aetcd.rtypes.Get | None:
         return await self.call(lambda c: c.get(key))
@@ -234,24 +248,56 @@ class Etcd:
     async def compact(self, revision: int) -> None:
         await self.call(lambda c: c.compact(revision, physical=True))
 
-    async def watch_prefix(self, prefix: bytes, start_revision: int
-                           ) -> AsyncIterator[aetcd.rtypes.Event]:
-        """Events under prefix from start_revision on. Raises StoreUnavailable when the stream
-        drops and aetcd's RevisionCompactedError when start_revision was compacted away."""
-        watch = await self.call(
-            lambda c: c.watch_prefix(prefix, start_revision=start_revision))
+    async def watch_prefix(self, prefix: bytes, start_revision: int, *,
+                           progress_every: float = 5.0
+                           ) -> AsyncIterator[list[aetcd.rtypes.Event]]:
+        """Batches of events under prefix from start_revision on, one batch per etcd response
+        (a transaction's events arrive together). Our own stream rather than aetcd's watcher:
+        it requires a leader (a member cut off from quorum ends the stream instead of keeping
+        it silently open), and after `progress_every` seconds of silence it asks for progress;
+        no answer to that either means a dead connection. Both raise StoreUnavailable after
+        moving to the next endpoint; a compacted start raises RevisionCompactedError."""
+        client = await self.connected()
+        metadata = (*(client.metadata or ()), ("hasleader", "true"))
+        call = rpc.WatchStub(client.channel).Watch(metadata=metadata)
+        create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+            key=prefix, range_end=prefix_end(prefix), start_revision=start_revision,
+            progress_notify=True))
+        progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
         try:
-            async for event in watch:
-                yield event
-        except aexc.RevisionCompactedError:
-            raise
-        except (*TRANSIENT, aexc.ClientError) as e:
+            await asyncio.wait_for(call.write(create), self.timeout)
+            asked = False
+            while True:
+                try:
+                    resp = await asyncio.wait_for(call.read(), progress_every)
+                except TimeoutError:
+                    if asked:
+                        raise StoreUnavailable("watch stream silent: no answer to a progress "
+                                               "request") from None
+                    await asyncio.wait_for(call.write(progress), self.timeout)
+                    asked = True
+                    continue
+                asked = False
+                if resp is grpc.aio.EOF:
+                    raise StoreUnavailable("watch stream ended")
+                if resp.compact_revision:
+                    raise aexc.RevisionCompactedError(resp.compact_revision)
+                if resp.canceled:
+                    raise StoreUnavailable(f"watch canceled: {resp.cancel_reason or 'no reason'}")
+                if resp.events:
+                    yield [aetcd.rtypes.Event(e.type, e.kv) for e in resp.events]
+        except (StoreUnavailable, grpc.aio.AioRpcError, TimeoutError) as e:
             failed = self.endpoint
-            await self.failover()
-            raise StoreUnavailable(f"etcd {failed}: watch dropped: {type(e).__name__}") from None
+            await self.failover(client)
+            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            raise StoreUnavailable(f"etcd {failed}: watch: {detail or type(e).__name__}"
+                                   ) from None
         finally:
-            with contextlib.suppress(Exception):  # the stream may be dead already
-                await asyncio.wait_for(watch.cancel(), 1)
+            call.cancel()
+
+
+async def _itself(client: aetcd.Client) -> aetcd.Client:
+    return client
 
 
 def prefix_end(prefix: bytes) -> bytes:

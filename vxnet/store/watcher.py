@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class EventKind(enum.Enum):
     ADDED = "added"
     CHANGED = "changed"
-    REMOVED = "removed"  # carries the last known lease
+    REMOVED = "removed"  # carries the last known lease (None for a key that was invalid)
     INVALID = "invalid"  # a key whose value could not be decoded: skip it, report it
 
 
@@ -107,15 +107,18 @@ class LeaseWatcher:
         self._s = _State(dict(snap.leases), dict(snap.invalid), snap.revision)
         return snap
 
-    async def events(self) -> AsyncIterator[LeaseEvent]:
+    async def batches(self) -> AsyncIterator[list[LeaseEvent]]:
+        """Every change, in order, a batch per etcd response (or one per re-list); empty
+        batches are skipped. Survives dropped streams, silent members and compaction."""
         backoff = Backoff(0.2, 5)
         while True:
             s = self._s
             start = s.revision if s.seen_at_revision else s.revision + 1
             try:
-                async for ev in self.etcd.watch_prefix(self.paths.subnets, start):
+                async for events in self.etcd.watch_prefix(self.paths.subnets, start):
                     backoff.reset()
-                    for out in self._apply(ev):
+                    out = [le for ev in events for le in self._apply(ev)]
+                    if out:
                         yield out
                 raise StoreUnavailable("watch stream ended")
             except StoreUnavailable as e:
@@ -126,11 +129,19 @@ class LeaseWatcher:
                 self.relists += 1
                 log.warning("lease watch: revision %d compacted (%s); re-listing", start, e)
                 try:
-                    for out in await self._relist():
-                        yield out
+                    out = await self._relist()
                 except StoreUnavailable as e2:
                     log.warning("lease re-list: %s", e2)
                     await backoff.sleep()
+                    continue
+                if out:
+                    yield out
+
+    async def events(self) -> AsyncIterator[LeaseEvent]:
+        """The same, one event at a time."""
+        async for batch in self.batches():
+            for ev in batch:
+                yield ev
 
     def _apply(self, ev: Event) -> list[LeaseEvent]:
         s = self._s
@@ -141,9 +152,11 @@ class LeaseWatcher:
             s.revision, s.seen_at_revision = rev, set()
         s.seen_at_revision.add(key)
         if ev.kind == "DELETE":
-            s.invalid.pop(key, None)
+            was_invalid = s.invalid.pop(key, None) is not None
             prev = s.known.pop(key, None)
-            return [] if prev is None else [LeaseEvent(EventKind.REMOVED, key, prev, rev)]
+            if prev is None and not was_invalid:
+                return []
+            return [LeaseEvent(EventKind.REMOVED, key, prev, rev)]
         try:
             lease = decode_lease(key, ev.kv.value, ev.kv.lease, rev)
         except LeaseDecodeError as e:
@@ -167,6 +180,8 @@ class LeaseWatcher:
         s, rev = self._s, snap.revision
         out = [LeaseEvent(EventKind.REMOVED, k, old, rev)
                for k, old in s.known.items() if k not in snap.leases]
+        out += [LeaseEvent(EventKind.REMOVED, k, None, rev) for k in s.invalid
+                if k not in snap.invalid and k not in snap.leases]
         for k, new in snap.leases.items():
             old = s.known.get(k)
             if old is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress as ipa
 
@@ -13,6 +14,7 @@ from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay, open_overlay
 from vxnet.kernel.peer import Peer
+from vxnet.kernel.reconciler import Reconciler
 from vxnet.lab.topology import Lab, Node
 from vxnet.nsenter import in_netns
 
@@ -42,8 +44,12 @@ class NodeKernel:
     def plane(self, version: int = 4):
         return self.overlays[version].plane
 
-    def monitor(self, **kw) -> Monitor:
-        return Monitor(list(self.overlays.values()), netns=self.node.ns.name, **kw)
+    def keep(self, **kw) -> tuple[Monitor, asyncio.Task]:
+        """The agent's kernel keepers for this node: monitor and reconciler, running."""
+        overlays = list(self.overlays.values())
+        mon = Monitor(overlays, Reconciler(overlays), netns=self.node.ns.name, **kw)
+        mon.open()
+        return mon, asyncio.ensure_future(asyncio.gather(mon.run(), mon.reconciler.run()))
 
 
 async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:

@@ -170,8 +170,7 @@ async def test_entries_deleted_by_hand_are_back_within_a_second(two_nodes, what)
                      ).stdout, n1.ns.run("bridge", "fdb", "show", "dev", "flannel.1").stdout,
                      n1.ns.ip("nexthop").stdout)
     good = state()
-    mon = k1.monitor(resync_interval=3600)
-    task = asyncio.create_task(mon.run())
+    _, task = k1.keep(resync_interval=3600)
     try:
         await asyncio.sleep(0.1)
         nhid = next(iter(k1.plane().nexthop.desired))
@@ -190,8 +189,7 @@ async def test_deleted_device_is_back_within_two_seconds_with_same_mac(two_nodes
     before = (n1.ns.ip("route", "show", "proto", str(PROTO_VXNET)).stdout,
               n1.ns.ip("-j", "link", "show", "flannel.1").stdout)
     mac = json.loads(before[1])[0]["address"]
-    mon = k1.monitor(resync_interval=3600)
-    task = asyncio.create_task(mon.run())
+    mon, task = k1.keep(resync_interval=3600)
     try:
         await asyncio.sleep(0.1)
         n1.ns.ip("link", "del", "flannel.1")

@@ -15,7 +15,26 @@ def test_plan_is_the_difference_only():
     t.load_kernel({"a": 1, "b": 2, "stale": 9})
     t.replace_desired({"a": 1, "b": 3, "c": 4})
     assert plan(t) == ([("b", 3), ("c", 4)], [("stale", 9)])
-    assert plan(t) == ([], [])  # nothing dirty any more
+    assert t.dirty == {"b", "c", "stale"}  # "a" is in step and cleaned
+
+
+def test_work_planned_but_never_done_is_planned_again():
+    t = table()
+    t.replace_desired({"a": 1, "b": 2})
+    sets, _ = t.plan()  # ... and the batch carrying them raised before any answer
+    assert plan(t) == ([("a", 1), ("b", 2)], [])
+    for op in sets:
+        t.record(op, ok=True)
+    assert plan(t) == ([], []) and not t.dirty
+
+
+def test_a_desire_changed_while_its_write_was_in_flight_stays_dirty():
+    t = table()
+    t.set_desired("a", 1)
+    sets, _ = t.plan()
+    t.set_desired("a", 2)
+    t.record(sets[0], ok=True)
+    assert t.kernel == {"a": 1} and plan(t) == ([("a", 2)], [])
 
 
 def test_record_follows_success_and_keeps_failures_dirty():
@@ -33,17 +52,18 @@ def test_kernel_changed_only_dirties_on_real_change():
     t = table()
     t.load_kernel({"a": 1})
     t.set_desired("a", 1)
-    t.plan()
+    assert plan(t) == ([], [])
     t.kernel_changed("a", 1)
     assert not t.dirty
     t.kernel_changed("a", 2)
     assert plan(t) == ([("a", 1)], [])
     t.kernel_changed("zzz", None)
-    assert not t.dirty
+    assert t.dirty == {"a"}  # still to be written; nothing new
 
 
 def test_setting_the_same_value_is_not_work():
     t = table()
+    t.load_kernel({"a": 0})
     t.set_desired("a", 0)
     t.plan()
     t.set_desired("a", 0)

@@ -1,0 +1,33 @@
+"""`vxnet agent`'s options, as the command line (or FLANNELD_* variables) gives them."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from vxnet.store.manager import DEFAULT_TTL
+from vxnet.store.paths import DEFAULT_PREFIX
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    etcd_endpoints: str = "http://127.0.0.1:2379"
+    etcd_prefix: str = DEFAULT_PREFIX
+    etcd_cafile: str | None = None
+    etcd_certfile: str | None = None
+    etcd_keyfile: str | None = None
+    etcd_username: str | None = None
+    etcd_password: str | None = field(default=None, repr=False)
+    etcd_timeout: float = 5.0
+    iface: str | None = None
+    public_ip: str | None = None
+    public_ipv6: str | None = None
+    subnet_file: str = "/run/flannel/subnet.env"
+    ip_masq: bool = False
+    healthz_ip: str = "127.0.0.1"
+    healthz_port: int = 10280
+    subnet_lease_renew_margin: int = 60  # minutes, as flanneld
+    subnet_lease_ttl: int = DEFAULT_TTL  # seconds
+    node_name: str = field(default_factory=socket.gethostname)
+    resync_interval: float = 30.0
+    vxlan_allowlist: bool = True

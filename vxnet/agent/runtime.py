@@ -1,0 +1,217 @@
+"""The running agent: built whole by start-up (agent/startup.py), then its long-running tasks
+under a supervisor. Store events and netlink notifications only change memory; the reconciler
+writes the kernel once per drained batch. A stop leaves the kernel and the lease as they are,
+so a restart disturbs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from vxnet.agent.iface import ExternalInterface
+from vxnet.agent.options import AgentOptions
+from vxnet.agent.supervisor import Supervisor
+from vxnet.ip import IPAddress
+from vxnet.kernel import netlink as nl
+from vxnet.kernel.allowlist import AllowList
+from vxnet.kernel.device import DeviceSpec, default_name, device_mtu, ensure_device, iproute
+from vxnet.kernel.mac import vtep_mac
+from vxnet.kernel.masq import MasqRules, Masquerade
+from vxnet.kernel.monitor import Monitor
+from vxnet.kernel.overlay import Overlay, open_overlay
+from vxnet.kernel.peer import Peer
+from vxnet.kernel.reconciler import Reconciler
+from vxnet.store.config import NetworkConfig
+from vxnet.store.etcd import Etcd
+from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
+from vxnet.store.manager import LeaseLost, LeaseManager
+from vxnet.store.subnetenv import SubnetEnv
+from vxnet.store.watcher import EventKind, LeaseEvent, LeaseWatcher
+
+log = logging.getLogger(__name__)
+
+FOLD_CHUNK = 1000  # store events folded into memory per loop turn
+
+
+# -- the node's shape, from config, interface and lease (start-up and lease moves share it) ---
+
+def lease_attrs(cfg: NetworkConfig, ext: ExternalInterface, key: SubnetKey) -> LeaseAttrs:
+    return LeaseAttrs(ext.ip, vtep_mac(key.subnet) if key.subnet else None, cfg.backend.vni,
+                      ext.ip6, vtep_mac(key.subnet6) if key.subnet6 else None)
+
+
+def device_spec(cfg: NetworkConfig, ext: ExternalInterface, version: int, lease: Lease
+                ) -> DeviceSpec:
+    subnet = lease.key.subnet if version == 4 else lease.key.subnet6
+    local = ext.ip if version == 4 else ext.ip6
+    assert subnet is not None and local is not None
+    b = cfg.backend
+    return DeviceSpec(default_name(b.vni, version), b.vni, b.port, local, ext.index,
+                      vtep_mac(subnet), device_mtu(b.mtu or ext.mtu, local.version), subnet,
+                      b.gbp, b.learning)
+
+
+async def setup_overlays(sock: nl.RtnlSocket, cfg: NetworkConfig, ext: ExternalInterface,
+                         lease: Lease, overlays: dict[int, Overlay]) -> None:
+    """Create (or move, after a lease change) one VXLAN device per enabled family."""
+    async with iproute() as ipr:
+        for version, pool in ((4, cfg.ipv4), (6, cfg.ipv6)):
+            if pool is None:
+                continue
+            spec = device_spec(cfg, ext, version, lease)
+            ov = overlays.get(version)
+            if ov is None:
+                overlays[version] = await open_overlay(
+                    ipr, sock, spec, network=pool.network,
+                    direct_routing=cfg.backend.direct_routing)
+            elif ov.device != spec:
+                ov.device = spec
+                ov.ensured = await ensure_device(ipr, spec)
+                ov.plane.rebind(ov.ensured.ifindex, local_subnet=spec.subnet)
+
+
+def write_subnet_env(opts: AgentOptions, cfg: NetworkConfig, lease: Lease,
+                     overlays: dict[int, Overlay]) -> None:
+    # pods get one MTU for both families: the smaller overlay's, or IPv6 packets sized for
+    # the IPv4 overlay would be refused by their own node ("packet too big")
+    mtu = min(ov.device.mtu for ov in overlays.values())
+    SubnetEnv(cfg.ipv4.network if cfg.ipv4 else None, lease.key.subnet, mtu, opts.ip_masq,
+              cfg.ipv6.network if cfg.ipv6 else None, lease.key.subnet6).write(opts.subnet_file)
+
+
+def masquerade_rules(cfg: NetworkConfig, lease: Lease) -> list[MasqRules]:
+    return [MasqRules(pool.network, sub) for pool, sub in (
+        (cfg.ipv4, lease.key.subnet), (cfg.ipv6, lease.key.subnet6)) if pool and sub]
+
+
+def peer_of(lease: Lease, version: int) -> Peer | None:
+    a = lease.attrs
+    if version == 4 and lease.key.subnet and a.vtep_mac and a.public_ip:
+        return Peer(str(lease.key), lease.key.subnet, a.public_ip, a.vtep_mac, a.vni)
+    if version == 6 and lease.key.subnet6 and a.vtep_mac6 and a.public_ipv6:
+        return Peer(str(lease.key), lease.key.subnet6, a.public_ipv6, a.vtep_mac6, a.vni)
+    return None
+
+
+def peers_of(leases: Iterable[Lease], version: int, own: str) -> list[Peer]:
+    return [p for lease in leases if str(lease.key) != own
+            if (p := peer_of(lease, version)) is not None]
+
+
+@dataclass(eq=False)
+class Runtime:
+    opts: AgentOptions
+    cfg: NetworkConfig
+    ext: ExternalInterface
+    etcd: Etcd
+    mgr: LeaseManager
+    lease: Lease  # the lease devices, subnet.env and masquerade were last set up for
+    node_id: int
+    sock: nl.RtnlSocket
+    overlays: dict[int, Overlay]
+    watcher: LeaseWatcher
+    reconciler: Reconciler
+    monitor: Monitor
+    allow: AllowList | None
+    masq: Masquerade | None
+    first_sync_writes: int
+    invalid: dict[str, str] = field(default_factory=dict)
+    invalid_total: int = 0
+    supervisor: Supervisor = field(default_factory=Supervisor)
+
+    # -- store events (memory only) ----------
+
+    def note_invalid(self, key: str, reason: str) -> None:
+        self.invalid_total += 1
+        if self.invalid.get(key) != reason:
+            log.warning("skipping lease %s: %s", key, reason)
+        self.invalid[key] = reason
+
+    def on_store_event(self, ev: LeaseEvent) -> None:
+        """Fold one lease event into every overlay's desired state (no kernel writes here)."""
+        if ev.key == str(self.mgr.lease.key if self.mgr.lease else self.lease.key):
+            # any change to our key may be another writer's: the manager compares it with what
+            # we wrote and puts ours back (our own writes compare equal and cost one read)
+            self.mgr.check_soon()
+            return
+        if ev.kind is EventKind.INVALID:
+            self.note_invalid(ev.key, ev.error.reason if ev.error else "invalid")
+        else:
+            self.invalid.pop(ev.key, None)
+        for version, ov in self.overlays.items():
+            p = peer_of(ev.lease, version) if ev.lease and ev.kind in (
+                EventKind.ADDED, EventKind.CHANGED) else None
+            if p is None:
+                ov.plane.remove_peer(ev.key)
+            else:
+                ov.plane.add_peer(p)
+
+    def peer_ips(self) -> set[IPAddress]:
+        """Where VXLAN may come from: the public IPs of the peers we program."""
+        return {p.public_ip for ov in self.overlays.values() for p in ov.plane.peers.values()}
+
+    def _changed(self, event_at: float | None = None) -> None:
+        """Desired peer state changed: let the writers do their part, once per batch."""
+        self.reconciler.kick(event_at)
+        if self.allow is not None:
+            self.allow.changed()
+
+    # -- long-running tasks ----------
+
+    async def _watch(self) -> None:
+        async for batch in self.watcher.batches():
+            arrived = time.perf_counter()
+            for n, ev in enumerate(batch, 1):
+                self.on_store_event(ev)
+                if n % FOLD_CHUNK == 0:
+                    await asyncio.sleep(0)  # a re-list of 20 000 changes must not hog the loop
+            self._changed(arrived)
+
+    async def _keepalive(self) -> None:
+        await self._follow_lease()  # a move a failed earlier run of this task did not finish
+        await self.mgr.keepalive(self.cfg, self._lease_lost)
+
+    async def _lease_lost(self, ev: LeaseLost) -> None:
+        if ev.new.key == ev.old.key:
+            log.warning("lease %s re-acquired after loss (%s)", ev.new.key, ev.reason)
+        else:
+            log.error("lease %s lost (%s); now %s: moving devices and subnet.env", ev.old.key,
+                      ev.reason, ev.new.key)
+        await self._follow_lease()
+
+    async def _follow_lease(self) -> None:
+        lease = self.mgr.lease
+        if lease is None or lease.key == self.lease.key:
+            return
+        await setup_overlays(self.sock, self.cfg, self.ext, lease, self.overlays)
+        write_subnet_env(self.opts, self.cfg, lease, self.overlays)
+        if self.masq is not None:
+            self.masq.rules = masquerade_rules(self.cfg, lease)
+            await self.masq.apply()
+        self.lease = lease
+        for version, ov in self.overlays.items():
+            ov.plane.set_peers(peers_of(self.watcher.leases.values(), version, str(lease.key)))
+        self.reconciler.request_resync("resync")
+        self._changed()
+
+    async def run(self) -> None:
+        """Every long-running task, supervised, until cancelled (SIGTERM/SIGINT)."""
+        sup, opts = self.supervisor, self.opts
+        sup.start("reconciler", self.reconciler.run)
+        sup.start("monitor", self.monitor.run)
+        sup.start("watch", self._watch)
+        sup.start("keepalive", self._keepalive)
+        allow, masq = self.allow, self.masq
+        if allow is not None:
+            sup.start("allowlist", lambda: allow.run(opts.resync_interval))
+        if masq is not None:
+            sup.start("masquerade", lambda: masq.keep(min(opts.resync_interval, 5.0)))
+        try:
+            await sup.wait()
+        finally:
+            await sup.stop()
+            await self.etcd.close()
+            self.sock.close()

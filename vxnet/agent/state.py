@@ -1,0 +1,25 @@
+"""The small object the HTTP API and the metrics read: how far start-up got (and what it waits
+for), and the runtime once it exists."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from vxnet.agent.runtime import Runtime
+
+
+@dataclass(eq=False)
+class AgentState:
+    node_name: str
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting"  # what start-up is doing or waiting for; "running" after
+    runtime: Runtime | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.runtime is not None
+
+    @property
+    def not_ready_reason(self) -> str:
+        return "" if self.ready else self.phase

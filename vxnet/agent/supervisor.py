@@ -1,0 +1,62 @@
+"""Long-running tasks that never take the agent down: each is logged, counted, backed off and
+restarted when it fails or returns. Only a configuration error gets through (and ends the
+process), as the operator contract says."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from vxnet.backoff import Backoff
+from vxnet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[[], Awaitable[None]]
+HEALTHY_AFTER = 60.0  # a task that ran this long before failing starts its backoff afresh
+
+
+class Supervisor:
+    def __init__(self, max_backoff: float = 30.0) -> None:
+        self.max_backoff = max_backoff
+        self.restarts: Counter[str] = Counter()
+        self.last_error: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, name: str, factory: Factory) -> None:
+        self.restarts[name] += 0  # every task shows in the metric, at 0 until it restarts
+        self._tasks.append(asyncio.create_task(self._keep(name, factory), name=name))
+
+    async def _keep(self, name: str, factory: Factory) -> None:
+        backoff = Backoff(0.5, self.max_backoff)
+        while True:
+            t0 = time.monotonic()
+            try:
+                await factory()
+                why = "returned"
+            except (asyncio.CancelledError, ConfigError):
+                raise
+            except Exception as e:  # a bug or an unforeseen error: log it, never exit for it
+                why = f"failed: {type(e).__name__}: {e}"
+                log.debug("task %s", name, exc_info=True)
+            if time.monotonic() - t0 > HEALTHY_AFTER:
+                backoff.reset()
+            delay = backoff.next_delay()
+            self.restarts[name] += 1
+            self.last_error[name] = why
+            log.error("task %s %s; restarting in %.1fs", name, why, delay)
+            await asyncio.sleep(delay)
+
+    async def wait(self) -> None:
+        """Until cancelled, or until a task raises what may end the process."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            t.result()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

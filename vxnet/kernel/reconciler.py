@@ -1,0 +1,122 @@
+"""The one loop that writes peer state to the kernel (Felix's CompleteDeferredWork).
+
+Everything else only changes memory -- store events fold into desired state, netlink
+notifications into the kernel caches, timers and overflows mark a resync pending -- and then
+kick this loop. It does the work in short steps (a dump, a chunk of writes), yielding to the
+event loop between them, so the HTTP API, the watch and the lease keepalive are never starved.
+A pass that fails or raises leaves its keys dirty and a resync pending, retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+from vxnet.backoff import Backoff
+from vxnet.kernel.dataplane import PassResult
+from vxnet.kernel.overlay import Overlay
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    """Who hears about passes (the agent's metrics)."""
+
+    def on_pass(self, version: int, kind: str, result: PassResult) -> None: ...
+
+    def on_event_latency(self, seconds: float) -> None: ...
+
+
+class Reconciler:
+    def __init__(self, overlays: list[Overlay], observer: Observer | None = None) -> None:
+        self.overlays = overlays
+        self.observer = observer
+        self.errors = 0  # passes that raised (each retried)
+        self._wake = asyncio.Event()
+        self._resync: dict[Overlay, str] = {}  # overlay -> why a full pass is pending
+        self._event_at: float | None = None  # when the oldest store change not yet written came
+        self.last_writes = 0  # of the last round
+
+    # -- what the rest of the agent calls (memory only) ----------
+
+    def kick(self, event_at: float | None = None) -> None:
+        """Desired state or the kernel caches changed: apply the dirty keys soon. event_at:
+        when the store change behind it arrived (for the event-to-kernel latency)."""
+        if event_at is not None and self._event_at is None:
+            self._event_at = event_at
+        self._wake.set()
+
+    def request_resync(self, why: str, overlay: Overlay | None = None) -> None:
+        for ov in [overlay] if overlay is not None else self.overlays:
+            self._resync.setdefault(ov, why)
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        return not self._wake.is_set() and not self._resync
+
+    # -- the loop ----------
+
+    async def run(self) -> None:
+        backoff = Backoff(0.1, 10)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                failed = await self.run_once()
+            except OSError as e:  # the netlink socket itself failed (timeout, EBADF...)
+                failed = True
+                self.errors += 1
+                log.warning("kernel pass failed: %s; full resync in a moment", e)
+                self.request_resync("error")
+            if failed:
+                await backoff.sleep()
+                self._wake.set()
+            else:
+                backoff.reset()
+
+    async def run_once(self) -> bool:
+        """One round over every overlay: a full pass where one is pending, else the dirty
+        keys. True if some write failed (its keys stay dirty for the retry)."""
+        self.last_writes = 0
+        failed = False
+        for ov in self.overlays:
+            if ov.repairing.locked():  # the device is being recreated; it asks again after
+                continue
+            why = self._resync.pop(ov, None)
+            result = PassResult()
+            try:
+                steps = ov.plane.resync_steps(result) if why else ov.plane.apply_steps(result)
+                await drive(steps)
+            except BaseException:
+                if why:
+                    self._resync.setdefault(ov, why)
+                raise
+            self.last_writes += result.total
+            if self.observer is not None and (why or result.total or result.failures):
+                self.observer.on_pass(ov.plane.spec.version, why or "event", result)
+            failed = failed or bool(result.failures)
+            if ov.plane.pending and not result.failures:
+                self._wake.set()  # changed while we wrote: another round
+        if self._event_at is not None and not any(ov.plane.pending for ov in self.overlays):
+            if self.observer is not None:
+                self.observer.on_event_latency(time.perf_counter() - self._event_at)
+            self._event_at = None
+        return failed
+
+    async def resync_now(self, why: str) -> int:
+        """A full pass over every overlay, awaited (the first sync at start-up); its writes."""
+        self.request_resync(why)
+        self._wake.clear()
+        if await self.run_once():
+            self._wake.set()  # failed writes: run() retries them
+        return self.last_writes
+
+
+async def drive(steps: Iterator[None]) -> None:
+    """Run a step generator, letting the event loop in between steps."""
+    for _ in steps:
+        await asyncio.sleep(0)
