@@ -88,7 +88,7 @@ class Dataplane:
         self._foreign_nh: set[int] = set()
         self._next_nh = _NH_BASE[spec.family]
         self._built = False
-        self._failing: dict[str, str] = {}
+        self._failing: dict[tuple[str, Any], str] = {}  # (table, key) -> last error
 
     @property
     def tables(self) -> tuple[DeltaTable[Any, Any], ...]:
@@ -126,15 +126,24 @@ class Dataplane:
                 raise PeerError(f"peer {p.key}: VTEP MAC {p.vtep_mac} is already peer "
                                 f"{self._macs[p.vtep_mac]}'s")
         except PeerError as e:
-            if self.rejected.get(peer.key) != str(e):
-                log.warning("skipping %s", e)
-            self.rejected[peer.key] = str(e)
-            return str(e)
+            return self._reject(peer.key, e)
         self.peers[p.key] = p
         self._space.add(p.subnet, p.key)
         self._macs[p.vtep_mac] = p.key
-        if self._built:
+        return self._install_or_reject(p) if self._built else None
+
+    def _reject(self, key: str, e: PeerError) -> str:
+        if self.rejected.get(key) != str(e):
+            log.warning("skipping %s", e)
+        self.rejected[key] = str(e)
+        return str(e)
+
+    def _install_or_reject(self, p: Peer) -> str | None:
+        try:
             self._install(p)
+        except PeerError as e:  # no nexthop id left: this peer waits, the others do not
+            self.remove_peer(p.key)
+            return self._reject(p.key, e)
         return None
 
     def remove_peer(self, key: str) -> None:
@@ -146,6 +155,7 @@ class Dataplane:
         self._macs.pop(p.vtep_mac, None)
         for table, k in self._entries.pop(key, []):
             table.delete_desired(k)
+            self._failing.pop((table.name, k), None)
             if table is self.nexthop:
                 self._nh_ids.pop(p.subnet.network_address.packed, None)
 
@@ -226,7 +236,7 @@ class Dataplane:
             self._built = True
             for n, p in enumerate(list(self.peers.values()), 1):
                 if self.peers.get(p.key) is p:  # still wanted after the last yield
-                    self._install(p)
+                    self._install_or_reject(p)
                 if n % chunk == 0:
                     yield
             self._adopt = {}
@@ -264,12 +274,12 @@ class Dataplane:
             op.table.record(op, ok)
             if ok:
                 result.writes[op.table.name] += 1
-                self._failing.pop(str(op), None)
+                self._failing.pop((op.table.name, op.key), None)
             else:
                 result.failures.append(str(err))
-                if self._failing.get(str(op)) != str(err):
-                    log.warning("kernel write failed: %s", err)
-                self._failing[str(op)] = str(err)
+                if self._failing.get((op.table.name, op.key)) != str(err):
+                    log.warning("kernel write failed: %s", err)  # once per entry and error
+                self._failing[(op.table.name, op.key)] = str(err)
 
     @property
     def pending(self) -> bool:

@@ -274,8 +274,13 @@ class RtnlSocket:
     """A blocking NETLINK_ROUTE socket for batched requests and dumps (or, with groups, a
     non-blocking event socket). Create it inside the target netns."""
 
-    def __init__(self, groups: Iterable[int] = (), rcvbuf: int = 8 << 20) -> None:
+    def __init__(self, groups: Iterable[int] = (), rcvbuf: int = 8 << 20,
+                 timeout: float = 10.0) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        # a kernel that never answers must not hang the agent: recv raises TimeoutError (an
+        # OSError) and the pass is retried. Event sockets are non-blocking (read when ready).
+        groups = tuple(groups)
+        self.sock.settimeout(0 if groups else timeout)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (root)
             self.sock.setsockopt(socket.SOL_SOCKET, 32, 1 << 20)  # SO_SNDBUFFORCE

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from vxnet.backoff import Backoff
+from vxnet.errors import VxnetError
 from vxnet.kernel.dataplane import PassResult
 from vxnet.kernel.overlay import Overlay
 
@@ -67,7 +68,7 @@ class Reconciler:
             self._wake.clear()
             try:
                 failed = await self.run_once()
-            except OSError as e:  # the netlink socket itself failed (timeout, EBADF...)
+            except (OSError, VxnetError) as e:  # socket trouble, a dump interrupted 5 times
                 failed = True
                 self.errors += 1
                 log.warning("kernel pass failed: %s; full resync in a moment", e)

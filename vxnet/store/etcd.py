@@ -264,20 +264,21 @@ class Etcd:
             key=prefix, range_end=prefix_end(prefix), start_revision=start_revision,
             progress_notify=True))
         progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+        # one read stays in flight across progress checks: cancelling it would end the call
+        read: asyncio.Future[Any] | None = None
         try:
             await asyncio.wait_for(call.write(create), self.timeout)
             asked = False
             while True:
-                try:
-                    resp = await asyncio.wait_for(call.read(), progress_every)
-                except TimeoutError:
+                read = read or asyncio.ensure_future(call.read())
+                if not (await asyncio.wait({read}, timeout=progress_every))[0]:
                     if asked:
                         raise StoreUnavailable("watch stream silent: no answer to a progress "
-                                               "request") from None
+                                               "request")
                     await asyncio.wait_for(call.write(progress), self.timeout)
                     asked = True
                     continue
-                asked = False
+                resp, read, asked = read.result(), None, False
                 if resp is grpc.aio.EOF:
                     raise StoreUnavailable("watch stream ended")
                 if resp.compact_revision:
@@ -293,6 +294,8 @@ class Etcd:
             raise StoreUnavailable(f"etcd {failed}: watch: {detail or type(e).__name__}"
                                    ) from None
         finally:
+            if read is not None:
+                read.cancel()
             call.cancel()
 
 

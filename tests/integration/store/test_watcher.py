@@ -2,7 +2,7 @@ import asyncio
 import ipaddress as ipa
 
 from vxnet.store.lease import LeaseAttrs
-from vxnet.store.watcher import EventKind, LeaseWatcher
+from vxnet.store.watcher import EventKind, LeaseWatcher, list_leases
 
 
 def value(i: int) -> bytes:
@@ -107,3 +107,38 @@ async def test_compaction_past_the_watcher_is_recovered_by_relisting(etcd, paths
     assert (got[3].kind, got[3].key) == (EventKind.ADDED, "10.244.5.0-24")
     assert w.relists == 1
     assert set(w.leases) == {"10.244.2.0-24", "10.244.3.0-24", "10.244.4.0-24", "10.244.5.0-24"}
+
+
+async def test_a_frozen_member_is_noticed_and_the_watch_resumes_after(etcd_server, etcd, paths):
+    """A member that stops answering (SIGSTOP: the TCP connection stays up, nothing comes
+    back) must not leave the watch silently blind."""
+    import os
+    import signal
+    import time
+
+    from vxnet.errors import StoreUnavailable
+
+    revision = await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
+    stream = etcd.watch_prefix(paths.subnets, revision + 1, progress_every=0.5)
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.3)  # the watch is created and idle
+    os.kill(etcd_server.proc.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        try:
+            await asyncio.wait_for(first, 15)
+            raise AssertionError("a frozen member delivered an event")
+        except StoreUnavailable as e:
+            assert "silent" in str(e) or "watch" in str(e)
+        assert time.monotonic() - t0 < 5  # progress asked after 0.5 s, given up 0.5 s later
+    finally:
+        os.kill(etcd_server.proc.pid, signal.SIGCONT)
+    w = LeaseWatcher(etcd, paths)
+    w.adopt(await list_leases(etcd, paths))
+    got: list = []
+    task = asyncio.create_task(collect(w, got, asyncio.Event()))
+    try:
+        await etcd.put(paths.subnet("10.244.2.0-24"), value(2))
+        await wait_for(lambda: [e.key for e in got] == ["10.244.2.0-24"])
+    finally:
+        task.cancel()

@@ -1,5 +1,10 @@
 """An in-memory stand-in for RtnlSocket: keeps what was written, replays it as dumps, and fails
-the requests a test chooses. Bodies are the codec's own, so dumps parse exactly as real ones."""
+the requests a test chooses. Bodies are the codec's own, so dumps parse exactly as real ones.
+
+Fail flags, as Felix's mocknetlink has: `fail` picks an errno per entry; `batch_raises` makes a
+whole batch raise (a socket error: nothing is known to be written); `dump_raises` makes dumps
+raise (e.g. interrupted five times); `deleted_behind_our_back` removes an entry as another
+program would and returns the notification the kernel would send."""
 
 from __future__ import annotations
 
@@ -28,8 +33,13 @@ class FakeKernel:
         self.fail: Callable[[object], int] = lambda entry: 0  # errno to fail an entry with
         self.log: list[str] = []
         self.requests = 0
+        self.batch_raises: Exception | None = None
+        self.dump_raises: Exception | None = None
+        self.dumps = 0
 
     def batch(self, requests):
+        if self.batch_raises is not None:
+            raise self.batch_raises
         failures = []
         for entry, (mtype, _, body) in requests:
             self.requests += 1
@@ -47,5 +57,16 @@ class FakeKernel:
         return failures
 
     def dump(self, mtype, body):
+        self.dumps += 1
+        if self.dump_raises is not None:
+            raise self.dump_raises
         kind = _DUMP[mtype]
         return [(b, 0, len(b)) for b in self.state[kind].values()]
+
+    def deleted_behind_our_back(self, kind: str) -> tuple[int, bytes]:
+        """Remove one entry of `kind` as someone else would: (message type, body) of the
+        notification the kernel sends about it."""
+        key = next(iter(self.state[kind]))
+        body = self.state[kind].pop(key)
+        mtype = next(t for t, k in _DEL.items() if k == kind)
+        return mtype, body

@@ -1,0 +1,116 @@
+"""After start-up nothing but a configuration error ends the agent (issue 10): the supervisor,
+start-up's waiting, and the keepers that used to let OSError through."""
+
+import asyncio
+import gc
+
+import pytest
+
+from vxnet.agent.options import AgentOptions
+from vxnet.agent.startup import start, wait_for
+from vxnet.agent.state import AgentState
+from vxnet.agent.supervisor import Supervisor
+from vxnet.errors import ConfigError, ExhaustedError, StoreUnavailable
+from vxnet.kernel.device import DeviceError
+from vxnet.lab.etcd import free_port
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    real_sleep = asyncio.sleep
+
+    async def short(delay, result=None):
+        return await real_sleep(min(delay, 0.01), result)
+    monkeypatch.setattr("vxnet.agent.supervisor.asyncio.sleep", short)
+    monkeypatch.setattr("vxnet.agent.startup.asyncio.sleep", short)
+
+
+async def test_failing_and_returning_tasks_are_restarted_and_counted():
+    runs = {"keepalive": 0, "watch": 0}
+
+    async def keepalive():  # what the lease keepalive raised when re-acquiring in a full pool
+        runs["keepalive"] += 1
+        if runs["keepalive"] < 3:
+            raise ExhaustedError("no free subnet")
+        await asyncio.Event().wait()
+
+    async def watch():  # a lease move that failed to recreate the device
+        runs["watch"] += 1
+        if runs["watch"] < 4:
+            raise DeviceError("cannot create VXLAN device flannel.1")
+
+    sup = Supervisor()
+    sup.start("keepalive", keepalive)
+    sup.start("watch", watch)
+    waiting = asyncio.create_task(sup.wait())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if sup.restarts["keepalive"] == 2 and sup.restarts["watch"] >= 4:
+            break
+    assert sup.restarts["keepalive"] == 2 and sup.restarts["watch"] >= 4
+    assert sup.last_error["keepalive"] == "failed: ExhaustedError: no free subnet"
+    assert sup.last_error["watch"] == "returned"  # a loop that ends is restarted too
+    assert not waiting.done()  # still running: nothing ended the agent
+    waiting.cancel()
+    await sup.stop()
+
+
+async def test_only_a_configuration_error_gets_through():
+    async def bad():
+        raise ConfigError("Network", "changed under us to something invalid")
+
+    sup = Supervisor()
+    sup.start("config", bad)
+    with pytest.raises(ConfigError):
+        await asyncio.wait_for(sup.wait(), 2)
+    await sup.stop()
+
+
+async def test_start_up_waits_for_a_free_subnet():
+    calls = 0
+
+    async def acquire():
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ExhaustedError("no free subnet left in 10.244.0.0/16")
+        return "lease"
+
+    state = AgentState("n1")
+    got = await wait_for(state, "acquiring a subnet lease", acquire,
+                         (StoreUnavailable, ExhaustedError))
+    assert got == "lease" and calls == 3
+
+
+async def test_the_cyclic_gc_runs_while_start_up_waits_for_etcd():
+    state = AgentState("n1")
+    opts = AgentOptions(etcd_endpoints=f"http://127.0.0.1:{free_port()}", etcd_timeout=0.2,
+                        node_name="n1")
+    task = asyncio.create_task(start(opts, state, observer=None))
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if "reading the network config:" in state.phase:
+                break
+        assert "reading the network config:" in state.phase  # waiting, with the reason
+        assert gc.isenabled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_masquerade_keeper_survives_nft_failing_to_run(monkeypatch):
+    import ipaddress
+
+    from vxnet.kernel.masq import MasqRules, Masquerade
+
+    async def no_nft(*a, **kw):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("vxnet.kernel.nft.asyncio.create_subprocess_exec", no_nft)
+    m = Masquerade([MasqRules(ipaddress.ip_network("10.244.0.0/16"),
+                              ipaddress.ip_network("10.244.1.0/24"))])
+    keeper = asyncio.create_task(m.keep(0.01))
+    await asyncio.sleep(0.1)
+    assert not keeper.done()  # it logged and keeps trying
+    keeper.cancel()
