@@ -46,6 +46,7 @@ def state_view(state: AgentState) -> dict[str, Any]:
     if rt is None:
         return out
     out.update({"firstSyncWrites": rt.first_sync_writes, "invalidLeases": dict(rt.invalid),
+                "etcdEndpoint": str(rt.etcd.endpoint), "loopLagMaxSeconds": rt.loop_lag_max,
                 "taskRestarts": dict(rt.supervisor.restarts),
                 "taskErrors": dict(rt.supervisor.last_error), "overlays": {}})
     for version, ov in rt.overlays.items():

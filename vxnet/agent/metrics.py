@@ -92,6 +92,9 @@ class AgentMetrics:
         self.resync = Histogram("vxnet_resync_duration_seconds", "Full resync passes (dump, "
                                 "diff, write)", ["family", "kind"], buckets=_BUCKETS,
                                 registry=self.registry)
+        self.loop_lag = Histogram("vxnet_event_loop_lag_seconds", "How long the agent's event "
+                                  "loop was held by one step, sampled every 50 ms",
+                                  buckets=_BUCKETS, registry=self.registry)
         self.event_latency = Histogram("vxnet_event_to_kernel_seconds", "From a store event "
                                        "arriving to its kernel writes done", buckets=_BUCKETS,
                                        registry=self.registry)
@@ -102,6 +105,9 @@ class AgentMetrics:
 
     def on_event_latency(self, seconds: float) -> None:
         self.event_latency.observe(seconds)
+
+    def on_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

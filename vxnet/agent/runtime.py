@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from vxnet.agent.iface import ExternalInterface
 from vxnet.agent.options import AgentOptions
@@ -23,7 +24,7 @@ from vxnet.kernel.masq import MasqRules, Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay, open_overlay
 from vxnet.kernel.peer import Peer
-from vxnet.kernel.reconciler import Reconciler
+from vxnet.kernel.reconciler import Observer, Reconciler
 from vxnet.store.config import NetworkConfig
 from vxnet.store.etcd import Etcd
 from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
@@ -33,7 +34,13 @@ from vxnet.store.watcher import EventKind, LeaseEvent, LeaseWatcher
 
 log = logging.getLogger(__name__)
 
-FOLD_CHUNK = 1000  # store events folded into memory per loop turn
+FOLD_CHUNK = 500  # store events folded into memory per loop turn
+
+
+class RuntimeObserver(Observer, Protocol):
+    """Who hears about the runtime's timings (the metrics): kernel passes, and the loop."""
+
+    def on_loop_lag(self, seconds: float) -> None: ...
 
 
 # -- the node's shape, from config, interface and lease (start-up and lease moves share it) ---
@@ -117,10 +124,12 @@ class Runtime:
     monitor: Monitor
     allow: AllowList | None
     masq: Masquerade | None
+    observer: RuntimeObserver
     first_sync_writes: int
     invalid: dict[str, str] = field(default_factory=dict)
     invalid_total: int = 0
     supervisor: Supervisor = field(default_factory=Supervisor)
+    loop_lag_max: float = 0.0  # the longest the event loop was held, as last measured
 
     # -- store events (memory only) ----------
 
@@ -197,9 +206,19 @@ class Runtime:
         self.reconciler.request_resync("resync")
         self._changed()
 
+    async def _measure_loop_lag(self, every: float = 0.05) -> None:
+        """How late a short sleep wakes up is how long someone else held the event loop."""
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(every)
+            lag = max(0.0, time.perf_counter() - t0 - every)
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+            self.observer.on_loop_lag(lag)
+
     async def run(self) -> None:
         """Every long-running task, supervised, until cancelled (SIGTERM/SIGINT)."""
         sup, opts = self.supervisor, self.opts
+        sup.start("looplag", self._measure_loop_lag)
         sup.start("reconciler", self.reconciler.run)
         sup.start("monitor", self.monitor.run)
         sup.start("watch", self._watch)

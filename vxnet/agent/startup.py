@@ -17,6 +17,7 @@ from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, find_exte
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.runtime import (
     Runtime,
+    RuntimeObserver,
     lease_attrs,
     masquerade_rules,
     peers_of,
@@ -33,7 +34,7 @@ from vxnet.kernel.device import iproute
 from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay
-from vxnet.kernel.reconciler import Observer, Reconciler
+from vxnet.kernel.reconciler import Reconciler
 from vxnet.store.etcd import Etcd, TLSFiles, credentials
 from vxnet.store.lease import SubnetKey
 from vxnet.store.manager import LeaseManager, NodeInfo, read_config
@@ -70,7 +71,7 @@ def previous_subnet(path: str) -> SubnetKey | None:
     return SubnetKey(env.subnet, env.ipv6_subnet)  # type: ignore[arg-type]
 
 
-async def start(opts: AgentOptions, state: AgentState, observer: Observer) -> Runtime:
+async def start(opts: AgentOptions, state: AgentState, observer: RuntimeObserver) -> Runtime:
     check_node_name(opts.node_name)
     etcd = Etcd(opts.etcd_endpoints, timeout=opts.etcd_timeout,
                 tls=TLSFiles(opts.etcd_cafile, opts.etcd_certfile, opts.etcd_keyfile),
@@ -82,7 +83,7 @@ async def start(opts: AgentOptions, state: AgentState, observer: Observer) -> Ru
         raise
 
 
-async def _start(opts: AgentOptions, state: AgentState, observer: Observer, etcd: Etcd,
+async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserver, etcd: Etcd,
                  paths: Paths) -> Runtime:
     cfg = await wait_for(state, "reading the network config", lambda: read_config(etcd, paths))
     for w in cfg.warnings:
@@ -147,7 +148,7 @@ async def _start(opts: AgentOptions, state: AgentState, observer: Observer, etcd
         gc.enable()
     gc.freeze()
     runtime = Runtime(opts, cfg, ext, etcd, mgr, lease, nid, sock, overlays, watcher,
-                      reconciler, monitor, allow, masq, writes)
+                      reconciler, monitor, allow, masq, observer, writes)
     for key, err in snap.invalid.items():
         runtime.note_invalid(key, str(err.reason))
     log.info("first sync: %d peers, %d kernel writes; ready",

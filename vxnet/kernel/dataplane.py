@@ -249,21 +249,27 @@ class Dataplane:
         result.seconds = time.perf_counter() - t0
 
     def apply_steps(self, result: PassResult, chunk: int = CHUNK) -> Iterator[None]:
-        """Write what the dirty keys need, `chunk` requests per step: sets in table order, then
-        deletes in reverse. Keys stay dirty until written, so if a step raises (or the caller
-        stops) nothing is lost: the next pass plans it again."""
+        """Write what the dirty keys need, `chunk` keys per step: sets in table order (L2
+        before L3, a nexthop before its route), then deletes in reverse. Each step plans only
+        its own keys, so no step is long however many are dirty. Keys stay dirty until
+        written: if a step raises (or the caller stops) the next pass plans them again."""
         if self.parked or not self._built:
             return
         t0 = time.perf_counter()
-        plans = [t.plan() for t in self.tables]
-        ops: list[Op[Any, Any]] = [op for sets, _ in plans for op in sets]
-        ops += [op for _, dels in reversed(plans) for op in dels]
-        for at in range(0, len(ops), chunk):
-            if at:
-                yield
-            if self.parked:  # the device went away while we yielded
-                return
-            self._write(ops[at:at + chunk], result)
+        first = True
+        for deleting, tables in ((False, self.tables), (True, self.tables[::-1])):
+            for table in tables:
+                keys = list(table.dirty)
+                for at in range(0, len(keys), chunk):
+                    if not first:
+                        yield
+                        if self.parked:  # the device went away while we yielded
+                            return
+                    first = False
+                    sets, dels = table.plan(keys[at:at + chunk])
+                    ops = dels if deleting else sets
+                    if ops:
+                        self._write(ops, result)
         result.seconds += time.perf_counter() - t0
 
     def _write(self, ops: list[Op[Any, Any]], result: PassResult) -> None:

@@ -382,9 +382,11 @@ class RtnlSocket:
                 return out
         raise NetlinkError(errno.EINTR, f"dump {mtype}", "interrupted five times")
 
-    def recv_events(self) -> Iterator[tuple[int, bytes, int, int]]:
-        """Drain queued notifications without blocking. ENOBUFS (events lost) propagates."""
-        while True:
+    def recv_events(self, datagrams: int = 2000) -> Iterator[tuple[int, bytes, int, int]]:
+        """Queued notifications, without blocking, at most `datagrams` reads' worth (the rest
+        stays queued for the next call, so a flood of them never holds the event loop long).
+        ENOBUFS (events lost) propagates."""
+        for _ in range(datagrams):
             try:
                 data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except BlockingIOError:

@@ -8,7 +8,7 @@ so an unchanged entry is never written and traffic through it never notices.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -85,12 +85,12 @@ class DeltaTable(Generic[K, V]):
         self.dirty.add(key)
 
     # -- the pass ----------
-    def plan(self) -> tuple[list[Op[K, V]], list[Op[K, V]]]:
-        """(sets, deletes) needed for the dirty keys. Keys already in step are cleaned; the
-        others stay dirty until record() sees them in step, so a write that fails, raises or
-        is never sent is never forgotten."""
+    def plan(self, keys: Iterable[K] | None = None) -> tuple[list[Op[K, V]], list[Op[K, V]]]:
+        """(sets, deletes) needed for the dirty keys (or just `keys` of them). Keys already in
+        step are cleaned; the others stay dirty until record() sees them in step, so a write
+        that fails, raises or is never sent is never forgotten."""
         sets, dels, clean = [], [], []
-        for key in self.dirty:
+        for key in self.dirty if keys is None else keys:
             want, have = self.desired.get(key), self.kernel.get(key)
             if want is not None:
                 if have != want:

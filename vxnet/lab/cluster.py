@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vxnet.lab.etcd import EtcdServer
+from vxnet.lab.etcd import EtcdCluster, EtcdServer
 from vxnet.lab.netns import entered
 from vxnet.lab.topology import UNDERLAY4, Lab, Node, Pod
 from vxnet.store.subnetenv import SubnetEnv
@@ -71,23 +71,37 @@ def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, **env: str
 
 class Cluster:
     def __init__(self, stem: str = "lab", *, config: dict[str, Any] | None = None,
-                 workdir: str | Path | None = None, agent_args: tuple[str, ...] = ()) -> None:
+                 workdir: str | Path | None = None, agent_args: tuple[str, ...] = (),
+                 etcd_members: int = 1, etcd_args: tuple[str, ...] = ()) -> None:
         self.stem, self.config = stem, config or DEFAULT_CONFIG
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-lab-"))
         self.agent_args = agent_args
+        self.etcd_members, self.etcd_args = etcd_members, etcd_args
+        self.agent_env: dict[str, str] = {}
         self.lab: Lab | None = None
-        self.etcd: EtcdServer | None = None
+        self.etcd: EtcdServer | EtcdCluster | None = None
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def endpoint(self) -> str:
+        if isinstance(self.etcd, EtcdCluster):
+            return self.etcd.endpoint
         return f"http://{UNDERLAY4[254]}:2379"
 
     def start(self, nodes: int = 0) -> Cluster:
         self.lab = Lab(self.stem)
-        self.etcd = EtcdServer(str(UNDERLAY4[254]), client_port=2379, peer_port=2380,
-                               netns=self.lab.fabric.name, workdir=self.workdir / "etcd").start()
+        if self.etcd_members == 1:
+            self.etcd = EtcdServer(str(UNDERLAY4[254]), client_port=2379, peer_port=2380,
+                                   netns=self.lab.fabric.name, workdir=self.workdir / "etcd",
+                                   extra_args=self.etcd_args).start()
+        else:  # members at .253, .252, ... on the fabric bridge
+            hosts = [str(UNDERLAY4[253 - i]) for i in range(self.etcd_members)]
+            for h in hosts:
+                self.lab.fabric.ip("addr", "add", f"{h}/24", "dev", "br0")
+            self.etcd = EtcdCluster(hosts, netns=self.lab.fabric.name,
+                                    workdir=self.workdir / "etcd",
+                                    extra_args=self.etcd_args).start()
         if self.config is not None:
             self.etcdctl("put", f"{PREFIX}/config", json.dumps(self.config))
         for i in range(1, nodes + 1):
@@ -128,7 +142,7 @@ class Cluster:
         proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name,
                                  *self.agent_argv(node, *extra)], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.agent_env})
         log.close()
         self.agents[node.index] = proc
         return proc

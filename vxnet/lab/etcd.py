@@ -27,7 +27,8 @@ class EtcdServer:
                  peer_port: int | None = None, netns: str | None = None,
                  workdir: str | Path | None = None, name: str | None = None,
                  tls: tuple[Path, Path, Path] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), initial_cluster: str | None = None,
+                 endpoints: str | None = None) -> None:
         """tls: (CA, server certificate, server key); clients must then present a certificate
         signed by that CA."""
         self.host, self.netns = host, netns
@@ -42,6 +43,8 @@ class EtcdServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls = tls
         self.extra_args = extra_args
+        self.initial_cluster = initial_cluster  # a member of a cluster: all members' peer URLs
+        self.endpoints = endpoints  # what etcdctl talks to (default: this member)
         self.client_tls: tuple[Path, Path, Path] | None = None  # (CA, cert, key) for etcdctl
 
     @property
@@ -51,13 +54,18 @@ class EtcdServer:
     def _wrap(self, argv: list[str]) -> list[str]:
         return (["ip", "netns", "exec", self.netns, *argv]) if self.netns else argv
 
-    def start(self, timeout: float = 20.0) -> EtcdServer:
-        peer = f"http://{self.host}:{self.peer_port}"
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+    def start(self, timeout: float = 20.0, wait: bool = True) -> EtcdServer:
+        peer = self.peer_url
         argv = [
             ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
+            "--initial-cluster-state",
             "existing" if self.data_dir.exists() else "new",
             "--logger", "zap", "--log-outputs", "stderr", *self.extra_args,
         ]
@@ -68,7 +76,8 @@ class EtcdServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self._wrap(argv), stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_healthy(timeout)
+        if wait:
+            self.wait_healthy(timeout)
         return self
 
     def wait_healthy(self, timeout: float) -> None:
@@ -92,7 +101,8 @@ class EtcdServer:
             ca, cert, key = self.client_tls
             creds = ["--cacert", str(ca), "--cert", str(cert), "--key", str(key)]
         return subprocess.run(
-            self._wrap([ETCDCTL, "--endpoints", self.endpoint, "--dial-timeout", "1s",
+            self._wrap([ETCDCTL, "--endpoints", self.endpoints or self.endpoint,
+                        "--dial-timeout", "1s",
                         "--command-timeout", "3s", *creds, *args]),
             env=env, capture_output=True, check=check, input=input, timeout=15)
 
@@ -132,3 +142,57 @@ class EtcdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EtcdCluster:
+    """Several etcd members, one per host address, forming one cluster (for fault tests:
+    kill the leader, freeze a member, take quorum away). etcdctl talks to all of them."""
+
+    def __init__(self, hosts: list[str], *, netns: str | None = None, workdir: Path,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        names = [f"m{i}-{os.getpid()}" for i in range(len(hosts))]
+        initial = ",".join(f"{n}=http://{h}:2380" for n, h in zip(names, hosts, strict=True))
+        endpoints = ",".join(f"http://{h}:2379" for h in hosts)
+        self.members = [EtcdServer(h, client_port=2379, peer_port=2380, netns=netns,
+                                   workdir=workdir / n, name=n, extra_args=extra_args,
+                                   initial_cluster=initial, endpoints=endpoints)
+                        for n, h in zip(names, hosts, strict=True)]
+        self.endpoint = endpoints
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.members[0].proc
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        for m in self.members:  # all at once: none is healthy before a quorum is up
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_healthy(timeout)
+        return self
+
+    def ctl(self, *args: str, check: bool = True, input: bytes | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+        return self.members[0].ctl(*args, check=check, input=input)
+
+    def member_at(self, endpoint_url: str) -> EtcdServer:
+        return next(m for m in self.members if m.endpoint == endpoint_url)
+
+    def leader(self) -> EtcdServer:
+        import json
+
+        for m in self.members:
+            if m.proc is None:
+                continue
+            res = subprocess.run(m._wrap([ETCDCTL, "--endpoints", m.endpoint, "endpoint",
+                                          "status", "-w", "json"]),
+                                 capture_output=True, timeout=15,
+                                 env={**os.environ, "ETCDCTL_API": "3"})
+            if res.returncode == 0:
+                status = json.loads(res.stdout)[0]["Status"]
+                if status["header"]["member_id"] == status["leader"]:
+                    return m
+        raise RuntimeError("no etcd member says it is the leader")
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()

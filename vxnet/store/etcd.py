@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions as aexc
-import aetcd.rtypes
 import grpc
 from aetcd import rpc
 
@@ -250,7 +249,7 @@ class Etcd:
 
     async def watch_prefix(self, prefix: bytes, start_revision: int, *,
                            progress_every: float = 5.0
-                           ) -> AsyncIterator[list[aetcd.rtypes.Event]]:
+                           ) -> AsyncIterator[list[Any]]:
         """Batches of events under prefix from start_revision on, one batch per etcd response
         (a transaction's events arrive together). Our own stream rather than aetcd's watcher:
         it requires a leader (a member cut off from quorum ends the stream instead of keeping
@@ -286,7 +285,7 @@ class Etcd:
                 if resp.canceled:
                     raise StoreUnavailable(f"watch canceled: {resp.cancel_reason or 'no reason'}")
                 if resp.events:
-                    yield [aetcd.rtypes.Event(e.type, e.kv) for e in resp.events]
+                    yield list(resp.events)  # mvccpb.Event as they came: no copying
         except (StoreUnavailable, grpc.aio.AioRpcError, TimeoutError) as e:
             failed = self.endpoint
             await self.failover(client)

@@ -21,7 +21,7 @@ class KV:
 
 @dataclass
 class Ev:
-    kind: str
+    type: int  # as mvccpb.Event: 0 PUT, 1 DELETE
     kv: KV
 
 
@@ -41,13 +41,13 @@ class FakeEtcd:
         kv = KV(key, value if isinstance(value, bytes) else value.encode(), 0, self.revision,
                 old.create_revision if old else self.revision)
         self.kvs[key] = kv
-        self.history.append(Ev("PUT", kv))
+        self.history.append(Ev(0, kv))
 
     def delete(self, name: str) -> None:
         self.revision += 1
         key = self.prefix + name.encode()
         self.kvs.pop(key)
-        self.history.append(Ev("DELETE", KV(key, b"", 0, self.revision)))
+        self.history.append(Ev(1, KV(key, b"", 0, self.revision)))
 
     async def get_prefix(self, prefix: bytes):
         return [kv for k, kv in sorted(self.kvs.items()) if k.startswith(prefix)], self.revision
