@@ -162,6 +162,10 @@ def test_etcd_cluster_faults_never_stop_an_agent_nor_a_ping(tmp_path):
             for m in frozen:
                 m.wait_healthy(30)
             times["quorum lost 15 s"] = propagation(c, nodes, 4, end)
+        except BaseException:
+            for n in nodes:  # what each agent saw, for whoever reads the failure
+                print(f"--- {n.name}\n{c.log(n)[-2500:]}")
+            raise
         finally:
             health.stop()
             counts = pingers.stop()

@@ -37,7 +37,12 @@ class Supervisor:
             try:
                 await factory()
                 why = "returned"
-            except (asyncio.CancelledError, ConfigError):
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being stopped
+                why = "was cancelled by something it awaited"  # a library's doing: restart
+            except ConfigError:
                 raise
             except Exception as e:  # a bug or an unforeseen error: log it, never exit for it
                 why = f"failed: {type(e).__name__}: {e}"

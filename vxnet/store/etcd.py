@@ -90,9 +90,12 @@ def credentials(username: str | None, password: str | None) -> Credentials | Non
 
 
 # gRPC keepalive: a black-holed connection is noticed in ~10 s, not at the next TCP timeout.
-# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
-KEEPALIVE = {"grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 4000,
-             "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0}
+# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time). A subchannel pool
+# of its own per channel: a new channel (after failover, or our address changing) must make a
+# new connection, not share the old one that gRPC keeps in its global pool.
+CHANNEL_OPTIONS = {"grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 4000,
+                   "grpc.keepalive_permit_without_calls": 1,
+                   "grpc.http2.max_pings_without_data": 0, "grpc.use_local_subchannel_pool": 1}
 
 # Answers that mean "these credentials will never work", as opposed to "try again later".
 _AUTH_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
@@ -106,7 +109,7 @@ class _Client(aetcd.Client):
     def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float,
                  auth: Credentials | None) -> None:
         super().__init__(ep.host, ep.port, timeout=timeout,  # type: ignore[arg-type]
-                         options=KEEPALIVE)
+                         options=CHANNEL_OPTIONS)
         self._endpoint, self._auth = ep, auth
         self._creds = tls.credentials() if ep.tls or tls.cafile else None
 
@@ -175,6 +178,12 @@ class Etcd:
             except (TimeoutError, Exception) as e:  # closing a dead channel may fail
                 log.debug("closing etcd client: %r", e)
 
+    async def reconnect(self) -> None:
+        """Drop the connection and make a new one to the same endpoint at the next call: after
+        our own address changed, the old connection's packets go nowhere."""
+        await self.close()
+        self.reconnects += 1
+
     async def failover(self, failed: aetcd.Client | None = None) -> None:
         """Drop the current connection and move to the next endpoint -- unless the connection
         that failed (`failed`) was already replaced by another task's failover."""
@@ -193,6 +202,12 @@ class Etcd:
         except aexc.UnauthenticatedError as e:  # our token expired or was revoked: log in again
             await self.close()
             raise StoreUnavailable(f"etcd {self.endpoint}: {e}; authenticating again") from None
+        except asyncio.CancelledError:
+            if cancelling():
+                raise
+            # not us being cancelled: gRPC cancels the calls of a channel another task closed
+            raise StoreUnavailable(f"etcd {self.endpoint}: connection closed under the request"
+                                   ) from None
         except TRANSIENT as e:
             failed = self.endpoint
             await self.failover(client)
@@ -277,6 +292,8 @@ class Etcd:
                     await asyncio.wait_for(call.write(progress), self.timeout)
                     asked = True
                     continue
+                if read.cancelled():  # the channel was closed (another task's failover)
+                    raise StoreUnavailable("watch stream closed")
                 resp, read, asked = read.result(), None, False
                 if resp is grpc.aio.EOF:
                     raise StoreUnavailable("watch stream ended")
@@ -286,6 +303,11 @@ class Etcd:
                     raise StoreUnavailable(f"watch canceled: {resp.cancel_reason or 'no reason'}")
                 if resp.events:
                     yield list(resp.events)  # mvccpb.Event as they came: no copying
+        except asyncio.CancelledError:
+            if cancelling():
+                raise
+            await self.failover(client)
+            raise StoreUnavailable(f"etcd {self.endpoint}: watch: connection closed") from None
         except (StoreUnavailable, grpc.aio.AioRpcError, TimeoutError) as e:
             failed = self.endpoint
             await self.failover(client)
@@ -296,6 +318,12 @@ class Etcd:
             if read is not None:
                 read.cancel()
             call.cancel()
+
+
+def cancelling() -> bool:
+    """Is the current task itself being cancelled (rather than an awaited gRPC call)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _itself(client: aetcd.Client) -> aetcd.Client:

@@ -114,3 +114,41 @@ async def test_the_masquerade_keeper_survives_nft_failing_to_run(monkeypatch):
     await asyncio.sleep(0.1)
     assert not keeper.done()  # it logged and keeps trying
     keeper.cancel()
+
+
+async def test_a_task_cancelled_by_what_it_awaited_is_restarted_not_lost():
+    """gRPC cancels the calls of a channel another task closed: the task awaiting one gets a
+    CancelledError that is not a stop. It used to end the watch task silently."""
+    runs = 0
+
+    async def watch():
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(fut.cancel)  # someone else's doing
+            await fut
+        await asyncio.Event().wait()
+
+    sup = Supervisor()
+    sup.start("watch", watch)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if runs == 2:
+            break
+    assert runs == 2 and sup.restarts["watch"] == 1
+    assert "cancelled by something it awaited" in sup.last_error["watch"]
+    await sup.stop()  # and a real stop still stops
+
+
+async def test_an_etcd_call_cancelled_under_it_is_unavailable_not_a_cancellation():
+    from vxnet.store.etcd import Etcd
+
+    etcd = Etcd("http://127.0.0.1:1", timeout=0.5)
+
+    async def closed_under_us(client):
+        raise asyncio.CancelledError  # what a call on a channel closed by failover raises
+
+    with pytest.raises(StoreUnavailable, match="connection closed under the request"):
+        await etcd.call(closed_under_us)
+    await etcd.close()
