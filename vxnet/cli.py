@@ -47,7 +47,11 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
 @flag("etcd-username", help="etcd user (etcd authentication).")
 @flag("etcd-password", help="Password of --etcd-username (prefer FLANNELD_ETCD_PASSWORD: "
       "flags show in ps).")
-@flag("iface", help="External interface, by name or IP (default: the default route's).")
+@flag("iface", multiple=True, help="External interface, by name or IP; may be given several "
+      "times, the first present wins (default: the default route's).")
+@flag("iface-regex", multiple=True, help="Regex matched against interfaces' addresses, then "
+      "names; may be given several times (used when --iface is not).")
+@flag("iface-can-reach", help="Use the interface of the route to this address.")
 @flag("public-ip", help="IPv4 address other nodes reach this one at.")
 @flag("public-ipv6", help="IPv6 address other nodes reach this one at.")
 @flag("subnet-file", default="/run/flannel/subnet.env", show_default=True,
@@ -67,6 +71,11 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
 @click.option("--vxlan-allowlist/--no-vxlan-allowlist", envvar=_env("vxlan-allowlist"),
               show_envvar=True, default=True, show_default=True,
               help="Accept VXLAN only from cluster members' public IPs (nftables).")
+@click.option("--tx-checksum-offload/--no-tx-checksum-offload", envvar=_env("tx-checksum-offload"),
+              show_envvar=True, default=None,
+              help="Transmit checksum offload on the VXLAN device (off cures the kernels and "
+              "NICs that corrupt VXLAN checksums). Default: Backend.TxChecksumOffload, else "
+              "as the kernel has it.")
 @flag("etcd-timeout", type=click.FloatRange(0.1, None), default=5.0, show_default=True,
       help="Seconds before an etcd request is given up (and retried).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

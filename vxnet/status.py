@@ -29,14 +29,16 @@ def fetch(host: str, port: int, path: str) -> Any:
 def render_status(ipam: dict[str, Any], state: dict[str, Any]) -> str:
     out = [
         f"node       {ipam.get('nodeName')} (ID {ipam.get('nodeId')}), "
-        f"{'ready' if state.get('ready') else 'NOT READY'}",
+        f"{'ready' if state.get('ready') else 'NOT READY: ' + str(state.get('notReady'))}",
         f"lease      {ipam.get('podSubnetThisNode')} (key {ipam.get('leaseKey')}), "
         f"node IP {ipam.get('nodeIP')}",
         f"network    {ipam.get('network')}",
     ]
     for fam, ov in state.get("overlays", {}).items():
+        csum = {True: "on", False: "off", None: "?"}[ov.get("txChecksumOffload")]
         out.append(f"device     {ov['device']} ({fam}, ifindex {ov['ifindex']}"
-                   f"{', PARKED' if ov['parked'] else ''}), nexthop objects "
+                   f"{', PARKED' if ov['parked'] else ''}), local {ov.get('local')}, MTU "
+                   f"{ov.get('mtu')}, tx checksum offload {csum}, nexthop objects "
                    f"{'yes' if ov['nexthops'] else 'no'}, kernel writes "
                    + ", ".join(f"{k} {v}" for k, v in ov["kernelWrites"].items()))
         peers = ov["peers"]

@@ -183,7 +183,7 @@ def test_fatal_problems_exit_nonzero_with_one_clear_line(cluster):
 def test_start_up_waits_for_an_interface_that_is_not_there_yet(cluster):
     node = cluster.add_node(1, start_agent=False)
     cluster.start_agent(node, "--iface", "late0")
-    wait_for(lambda: "no interface named 'late0'" in readyz(cluster, node), 10,
+    wait_for(lambda: "none of late0 is present" in readyz(cluster, node), 10,
              "/readyz says what start-up waits for")
     node.ns.ip("link", "add", "late0", "type", "veth", "peer", "name", "late0p")
     node.ns.ip("addr", "add", "198.51.100.111/24", "dev", "late0")

@@ -12,6 +12,7 @@ from typing import Any
 
 from vxnet.agent.metrics import AgentMetrics
 from vxnet.agent.state import AgentState
+from vxnet.kernel.ethtool import tx_checksum
 
 log = logging.getLogger(__name__)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -42,7 +43,8 @@ def ipam_view(state: AgentState) -> dict[str, Any]:
 
 def state_view(state: AgentState) -> dict[str, Any]:
     rt = state.runtime
-    out: dict[str, Any] = {"ready": state.ready, "phase": state.phase}
+    out: dict[str, Any] = {"ready": state.ready, "phase": state.phase,
+                           "notReady": state.not_ready_reason or None}
     if rt is None:
         return out
     out.update({"firstSyncWrites": rt.first_sync_writes, "invalidLeases": dict(rt.invalid),
@@ -54,6 +56,8 @@ def state_view(state: AgentState) -> dict[str, Any]:
         programmed = plane.programmed()
         out["overlays"][f"ipv{version}"] = {
             "device": ov.device.name, "ifindex": plane.spec.ifindex, "parked": plane.parked,
+            "local": str(ov.device.local_ip), "mtu": ov.device.mtu,
+            "txChecksumOffload": _tx_checksum(ov.device.name),
             "nexthops": plane.spec.use_nexthops,
             "peers": {k: {"subnet": str(p.subnet), "publicIP": str(p.public_ip),
                           "vtepMAC": p.vtep_mac, "programmed": k in programmed}
@@ -70,6 +74,13 @@ def state_view(state: AgentState) -> dict[str, Any]:
             "refusedPackets": allow.refused_packets,
             "refusedSources": dict(sorted(allow.refused_sources.items()))}
     return out
+
+
+def _tx_checksum(ifname: str) -> bool | None:
+    try:
+        return tx_checksum(ifname)
+    except OSError:  # the device is being recreated
+        return None
 
 
 class ApiServer:

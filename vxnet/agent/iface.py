@@ -1,13 +1,15 @@
-"""Choosing the external interface, its public IP(s) and MTU, as flanneld does: --iface by name
-or address, else the interface of the default route; --public-ip overrides the address."""
+"""Choosing the external interface, its public IP(s) and MTU, as flanneld does (see Selection);
+--public-ip overrides the address. Start-up and the underlay follower share it."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
 
 from vxnet.errors import VxnetError
 from vxnet.kernel.device import get_link, interface_networks
@@ -26,6 +28,33 @@ class ExternalInterface:
     ip6: ipaddress.IPv6Address | None
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """flanneld's ways of naming the external interface, tried in this order: --iface (names or
+    addresses, several allowed), else --iface-regex (matched against each interface's addresses,
+    then its name), else --iface-can-reach (the route to that address), else the default
+    route's interface. The first match wins."""
+
+    ifaces: tuple[str, ...] = ()
+    regexes: tuple[str, ...] = ()
+    can_reach: str | None = None
+    public_ip: str | None = None
+    public_ipv6: str | None = None
+
+    def __post_init__(self) -> None:
+        for r in self.regexes:
+            try:
+                re.compile(r)
+            except re.error as e:
+                raise VxnetError(f"--iface-regex {r!r}: {e}") from None
+        if self.can_reach is not None:
+            try:
+                ipaddress.ip_address(self.can_reach)
+            except ValueError:
+                raise VxnetError(f"--iface-can-reach: {self.can_reach!r} is not an IP "
+                                 "address") from None
+
+
 async def _default_route_index(ipr: AsyncIPRoute, family: int) -> int | None:
     async for r in await ipr.route("dump", family=family):
         if r["dst_len"] == 0 and r.get("table") == 254 and r.get("oif"):
@@ -33,37 +62,70 @@ async def _default_route_index(ipr: AsyncIPRoute, family: int) -> int | None:
     return None
 
 
-async def find_external(ipr: AsyncIPRoute, iface: str | None, public_ip: str | None,
-                        want4: bool, want6: bool, public_ipv6: str | None = None
-                        ) -> ExternalInterface:
-    index = None
-    if iface:
+async def _addresses(ipr: AsyncIPRoute) -> list[tuple[int, ipaddress._BaseAddress]]:
+    return [(a["index"], ipaddress.ip_address(a.get("IFA_ADDRESS")))
+            async for a in await ipr.addr("dump")]
+
+
+async def _select_index(ipr: AsyncIPRoute, sel: Selection, want4: bool) -> int:
+    if sel.ifaces:
+        addrs = await _addresses(ipr)
+        for iface in sel.ifaces:
+            try:
+                addr = ipaddress.ip_address(iface)
+            except ValueError:
+                link = await get_link(ipr, ifname=iface)
+                if link is not None:
+                    return link["index"]
+            else:
+                for index, a in addrs:
+                    if a == addr:
+                        return index
+        raise InterfaceUnavailable(f"--iface: none of {', '.join(sel.ifaces)} is present")
+    if sel.regexes:
+        addrs = await _addresses(ipr)
+        names = {link["index"]: link.get_attr("IFLA_IFNAME")
+                 async for link in await ipr.link("dump")}
+        for r in sel.regexes:
+            pattern = re.compile(r)
+            for index, a in addrs:  # search, as Go's MatchString: anywhere in the text
+                if not (a.is_loopback or a.is_link_local) and pattern.search(str(a)):
+                    return index
+            for index, name in sorted(names.items()):
+                if name and name != "lo" and pattern.search(name):
+                    return index
+        raise InterfaceUnavailable(f"--iface-regex: no interface matches "
+                                   f"{', '.join(sel.regexes)}")
+    if sel.can_reach:
         try:
-            addr = ipaddress.ip_address(iface)
-        except ValueError:
-            link = await get_link(ipr, ifname=iface)
-            if link is None:
-                raise InterfaceUnavailable(f"--iface: no interface named {iface!r}") from None
-            index = link["index"]
-        else:
-            async for a in await ipr.addr("dump"):
-                if ipaddress.ip_address(a.get("IFA_ADDRESS")) == addr:
-                    index = a["index"]
-                    break
-            if index is None:
-                raise InterfaceUnavailable(f"--iface: no interface has the address {addr}")
-    else:
-        index = await _default_route_index(ipr, socket.AF_INET if want4 else socket.AF_INET6)
-        if index is None:
-            raise InterfaceUnavailable("no default route to pick the external interface "
-                                       "from; give --iface")
+            routes = await ipr.route("get", dst=sel.can_reach)
+        except PyNetlinkError as e:
+            raise InterfaceUnavailable(f"--iface-can-reach {sel.can_reach}: no route "
+                                       f"({e})") from None
+        for r in routes:
+            if r.get("RTA_OIF"):
+                return r.get("RTA_OIF")
+        raise InterfaceUnavailable(f"--iface-can-reach {sel.can_reach}: no route")
+    index = await _default_route_index(ipr, socket.AF_INET if want4 else socket.AF_INET6)
+    if index is None:
+        raise InterfaceUnavailable("no default route to pick the external interface from; "
+                                   "give --iface")
+    return index
+
+
+async def find_external(ipr: AsyncIPRoute, sel: Selection, want4: bool, want6: bool
+                        ) -> ExternalInterface:
+    index = await _select_index(ipr, sel, want4)
     link = await get_link(ipr, index=index)
+    if link is None:  # gone between the two looks
+        raise InterfaceUnavailable(f"interface {index} vanished while being looked at")
     name = link.get("ifname")
     ip4 = ip6 = None
     if want4:
-        ip4 = _pick(public_ip, await interface_networks(ipr, index, 4), name, "--public-ip")
+        ip4 = _pick(sel.public_ip, await interface_networks(ipr, index, 4), name, "--public-ip")
     if want6:
-        ip6 = _pick(public_ipv6, await interface_networks(ipr, index, 6), name, "--public-ipv6")
+        ip6 = _pick(sel.public_ipv6, await interface_networks(ipr, index, 6), name,
+                    "--public-ipv6")
     return ExternalInterface(name, index, link.get("mtu"), ip4, ip6)  # type: ignore[arg-type]
 
 

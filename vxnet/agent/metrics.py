@@ -56,8 +56,13 @@ class _AgentCollector(Collector):
             "vxnet_netlink_events": ("Netlink notifications read", a.monitor.events),
             "vxnet_netlink_overflows": ("Netlink notification overflows (each a full resync)",
                                         a.monitor.overflows),
-            "vxnet_device_repairs": ("VXLAN devices recreated after deletion",
-                                     a.monitor.repairs),
+            "vxnet_device_repairs": ("VXLAN devices recreated (deleted, or changed in a way "
+                                     "the kernel cannot undo in place)", a.monitor.repairs),
+            "vxnet_device_drift_repairs": ("VXLAN device attributes put back in place (MTU, "
+                                           "MAC, learning, up, checksum offload)",
+                                           a.monitor.drift_repairs),
+            "vxnet_underlay_changes": ("External interface, address or MTU changes followed",
+                                       a.underlay_changes),
             "vxnet_kernel_pass_errors": ("Kernel passes that raised (each retried after a full "
                                          "resync)", a.reconciler.errors),
             "vxnet_masquerade_repairs": ("Masquerade tables re-applied after drift",

@@ -19,7 +19,9 @@ class AgentOptions:
     etcd_username: str | None = None
     etcd_password: str | None = field(default=None, repr=False)
     etcd_timeout: float = 5.0
-    iface: str | None = None
+    iface: tuple[str, ...] = ()
+    iface_regex: tuple[str, ...] = ()
+    iface_can_reach: str | None = None
     public_ip: str | None = None
     public_ipv6: str | None = None
     subnet_file: str = "/run/flannel/subnet.env"
@@ -31,3 +33,4 @@ class AgentOptions:
     node_name: str = field(default_factory=socket.gethostname)
     resync_interval: float = 30.0
     vxlan_allowlist: bool = True
+    tx_checksum_offload: bool | None = None  # None: as Backend.TxChecksumOffload says

@@ -12,13 +12,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vxnet.agent.iface import ExternalInterface
+from vxnet.agent.iface import ExternalInterface, Selection
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.supervisor import Supervisor
+from vxnet.agent.underlay import UnderlayWatch
 from vxnet.ip import IPAddress
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.allowlist import AllowList
-from vxnet.kernel.device import DeviceSpec, default_name, device_mtu, ensure_device, iproute
+from vxnet.kernel.device import (
+    DeviceSpec,
+    default_name,
+    device_mtu,
+    ensure_device,
+    interface_networks,
+    iproute,
+    local_addresses,
+)
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.masq import MasqRules, Masquerade
 from vxnet.kernel.monitor import Monitor
@@ -28,7 +37,7 @@ from vxnet.kernel.reconciler import Observer, Reconciler
 from vxnet.store.config import NetworkConfig
 from vxnet.store.etcd import Etcd
 from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
-from vxnet.store.manager import LeaseLost, LeaseManager
+from vxnet.store.manager import LeaseLost, LeaseManager, NodeInfo
 from vxnet.store.subnetenv import SubnetEnv
 from vxnet.store.watcher import EventKind, LeaseEvent, LeaseWatcher
 
@@ -50,34 +59,49 @@ def lease_attrs(cfg: NetworkConfig, ext: ExternalInterface, key: SubnetKey) -> L
                       ext.ip6, vtep_mac(key.subnet6) if key.subnet6 else None)
 
 
-def device_spec(cfg: NetworkConfig, ext: ExternalInterface, version: int, lease: Lease
-                ) -> DeviceSpec:
+def device_spec(opts: AgentOptions, cfg: NetworkConfig, ext: ExternalInterface, version: int,
+                lease: Lease) -> DeviceSpec:
     subnet = lease.key.subnet if version == 4 else lease.key.subnet6
     local = ext.ip if version == 4 else ext.ip6
     assert subnet is not None and local is not None
     b = cfg.backend
+    tx_checksum = b.tx_checksum if opts.tx_checksum_offload is None else opts.tx_checksum_offload
     return DeviceSpec(default_name(b.vni, version), b.vni, b.port, local, ext.index,
                       vtep_mac(subnet), device_mtu(b.mtu or ext.mtu, local.version), subnet,
-                      b.gbp, b.learning)
+                      b.gbp, b.learning, tx_checksum)
 
 
-async def setup_overlays(sock: nl.RtnlSocket, cfg: NetworkConfig, ext: ExternalInterface,
-                         lease: Lease, overlays: dict[int, Overlay]) -> None:
-    """Create (or move, after a lease change) one VXLAN device per enabled family."""
+async def setup_overlays(sock: nl.RtnlSocket, opts: AgentOptions, cfg: NetworkConfig,
+                         ext: ExternalInterface, lease: Lease, overlays: dict[int, Overlay]
+                         ) -> bool:
+    """Create one VXLAN device per enabled family, or bring existing ones in line with a new
+    lease or underlay (address, interface, MTU). True if anything changed."""
+    changed = False
     async with iproute() as ipr:
+        own = await local_addresses(ipr)
         for version, pool in ((4, cfg.ipv4), (6, cfg.ipv6)):
             if pool is None:
                 continue
-            spec = device_spec(cfg, ext, version, lease)
+            spec = device_spec(opts, cfg, ext, version, lease)
             ov = overlays.get(version)
             if ov is None:
                 overlays[version] = await open_overlay(
                     ipr, sock, spec, network=pool.network,
                     direct_routing=cfg.backend.direct_routing)
-            elif ov.device != spec:
-                ov.device = spec
-                ov.ensured = await ensure_device(ipr, spec)
-                ov.plane.rebind(ov.ensured.ifindex, local_subnet=spec.subnet)
+                changed = True
+            elif ov.device != spec or ov.plane.spec.own_ips != own:
+                async with ov.repairing:  # not while the monitor puts the old spec back
+                    ov.device = spec
+                    ov.ensured = await ensure_device(ipr, spec)
+                    parent = await interface_networks(ipr, spec.parent_ifindex,
+                                                      spec.local_ip.version)
+                    ov.plane.rebind(ov.ensured.ifindex, local_subnet=spec.subnet,
+                                    underlay_version=spec.local_ip.version,
+                                    parent_ifindex=spec.parent_ifindex,
+                                    parent_networks=tuple(a.network for a in parent),
+                                    own_ips=own)
+                changed = True
+    return changed
 
 
 def write_subnet_env(opts: AgentOptions, cfg: NetworkConfig, lease: Lease,
@@ -112,7 +136,8 @@ def peers_of(leases: Iterable[Lease], version: int, own: str) -> list[Peer]:
 class Runtime:
     opts: AgentOptions
     cfg: NetworkConfig
-    ext: ExternalInterface
+    selection: Selection
+    ext: ExternalInterface  # the underlay as last applied
     etcd: Etcd
     mgr: LeaseManager
     lease: Lease  # the lease devices, subnet.env and masquerade were last set up for
@@ -130,6 +155,8 @@ class Runtime:
     invalid_total: int = 0
     supervisor: Supervisor = field(default_factory=Supervisor)
     loop_lag_max: float = 0.0  # the longest the event loop was held, as last measured
+    not_ready: str | None = None  # why the node cannot serve now (no usable underlay)
+    underlay_changes: int = 0
 
     # -- store events (memory only) ----------
 
@@ -195,16 +222,53 @@ class Runtime:
         lease = self.mgr.lease
         if lease is None or lease.key == self.lease.key:
             return
-        await setup_overlays(self.sock, self.cfg, self.ext, lease, self.overlays)
+        await setup_overlays(self.sock, self.opts, self.cfg, self.ext, lease, self.overlays)
         write_subnet_env(self.opts, self.cfg, lease, self.overlays)
         if self.masq is not None:
             self.masq.rules = masquerade_rules(self.cfg, lease)
             await self.masq.apply()
         self.lease = lease
+        self._replan("resync")
+
+    def _replan(self, why: str) -> None:
+        """Devices were rebuilt: every peer checked again against the new surroundings."""
         for version, ov in self.overlays.items():
-            ov.plane.set_peers(peers_of(self.watcher.leases.values(), version, str(lease.key)))
-        self.reconciler.request_resync("resync")
+            ov.plane.set_peers([])
+            ov.plane.set_peers(peers_of(self.watcher.leases.values(), version,
+                                        str(self.lease.key)))
+        self.reconciler.request_resync(why)
         self._changed()
+
+    async def follow_underlay(self, ext: ExternalInterface | None, why: str) -> None:
+        """Apply what the underlay watch found: a new address is published in our lease (same
+        key, same etcd lease; peers re-point their FDB from the lease event) and the devices
+        follow it, as they follow a new interface or MTU. With nothing usable the node keeps
+        its last state and says it is not ready. Idempotent: called on every look."""
+        if ext is None:
+            if self.not_ready != why:
+                log.error("no usable external interface (%s): keeping the last state", why)
+            self.not_ready = why
+            return
+        if ext != self.ext:
+            log.warning("external interface now %s (index %d, MTU %d), public IP %s%s; was "
+                        "%s, %s%s", ext.name, ext.index, ext.mtu, ext.ip,
+                        f", {ext.ip6}" if ext.ip6 else "", self.ext.name, self.ext.ip,
+                        f", MTU {self.ext.mtu}" if self.ext.mtu != ext.mtu else "")
+            self.underlay_changes += 1
+        cfg = self.cfg
+        # the node's own side first (it needs no etcd), then the lease, which may have to wait
+        # for etcd to be reachable from the new address (StoreUnavailable: tried again soon)
+        if await setup_overlays(self.sock, self.opts, cfg, ext, self.lease, self.overlays):
+            write_subnet_env(self.opts, cfg, self.lease, self.overlays)
+            self._replan("underlay")
+        if (ext.ip, ext.ip6) != (self.ext.ip, self.ext.ip6):
+            await self.etcd.reconnect()  # its connection left from an address we no longer have
+        self.ext = ext
+        await self.mgr.move(NodeInfo(self.opts.node_name, ext.ip, ext.ip6),
+                            lambda key: lease_attrs(cfg, ext, key))
+        if self.not_ready is not None:
+            log.info("external interface usable again: ready")
+        self.not_ready = None
 
     async def _measure_loop_lag(self, every: float = 0.05) -> None:
         """How late a short sleep wakes up is how long someone else held the event loop."""
@@ -223,6 +287,9 @@ class Runtime:
         sup.start("monitor", self.monitor.run)
         sup.start("watch", self._watch)
         sup.start("keepalive", self._keepalive)
+        sup.start("underlay", UnderlayWatch(self.selection, self.cfg.ipv4 is not None,
+                                            self.cfg.ipv6 is not None, self.follow_underlay,
+                                            interval=opts.resync_interval).run)
         allow, masq = self.allow, self.masq
         if allow is not None:
             sup.start("allowlist", lambda: allow.run(opts.resync_interval))

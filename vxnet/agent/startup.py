@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, find_external
+from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, Selection, find_external
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.runtime import (
     Runtime,
@@ -89,10 +89,12 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
     for w in cfg.warnings:
         log.warning("network config: %s", w)
 
+    selection = Selection(opts.iface, opts.iface_regex, opts.iface_can_reach, opts.public_ip,
+                          opts.public_ipv6)
+
     async def external() -> ExternalInterface:
         async with iproute() as ipr:
-            return await find_external(ipr, opts.iface, opts.public_ip, cfg.enable_ipv4,
-                                       cfg.enable_ipv6, opts.public_ipv6)
+            return await find_external(ipr, selection, cfg.enable_ipv4, cfg.enable_ipv6)
 
     ext = await wait_for(state, "finding the external interface", external,
                          (InterfaceUnavailable,))
@@ -118,7 +120,7 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
             p.public_ip for ov in overlays.values() for p in ov.plane.peers.values()})
         await allow.ensure_table()
     sock = nl.RtnlSocket()
-    await setup_overlays(sock, cfg, ext, lease, overlays)
+    await setup_overlays(sock, opts, cfg, ext, lease, overlays)
     write_subnet_env(opts, cfg, lease, overlays)
     masq = None
     if opts.ip_masq:
@@ -147,7 +149,7 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
     finally:
         gc.enable()
     gc.freeze()
-    runtime = Runtime(opts, cfg, ext, etcd, mgr, lease, nid, sock, overlays, watcher,
+    runtime = Runtime(opts, cfg, selection, ext, etcd, mgr, lease, nid, sock, overlays, watcher,
                       reconciler, monitor, allow, masq, observer, writes)
     for key, err in snap.invalid.items():
         runtime.note_invalid(key, str(err.reason))

@@ -18,8 +18,10 @@ class AgentState:
 
     @property
     def ready(self) -> bool:
-        return self.runtime is not None
+        return self.runtime is not None and self.runtime.not_ready is None
 
     @property
     def not_ready_reason(self) -> str:
-        return "" if self.ready else self.phase
+        if self.runtime is None:
+            return self.phase
+        return self.runtime.not_ready or ""

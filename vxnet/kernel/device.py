@@ -1,6 +1,6 @@
 """The VXLAN device (pyroute2): ensure it exists with exactly our attributes, never disturbing a
-compatible one. A device whose VNI, port, local IP, parent, GBP or learning differ is recreated
-with the same MAC; MTU, MAC and addresses are fixed in place."""
+compatible one. A device whose VNI, port, local IP, parent or GBP differ is recreated with the
+same MAC; MTU, MAC, learning, addresses, up state and checksum offload are fixed in place."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
 
 from vxnet.errors import VxnetError
 from vxnet.ip import IPAddress, IPNetwork
+from vxnet.kernel.ethtool import set_tx_checksum, tx_checksum
 from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class DeviceSpec:
     subnet: IPNetwork  # its network address goes on the device as /32 or /128
     gbp: bool = False
     learning: bool = False
+    tx_checksum: bool | None = None  # transmit checksum offload; None: as the kernel has it
 
     @property
     def address(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -92,14 +94,17 @@ def _incompatible(link: Any, spec: DeviceSpec) -> list[str]:
         "local IP": ipaddress.ip_address(local) if local else None,
         "parent": info.get_attr("IFLA_VXLAN_LINK"),
         "GBP": info.get_attr("IFLA_VXLAN_GBP") is not None,
-        "learning": bool(info.get_attr("IFLA_VXLAN_LEARNING")),
     }
     want = {"VNI": spec.vni, "port": spec.port, "local IP": spec.local_ip,
-            "parent": spec.parent_ifindex, "GBP": spec.gbp, "learning": spec.learning}
+            "parent": spec.parent_ifindex, "GBP": spec.gbp}
     return [f"{k} {have[k]} != {want[k]}" for k in want if have[k] != want[k]]
 
 
-async def ensure_device(ipr: AsyncIPRoute, spec: DeviceSpec) -> EnsureResult:
+async def ensure_device(ipr: AsyncIPRoute, spec: DeviceSpec, netns: str | None = None
+                        ) -> EnsureResult:
+    """Our device, exactly as specified: created if missing, recreated (same MAC) where the
+    kernel cannot change an attribute in place, fixed in place otherwise. `netns` is where
+    `ipr` works (for the ethtool ioctl)."""
     link = await get_link(ipr, ifname=spec.name)
     action = "reused"
     if link is not None:
@@ -116,6 +121,9 @@ async def ensure_device(ipr: AsyncIPRoute, spec: DeviceSpec) -> EnsureResult:
             raise DeviceError(f"device {spec.name} vanished right after being created")
         action = "created" if action == "reused" else action
     changes = await _fix_in_place(ipr, link, spec)
+    if spec.tx_checksum is not None and tx_checksum(spec.name, netns) != spec.tx_checksum:
+        set_tx_checksum(spec.name, spec.tx_checksum, netns)
+        changes.append(f"tx checksum offload {'on' if spec.tx_checksum else 'off'}")
     if action != "reused" or changes:
         log.info("device %s %s (%s)", spec.name, action, ", ".join(changes) or "no changes")
     return EnsureResult(link["index"], action, tuple(changes))
@@ -146,6 +154,10 @@ async def _fix_in_place(ipr: AsyncIPRoute, link: Any, spec: DeviceSpec) -> list[
     if link.get("mtu") != spec.mtu:
         await ipr.link("set", index=index, mtu=spec.mtu)
         changes.append(f"MTU {link.get('mtu')} -> {spec.mtu}")
+    info = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    if bool(info.get_attr("IFLA_VXLAN_LEARNING")) != spec.learning:
+        await ipr.link("set", index=index, kind="vxlan", vxlan_learning=int(spec.learning))
+        changes.append(f"learning {'on' if spec.learning else 'off'}")
     want = spec.address
     have = await interface_networks(ipr, index, want.version)
     for addr in have:

@@ -1,15 +1,16 @@
 """Keeps the kernel caches in step between full passes: netlink notifications fold into them
-(the reconciler then repairs the one entry that changed); our device going down parks its
-overlay until it is up again (then a full resync); a deleted device is recreated with the same
-MAC; lost notifications (ENOBUFS) and the periodic timer both ask for a full resync, which costs
-a few dumps when nothing drifted. Nothing here writes peer state itself."""
+(the reconciler then repairs the one entry that changed). Any change to our device -- deleted,
+down, another MTU, MAC, learning or checksum setting -- is put back (recreated with the same MAC
+only where the kernel cannot change it in place); while it is gone or down its overlay is parked,
+and a full resync follows. Lost notifications (ENOBUFS) and the periodic timer both ask for a
+full resync (and a device check), which costs a few dumps when nothing drifted. Nothing here
+writes peer state itself."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
-from collections.abc import Coroutine
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
@@ -31,9 +32,11 @@ class Monitor:
         self.resync_interval = resync_interval
         self.events = 0
         self.overflows = 0
-        self.repairs = 0
+        self.repairs = 0  # devices recreated
+        self.drift_repairs = 0  # device attributes put back in place
         self._sock: nl.RtnlSocket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._again: set[Overlay] = set()  # a check is running; another is wanted after it
 
     # -- lifecycle ---------
 
@@ -50,13 +53,17 @@ class Monitor:
             self._sock = None
 
     async def run(self) -> None:
-        """Ask for a full resync every resync_interval until cancelled."""
+        """Ask for a full resync (and check the devices) every resync_interval until
+        cancelled. Reopened after a failure, it resyncs at once: it may have missed changes."""
         if self._sock is None:
             self.open()
+            self.reconciler.request_resync("monitor restart")
         try:
             while True:
                 await asyncio.sleep(self.resync_interval)
                 self.reconciler.request_resync("periodic")
+                for ov in self.overlays:
+                    self._check(ov)
         finally:
             self._close()
             for t in self._tasks:
@@ -90,38 +97,52 @@ class Monitor:
     def _link_event(self, mtype: int, index: int, flags: int) -> None:
         for ov in self.overlays:
             plane = ov.plane
-            if index != plane.spec.ifindex or ov.repairing.locked():
+            if index != plane.spec.ifindex:
                 continue
-            if mtype == nl.RTM_DELLINK:
-                log.warning("device %s was deleted: recreating it", ov.device.name)
-                plane.parked = True
-                self._spawn(self._repair(ov))
-            elif not flags & nl.IFF_UP:
+            if mtype == nl.RTM_DELLINK or not flags & nl.IFF_UP:
                 if not plane.parked:
-                    log.warning("device %s is down: parked until it is up", ov.device.name)
+                    log.warning("device %s is %s: parked until it is back", ov.device.name,
+                                "gone" if mtype == nl.RTM_DELLINK else "down")
                 plane.parked = True
-            elif plane.parked:
-                log.info("device %s is up again: full resync", ov.device.name)
-                plane.parked = False
-                self.reconciler.request_resync("resync", ov)
+            self._check(ov)
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _check(self, ov: Overlay) -> None:
+        """Put our device back as specified, soon (one check at a time per device)."""
+        if ov.repairing.locked():
+            self._again.add(ov)
+            return
+        task = asyncio.ensure_future(self._ensure(ov))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _repair(self, ov: Overlay) -> None:
+    async def _ensure(self, ov: Overlay) -> None:
         backoff = Backoff(0.05, 5)
-        async with ov.repairing:
-            while True:
+        while True:
+            async with ov.repairing:  # the device is ours alone while we look at it
+                self._again.discard(ov)
                 try:
                     async with iproute(self.netns) as ipr:
-                        res = await ensure_device(ipr, ov.device)
-                    break
+                        res = await ensure_device(ipr, ov.device, self.netns)
                 except Exception as e:  # parent gone, transient netlink error: retry
-                    log.warning("recreating %s failed: %s", ov.device.name, e)
-                    await backoff.sleep()
-            self.repairs += 1
-            ov.ensured = res
-            ov.plane.rebind(res.ifindex)
-        self.reconciler.request_resync("resync", ov)
+                    res = None
+                    log.warning("putting %s back failed: %s", ov.device.name, e)
+                if res is not None:
+                    ov.ensured = res
+                    if res.action != "reused":
+                        self.repairs += 1
+                        ov.plane.rebind(res.ifindex)
+                    elif res.changes:
+                        self.drift_repairs += 1
+                    # down or gone, the kernel dropped our routes, nexthops and neighbours,
+                    # some without a word: only a full pass knows what is left
+                    resync = res.action != "reused" or ov.plane.parked
+                    ov.plane.parked = False
+            if res is None:
+                # not holding the device while we wait: a new spec (the parent replaced, say)
+                # may be set meanwhile, and the next try uses it
+                await backoff.sleep()
+                continue
+            if resync:  # asked with the device free, or the reconciler would skip it
+                self.reconciler.request_resync("resync", ov)
+            if ov not in self._again:
+                return

@@ -40,6 +40,7 @@ class Reconciler:
         self._resync: dict[Overlay, str] = {}  # overlay -> why a full pass is pending
         self._event_at: float | None = None  # when the oldest store change not yet written came
         self.last_writes = 0  # of the last round
+        self._skipped = False  # the last round left an overlay out (its device was busy)
 
     # -- what the rest of the agent calls (memory only) ----------
 
@@ -78,14 +79,19 @@ class Reconciler:
                 self._wake.set()
             else:
                 backoff.reset()
+            if self._skipped:  # a device being put back: its work waits, not forgotten
+                await asyncio.sleep(0.02)
+                self._wake.set()
 
     async def run_once(self) -> bool:
         """One round over every overlay: a full pass where one is pending, else the dirty
         keys. True if some write failed (its keys stay dirty for the retry)."""
         self.last_writes = 0
         failed = False
+        self._skipped = False
         for ov in self.overlays:
-            if ov.repairing.locked():  # the device is being recreated; it asks again after
+            if ov.repairing.locked():  # the device is being put back: try again shortly
+                self._skipped = True
                 continue
             why = self._resync.pop(ov, None)
             result = PassResult()

@@ -132,10 +132,12 @@ class Cluster:
         return self.workdir / node.name / "subnet.env"
 
     def agent_argv(self, node: Node, *extra: str) -> list[str]:
+        args = (*self.agent_args, *extra)
+        # the lab's uplink unless the caller chooses the interface itself
+        iface = () if any(a.startswith("--iface") for a in args) else ("--iface", "eth0")
         return [sys.executable, "-m", "vxnet", "agent", "--etcd-endpoints", self.endpoint,
-                "--iface", "eth0", "--node-name", node.name, "--subnet-file",
-                str(self.subnet_env(node)), "--healthz-port", str(API_PORT),
-                *self.agent_args, *extra]
+                *iface, "--node-name", node.name, "--subnet-file", str(self.subnet_env(node)),
+                "--healthz-port", str(API_PORT), *args]
 
     def start_agent(self, node: Node, *extra: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / node.name / "agent.log", "ab")  # noqa: SIM115 (child owns it)

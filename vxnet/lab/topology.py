@@ -70,6 +70,15 @@ class Lab:
         self.nodes.append(node)
         return node
 
+    def add_uplink(self, node: Node, name: str, ip: str, port: str | None = None) -> None:
+        """A further interface from a node to the underlay switch (a second NIC, a bond...)."""
+        port = port or f"u{node.index}{name[-1]}"
+        self.fabric.ip("link", "add", port, "type", "veth", "peer", "name", name, "netns",
+                       node.ns.name)
+        self.fabric.ip("link", "set", port, "master", "br0", "up")
+        node.ns.ip("addr", "add", ip, "dev", name, *(["nodad"] if ":" in ip else []))
+        node.ns.ip("link", "set", name, "up")
+
     def add_host(self, role: str, index: int) -> tuple[Netns, ipaddress.IPv4Address]:
         """A plain machine on the underlay, outside the cluster network."""
         ns = self.new_ns(role)

@@ -23,7 +23,8 @@ _TOP_KEYS = {
     "network", "subnetlen", "subnetmin", "subnetmax", "enableipv4", "enableipv6",
     "ipv6network", "ipv6subnetlen", "ipv6subnetmin", "ipv6subnetmax", "backend",
 }
-_BACKEND_KEYS = {"type", "vni", "port", "gbp", "learning", "directrouting", "mtu", "macprefix"}
+_BACKEND_KEYS = {"type", "vni", "port", "gbp", "learning", "directrouting", "mtu", "macprefix",
+                 "txchecksumoffload"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class BackendConfig:
     learning: bool = False
     direct_routing: bool = False
     mtu: int = 0  # underlay MTU; 0 = take it from the external interface
+    tx_checksum: bool | None = None  # vxnet's TxChecksumOffload; None: leave the kernel's
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ def config_from_dict(doc: dict[str, Any]) -> NetworkConfig:
         learning=be.get("Learning", bool, False),
         direct_routing=be.get("DirectRouting", bool, False),
         mtu=mtu,
+        tx_checksum=be.get("TxChecksumOffload", bool, None),
     )
     return NetworkConfig(ipv4, ipv6, backend, tuple(top.warnings + be.warnings))
 

@@ -230,6 +230,26 @@ class LeaseManager:
             await self.etcd.revoke(self.lease.etcd_lease)
         self.lease = None
 
+    async def move(self, node: NodeInfo, attrs_for: AttrsFor) -> None:
+        """This node's addresses changed: publish them in our lease -- same key, same etcd
+        lease -- unless etcd already has exactly that (so a retry after a failure writes)."""
+        self.node, self.attrs_for = node, attrs_for
+        lease = self.lease
+        assert lease is not None, "move() before acquire()"
+        attrs = attrs_for(lease.key)
+        key = str(lease.key)
+        kv = await self.etcd.get(self.paths.subnet(key))
+        if kv is not None and kv.value == attrs.encode() and kv.lease == lease.etcd_lease:
+            self.lease = Lease(lease.key, attrs, lease.etcd_lease, kv.mod_revision)
+            return
+        # ours from now on: the watch event of this write compares equal, not as a takeover
+        self.lease = Lease(lease.key, attrs, lease.etcd_lease, lease.mod_revision)
+        revision = await self._write([], key, attrs, lease.etcd_lease)
+        assert revision is not None  # no compare: it cannot fail
+        self.lease = Lease(lease.key, attrs, lease.etcd_lease, revision)
+        log.warning("lease %s now says %s", key,
+                    ", ".join(str(a) for a in (attrs.public_ip, attrs.public_ipv6) if a))
+
     # -- keeping it ----------
 
     def check_soon(self) -> None:
