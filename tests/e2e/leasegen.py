@@ -1,5 +1,5 @@
 """Fake peers' leases for the burst test, written from inside the lab's fabric namespace:
-`leasegen.py ENDPOINT PREFIX load N | burst N | expect N`."""
+`leasegen.py ENDPOINT PREFIX load N | burst N | expect N | clear N`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ async def main(endpoint: str, prefix: str, what: str, n: int) -> None:
             print("half", flush=True)
             await etcd.txn([], [tx.Put(key[i], value(i, 3), lease) for i in range(n)])
             await etcd.txn([], [tx.Put(key[i], value(i, 4), lease) for i in range(n)])
+        elif what == "clear":
+            await etcd.txn([], [tx.Delete(k) for k in key])
         elif what == "expect":
             print(json.dumps({"subnets": [subnet(i) for i in range(n)],
                               "macs": [f"0e:04:{i >> 8 & 255:02x}:{i & 255:02x}:00:01"

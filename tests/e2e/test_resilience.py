@@ -76,8 +76,11 @@ class HealthWatch:
         self.worst, self.failures = 0.0, []
 
     def start(self):
-        self.procs = [subprocess.Popen(["ip", "netns", "exec", n.ns.name, sys.executable, "-c",
-                                        PROBE, str(API_PORT), str(self.every)],
+        # at a higher priority than everything else here, so that what it measures is the
+        # agent's answer, not the prober's own wait for a CPU
+        self.procs = [subprocess.Popen(["nice", "-n", "-10", "ip", "netns", "exec", n.ns.name,
+                                        sys.executable, "-c", PROBE, str(API_PORT),
+                                        str(self.every)],
                                        stdout=subprocess.PIPE, text=True) for n in self.nodes]
 
     def stop(self):
@@ -218,6 +221,11 @@ def test_a_burst_of_20000_changes_against_5000_peers(tmp_path):
                                                           "118").stdout)}
         assert routes == set(final["subnets"])
         assert state(c, node)["overlays"]["ipv4"]["drift"] == {}
+        # leave a small kernel behind: deleting a namespace that still holds 20 000 entries
+        # keeps the kernel busy freeing them long after, slowing the tests that come next
+        subprocess.run([*gen, "clear", "5000"], check=True, timeout=120)
+        wait_for(lambda: not node.ns.ip("route", "show", "proto", "118").stdout, 60,
+                 "the peers gone from the kernel")
         lag = state(c, node)["loopLagMaxSeconds"]
         print(f"\nburst: worst /healthz {health.worst * 1000:.0f} ms, longest loop turn "
               f"{lag * 1000:.0f} ms, route repaired in {repaired * 1000:.0f} ms")

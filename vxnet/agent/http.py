@@ -1,16 +1,24 @@
 """The agent's HTTP API: /healthz, /readyz, /metrics, /v1/ipam, /v1/state (GET only).
 A deliberately small HTTP/1.1 server on asyncio: read-only, local, one request per connection.
-The views read the agent's state object; they serve from the first second of start-up on."""
+
+It runs in a thread with an event loop of its own, so that a probe is never kept waiting by
+the agent's busy moments (a burst of 20 000 lease changes): /healthz and /readyz are answered
+there -- /healthz from the main loop's heartbeat, so a main loop stuck for STALL seconds does
+fail it -- and the other views are computed in the main loop, where the state they read lives,
+and handed over. They serve from the first second of start-up on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from vxnet.agent.metrics import AgentMetrics
+from vxnet.agent.runtime import peer_ips
 from vxnet.agent.state import AgentState
 from vxnet.kernel.ethtool import tx_checksum
 
@@ -70,7 +78,7 @@ def state_view(state: AgentState) -> dict[str, Any]:
         allow = rt.allow
         out["vxlanAllowList"] = {
             "port": allow.port, "peers": None if allow.kernel is None else len(allow.kernel),
-            "inStep": allow.kernel == rt.peer_ips(), "repairs": allow.repairs,
+            "inStep": allow.kernel == peer_ips(rt.overlays), "repairs": allow.repairs,
             "refusedPackets": allow.refused_packets,
             "refusedSources": dict(sorted(allow.refused_sources.items()))}
     return out
@@ -83,17 +91,34 @@ def _tx_checksum(ifname: str) -> bool | None:
         return None
 
 
+STALL = 10.0  # seconds without a main-loop heartbeat before /healthz fails
+VIEW_TIMEOUT = 5.0  # seconds a view computed in the main loop may take
+
+
 class ApiServer:
     def __init__(self, state: AgentState, metrics: AgentMetrics) -> None:
         self.state, self.metrics = state, metrics
+        # views computed in the main loop; /healthz and /readyz are the server thread's own
         self.routes: dict[str, Callable[[], Response]] = {
-            "/healthz": lambda: (200, "text/plain", b"ok\n"),
+            "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/v1/ipam": lambda: _json(ipam_view(self.state)),
             "/v1/state": lambda: _json(state_view(self.state)),
         }
+        self._local = {"/healthz", "/readyz"}
+        self.beat = time.monotonic()  # the main loop's last heartbeat
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
+        self._heart: asyncio.Task[None] | None = None
+
+    def _healthz(self) -> Response:
+        quiet = time.monotonic() - self.beat
+        if quiet < STALL:
+            return 200, "text/plain", b"ok\n"
+        return 503, "text/plain", f"event loop stalled for {quiet:.0f}s\n".encode()
 
     def _readyz(self) -> Response:
         if self.state.ready:
@@ -101,12 +126,47 @@ class ApiServer:
         return 503, "text/plain", f"not ready: {self.state.not_ready_reason}\n".encode()
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        """Listen (OSError if the address cannot be bound), in the server thread."""
+        self._main = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="http-api",
+                                        daemon=True)
+        self._thread.start()
+        listening = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, host, port), self._loop)
+        self._server = await asyncio.wrap_future(listening)
+        self._heart = asyncio.create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(1)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._heart is not None:
+            self._heart.cancel()
+        if self._thread is not None:
+            if self._server is not None:
+                self._loop.call_soon_threadsafe(self._server.close)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join, 5)
+            self._thread = None
+        if not self._loop.is_running():
+            self._loop.close()
+
+    async def _answer(self, line: bytes) -> Response:
+        """In the server thread: the response, from the main loop where the view needs it."""
+        parts = line.decode("latin-1").split()
+        path = parts[1].split("?", 1)[0] if len(parts) == 3 else ""
+        if path in self._local or self._main is None or path not in self.routes:
+            return self.respond(line)
+        done = asyncio.run_coroutine_threadsafe(self._in_main(line), self._main)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(done), VIEW_TIMEOUT)
+        except TimeoutError:
+            return 503, "text/plain", b"the agent is too busy to answer; try again\n"
+
+    async def _in_main(self, line: bytes) -> Response:
+        return self.respond(line)
 
     def respond(self, request_line: bytes) -> Response:
         parts = request_line.decode("latin-1").split()
@@ -133,7 +193,7 @@ class ApiServer:
                         break
                     if size > 16384:
                         raise ValueError
-                status, ctype, body = self.respond(line)
+                status, ctype, body = await self._answer(line)
             except TimeoutError:
                 status, ctype, body = 408, "text/plain", b"request timeout\n"
             except (ValueError, asyncio.LimitOverrunError):

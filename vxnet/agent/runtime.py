@@ -43,7 +43,7 @@ from vxnet.store.watcher import EventKind, LeaseEvent, LeaseWatcher
 
 log = logging.getLogger(__name__)
 
-FOLD_CHUNK = 500  # store events folded into memory per loop turn
+FOLD_CHUNK = 200  # store events folded into memory per loop turn
 
 
 class RuntimeObserver(Observer, Protocol):
@@ -127,6 +127,11 @@ def peer_of(lease: Lease, version: int) -> Peer | None:
     return None
 
 
+def peer_ips(overlays: dict[int, Overlay]) -> set[IPAddress]:
+    """Where VXLAN may come from: the public IPs of the peers we program."""
+    return {p.public_ip for ov in overlays.values() for p in ov.plane.peers.values()}
+
+
 def peers_of(leases: Iterable[Lease], version: int, own: str) -> list[Peer]:
     return [p for lease in leases if str(lease.key) != own
             if (p := peer_of(lease, version)) is not None]
@@ -168,7 +173,7 @@ class Runtime:
 
     def on_store_event(self, ev: LeaseEvent) -> None:
         """Fold one lease event into every overlay's desired state (no kernel writes here)."""
-        if ev.key == str(self.mgr.lease.key if self.mgr.lease else self.lease.key):
+        if ev.key == str((self.mgr.lease or self.lease).key):
             # any change to our key may be another writer's: the manager compares it with what
             # we wrote and puts ours back (our own writes compare equal and cost one read)
             self.mgr.check_soon()
@@ -184,10 +189,6 @@ class Runtime:
                 ov.plane.remove_peer(ev.key)
             else:
                 ov.plane.add_peer(p)
-
-    def peer_ips(self) -> set[IPAddress]:
-        """Where VXLAN may come from: the public IPs of the peers we program."""
-        return {p.public_ip for ov in self.overlays.values() for p in ov.plane.peers.values()}
 
     def _changed(self, event_at: float | None = None) -> None:
         """Desired peer state changed: let the writers do their part, once per batch."""

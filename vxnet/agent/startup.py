@@ -20,6 +20,7 @@ from vxnet.agent.runtime import (
     RuntimeObserver,
     lease_attrs,
     masquerade_rules,
+    peer_ips,
     peers_of,
     setup_overlays,
     write_subnet_env,
@@ -116,8 +117,7 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
         if not nft.available():
             raise VxnetError("the VXLAN allow-list needs nft (Debian: nftables); install it "
                              "or turn the allow-list off with --no-vxlan-allowlist")
-        allow = AllowList(cfg.backend.port, lambda: {
-            p.public_ip for ov in overlays.values() for p in ov.plane.peers.values()})
+        allow = AllowList(cfg.backend.port, lambda: peer_ips(overlays))
         await allow.ensure_table()
     sock = nl.RtnlSocket()
     await setup_overlays(sock, opts, cfg, ext, lease, overlays)

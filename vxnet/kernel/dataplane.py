@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 PROTO_VXNET = 118  # our route/nexthop protocol number (free in iproute2's rt_protos)
 _NH_BASE = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
 _NH_SPAN = 0x10000
-CHUNK = 2000  # requests (or peers built) per step: a few ms each, so the loop stays fair
+CHUNK = 1000  # requests (or peers built) per step: a few ms each, so the loop stays fair
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
 
 

@@ -382,7 +382,7 @@ class RtnlSocket:
                 return out
         raise NetlinkError(errno.EINTR, f"dump {mtype}", "interrupted five times")
 
-    def recv_events(self, datagrams: int = 2000) -> Iterator[tuple[int, bytes, int, int]]:
+    def recv_events(self, datagrams: int = 1000) -> Iterator[tuple[int, bytes, int, int]]:
         """Queued notifications, without blocking, at most `datagrams` reads' worth (the rest
         stays queued for the next call, so a flood of them never holds the event loop long).
         ENOBUFS (events lost) propagates."""

@@ -78,7 +78,6 @@ class Cluster:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-lab-"))
         self.agent_args = agent_args
         self.etcd_members, self.etcd_args = etcd_members, etcd_args
-        self.agent_env: dict[str, str] = {}
         self.lab: Lab | None = None
         self.etcd: EtcdServer | EtcdCluster | None = None
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
@@ -144,7 +143,7 @@ class Cluster:
         proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name,
                                  *self.agent_argv(node, *extra)], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.agent_env})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
         self.agents[node.index] = proc
         return proc
