@@ -45,8 +45,9 @@ def moved(cluster, nodes, mover, old: str, new: str, plen: int, dev: str, family
     reach its pod; the seconds until every one of them gets through again."""
     pid = cluster.agents[mover.index].pid
     v6 = ["nodad"] if family == "-6" else []
-    mover.ns.ip(family, "addr", "del", f"{old}/{plen}", "dev", "eth0")  # as DHCP does: old
-    time.sleep(0.5)  # goes, and for a moment there is none (the agent keeps its state)
+    mover.ns.ip(family, "addr", "del", f"{old}/{plen}", "dev", "eth0")  # as DHCP does: the
+    # old one goes, and for a moment there is none: the agent keeps its state, not ready
+    wait_for(lambda: cluster.api(mover, "/readyz")[0] == 503, 5, "not ready meanwhile")
     mover.ns.ip(family, "addr", "add", f"{new}/{plen}", "dev", "eth0", *v6)
     t0 = time.monotonic()
     target = mover.pods[0].ip if family == "-4" else mover.pods[0].ip6
