@@ -44,10 +44,12 @@ async def nft(*args: str, stdin: str | None = None, netns: str | None = None
         out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None),
                                           TIMEOUT)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
         raise NftError(f"nft {' '.join(args)}: no answer in {TIMEOUT:.0f}s") from None
+    finally:  # timed out, or our task cancelled: never leave the process behind
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
     return proc.returncode or 0, out.decode(), err.decode()
 
 

@@ -56,6 +56,7 @@ async def test_follows_peers_and_undoes_others_changes_but_not_ours(ns):
         assert allow.repairs == 2
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_restart_keeps_the_old_table_until_it_has_its_peers(ns):
