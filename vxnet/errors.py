@@ -30,6 +30,10 @@ class ExhaustedError(VxnetError):
     """No free subnet is left in the configured range."""
 
 
+class SubnetTaken(VxnetError):
+    """The one subnet this node may have (SubnetAllocation node-id) is someone else's."""
+
+
 class StoreUnavailable(VxnetError):
     """etcd could not be reached (transient: callers retry)."""
 

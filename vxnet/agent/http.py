@@ -42,6 +42,7 @@ def ipam_view(state: AgentState) -> dict[str, Any]:
         "podSubnetThisNode": str(key.subnet or key.subnet6),
         "network": str(cfg.ipv4.network if cfg.ipv4 else cfg.ipv6.network),  # type: ignore[union-attr]
         "vtepMAC": first.device.mac, "mtu": first.device.mtu, "leaseKey": str(key),
+        "subnetAllocation": cfg.subnet_allocation,
     })
     if key.subnet6 and 6 in rt.overlays:
         out.update({"nodeIPv6": str(ext.ip6), "podSubnetThisNodeIPv6": str(key.subnet6),

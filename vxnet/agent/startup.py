@@ -27,7 +27,13 @@ from vxnet.agent.runtime import (
 )
 from vxnet.agent.state import AgentState
 from vxnet.backoff import Backoff
-from vxnet.errors import ExhaustedError, StoreUnavailable, SubnetEnvError, VxnetError
+from vxnet.errors import (
+    ExhaustedError,
+    StoreUnavailable,
+    SubnetEnvError,
+    SubnetTaken,
+    VxnetError,
+)
 from vxnet.kernel import netlink as nl
 from vxnet.kernel import nft
 from vxnet.kernel.allowlist import AllowList
@@ -36,6 +42,7 @@ from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.reconciler import Reconciler
+from vxnet.store.allocator import node_subnet
 from vxnet.store.etcd import Etcd, TLSFiles, credentials
 from vxnet.store.lease import SubnetKey
 from vxnet.store.manager import LeaseManager, NodeInfo, read_config
@@ -101,14 +108,18 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
                          (InterfaceUnavailable,))
     log.info("external interface %s (index %d, MTU %d), public IP %s%s", ext.name, ext.index,
              ext.mtu, ext.ip, f", {ext.ip6}" if ext.ip6 else "")
-    mgr = LeaseManager(etcd, paths, NodeInfo(opts.node_name, ext.ip, ext.ip6),
-                       lambda key: lease_attrs(cfg, ext, key), ttl=opts.subnet_lease_ttl,
-                       renew_margin=opts.subnet_lease_renew_margin * 60)
-    prefer = previous_subnet(opts.subnet_file)
-    lease = await wait_for(state, "acquiring a subnet lease", lambda: mgr.acquire(cfg, prefer),
-                           (StoreUnavailable, ExhaustedError))
     nid = await wait_for(state, "allocating a node ID",
                          lambda: node_id(etcd, paths, opts.node_name))
+    fixed = None
+    if cfg.subnet_allocation == "node-id":  # the subnet follows from the node ID alone
+        fixed = SubnetKey(node_subnet(cfg.ipv4, nid) if cfg.ipv4 else None,  # type: ignore[arg-type]
+                          node_subnet(cfg.ipv6, nid) if cfg.ipv6 else None)
+    mgr = LeaseManager(etcd, paths, NodeInfo(opts.node_name, ext.ip, ext.ip6),
+                       lambda key: lease_attrs(cfg, ext, key), ttl=opts.subnet_lease_ttl,
+                       renew_margin=opts.subnet_lease_renew_margin * 60, fixed=fixed)
+    prefer = previous_subnet(opts.subnet_file)
+    lease = await wait_for(state, "acquiring a subnet lease", lambda: mgr.acquire(cfg, prefer),
+                           (StoreUnavailable, ExhaustedError, SubnetTaken))
     log.info("lease %s (node ID %d)", lease.key, nid)
     state.phase = "setting up the node"
     overlays: dict[int, Overlay] = {}

@@ -54,3 +54,14 @@ def choose(pool: Pool, taken: set[IPNetwork], prefer: Iterable[IPNetwork | None]
         f"{pool.subnet_min.network_address}..{pool.subnet_max.network_address} holds {size}, "
         f"{used} taken; widen Network/SubnetMin/SubnetMax or remove stale leases"
     )
+
+
+def node_subnet(pool: Pool, node_id: int) -> IPNetwork:
+    """The "node-id" policy: node n gets the n-th subnet of the range, counted from SubnetMin
+    (node 1 gets SubnetMin itself)."""
+    if not 1 <= node_id <= pool.size:
+        raise ExhaustedError(
+            f"node ID {node_id} has no subnet under SubnetAllocation node-id: "
+            f"{pool.subnet_min.network_address}..{pool.subnet_max.network_address} holds "
+            f"{pool.size} /{pool.subnet_len} subnets; widen the range")
+    return nth_subnet(pool.subnet_min, node_id - 1)

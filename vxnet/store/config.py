@@ -22,7 +22,10 @@ _FLANNEL_ONLY_KEYS = {"enablenftables"}
 _TOP_KEYS = {
     "network", "subnetlen", "subnetmin", "subnetmax", "enableipv4", "enableipv6",
     "ipv6network", "ipv6subnetlen", "ipv6subnetmin", "ipv6subnetmax", "backend",
+    "subnetallocation",
 }
+# vxnet's own key (flanneld ignores it): how a node's subnet is picked
+ALLOCATIONS = ("random", "node-id")
 _BACKEND_KEYS = {"type", "vni", "port", "gbp", "learning", "directrouting", "mtu", "macprefix",
                  "txchecksumoffload"}
 
@@ -70,6 +73,9 @@ class NetworkConfig:
     ipv6: Pool | None
     backend: BackendConfig = BackendConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # "random" (flannel's: a free subnet at random) or "node-id" (contiv's: subnet number =
+    # node ID, counted from SubnetMin, so a node's subnet follows from its name)
+    subnet_allocation: str = "random"
 
     @property
     def enable_ipv4(self) -> bool:
@@ -129,7 +135,11 @@ def config_from_dict(doc: dict[str, Any]) -> NetworkConfig:
         mtu=mtu,
         tx_checksum=be.get("TxChecksumOffload", bool, None),
     )
-    return NetworkConfig(ipv4, ipv6, backend, tuple(top.warnings + be.warnings))
+    allocation = top.get("SubnetAllocation", str, "random")
+    if allocation not in ALLOCATIONS:
+        raise ConfigError("SubnetAllocation", f"{allocation!r} is not one of "
+                          f"{', '.join(ALLOCATIONS)}")
+    return NetworkConfig(ipv4, ipv6, backend, tuple(top.warnings + be.warnings), allocation)
 
 
 def _pool(top: _Fields, pfx: str, version: int) -> Pool:

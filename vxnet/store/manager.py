@@ -16,7 +16,13 @@ from ipaddress import IPv4Address, IPv6Address
 from aetcd import transactions as tx
 
 from vxnet.backoff import Backoff
-from vxnet.errors import ConfigError, LeaseDecodeError, StoreUnavailable, VxnetError
+from vxnet.errors import (
+    ConfigError,
+    LeaseDecodeError,
+    StoreUnavailable,
+    SubnetTaken,
+    VxnetError,
+)
 from vxnet.ip import IPNetwork
 from vxnet.store.allocator import choose, taken_in_pool
 from vxnet.store.config import NetworkConfig, Pool, parse_config
@@ -66,10 +72,12 @@ class _Listing:
 class LeaseManager:
     def __init__(self, etcd: Etcd, paths: Paths, node: NodeInfo, attrs_for: AttrsFor, *,
                  ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, fixed: SubnetKey | None = None) -> None:
+        """fixed: the only subnet this node may hold (SubnetAllocation node-id)."""
         if ttl < 3:
             raise VxnetError(f"lease TTL {ttl}s is too short (at least 3 s)")
         self.etcd, self.paths, self.node, self.attrs_for = etcd, paths, node, attrs_for
+        self.fixed = fixed
         self.ttl, self.renew_margin = ttl, renew_margin
         self.rng = rng or random.SystemRandom()
         self.lease: Lease | None = None
@@ -87,6 +95,11 @@ class LeaseManager:
         for _ in range(attempts):
             listing = await self._list()
             mine, stale = self._find_mine(cfg, listing)
+            if self.fixed is not None:  # only the subnet the node ID names is ours to hold;
+                ours = [x for x in (mine, *stale) if x is not None]  # others of ours go
+                mine = next((x for x in ours if x.key == self.fixed), None)
+                stale = [x for x in ours if x is not mine and not x.reserved
+                         and listing.owners.get(str(x.key)) == self.node.name]
             lease = await (self._reuse(mine, listing) if mine
                            else self._create(cfg, listing, prefer))
             if lease is None:  # lost a race: look again
@@ -167,6 +180,8 @@ class LeaseManager:
 
     async def _create(self, cfg: NetworkConfig, listing: _Listing,
                       prefer: SubnetKey | None) -> Lease | None:
+        if self.fixed is not None:
+            return await self._create_fixed(cfg, listing, self.fixed)
         sub4 = sub6 = None
         if cfg.ipv4:
             taken = taken_in_pool(cfg.ipv4, (k.subnet for k in listing.snap.keys.values()
@@ -195,6 +210,31 @@ class LeaseManager:
             return None
         log.info("acquired new lease %s", name)
         return lease
+
+    async def _create_fixed(self, cfg: NetworkConfig, listing: _Listing, key: SubnetKey
+                            ) -> Lease | None:
+        """Create exactly `key`, or say clearly whose it is: never someone else's subnet."""
+        for name, k in listing.snap.keys.items():
+            clash = (k.subnet is not None and key.subnet is not None
+                     and k.subnet.overlaps(key.subnet)) or (
+                k.subnet6 is not None and key.subnet6 is not None
+                and k.subnet6.overlaps(key.subnet6))
+            if clash:
+                held = listing.snap.leases.get(name)
+                who = listing.owners.get(name) or "no vxnet node (flanneld, or a reservation?)"
+                ip = held and (held.attrs.public_ip or held.attrs.public_ipv6)
+                raise SubnetTaken(f"subnet {key} is this node's under SubnetAllocation node-id, "
+                                  f"but lease {name} holds it (node: {who}, PublicIP {ip}); "
+                                  "not taking it: free it, or give this node another name")
+        name = str(key)
+        lease_id = await self.etcd.grant(self.ttl)
+        compare = [tx.Version(self.paths.subnet(name)) == 0]
+        revision = await self._write(compare, name, self.attrs_for(key), lease_id)
+        if revision is None:  # someone got there first: the next look names them
+            await self.etcd.revoke(lease_id)
+            return None
+        log.info("acquired lease %s (SubnetAllocation node-id)", name)
+        return Lease(key, self.attrs_for(key), lease_id, revision)
 
     async def _write(self, compare: list, key: str, attrs: LeaseAttrs, lease_id: int
                      ) -> int | None:

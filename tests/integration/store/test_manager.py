@@ -231,3 +231,44 @@ async def test_a_foreign_rewrite_of_our_reservation_is_put_back_as_a_reservation
         assert m.takeovers == 1
     finally:
         task.cancel()
+
+
+async def test_node_id_allocation_gives_each_node_the_subnet_its_id_names(etcd, paths):
+    from vxnet.errors import SubnetTaken
+    from vxnet.store.allocator import node_subnet
+
+    cfg = await setup_config(etcd, paths, {**NET, "SubnetAllocation": "node-id"})
+    assert cfg.subnet_allocation == "node-id"
+
+    async def fixed_manager(i: int):
+        nid = await node_id(etcd, paths, node(i).name)
+        return LeaseManager(etcd, paths, node(i), attrs_for(node(i)),
+                            fixed=SubnetKey(node_subnet(cfg.ipv4, nid)))
+
+    leases = [await (await fixed_manager(i)).acquire(cfg) for i in (1, 2, 3)]
+    assert [str(x.key) for x in leases] == ["10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24"]
+    again = await (await fixed_manager(2)).acquire(cfg)  # a restart
+    assert again.key == leases[1].key and again.etcd_lease == leases[1].etcd_lease
+    await etcd.revoke(leases[2].etcd_lease)  # a lost lease comes back on the same subnet
+    assert str((await (await fixed_manager(3)).acquire(cfg)).key) == "10.244.3.0-24"
+    # node 4's subnet already holds a flanneld-written lease: a clear error, nothing stolen
+    flannel = LeaseAttrs(ipa.ip_address("198.51.100.99"), "0e:aa:bb:cc:dd:ee", 1).encode()
+    await etcd.put(paths.subnet("10.244.4.0-24"), flannel)
+    with pytest.raises(SubnetTaken, match=r"lease 10.244.4.0-24 holds it \(node: no vxnet"):
+        await (await fixed_manager(4)).acquire(cfg)
+    assert (await etcd.get(paths.subnet("10.244.4.0-24"))).value == flannel
+
+
+async def test_a_node_switching_to_node_id_allocation_gives_up_its_old_subnet(etcd, paths):
+    from vxnet.store.allocator import node_subnet
+
+    cfg = await setup_config(etcd, paths)
+    old = await manager(etcd, paths, 1).acquire(cfg, prefer=SubnetKey(
+        ipa.ip_network("10.244.77.0/24")))
+    assert str(old.key) == "10.244.77.0-24"
+    cfg = await setup_config(etcd, paths, {**NET, "SubnetAllocation": "node-id"})
+    nid = await node_id(etcd, paths, node(1).name)
+    m = LeaseManager(etcd, paths, node(1), attrs_for(node(1)),
+                     fixed=SubnetKey(node_subnet(cfg.ipv4, nid)))
+    assert str((await m.acquire(cfg)).key) == "10.244.1.0-24"
+    assert await etcd.get(paths.subnet("10.244.77.0-24")) is None

@@ -48,3 +48,29 @@ def test_large_ipv6_pool_is_sampled():
                         '"IPv6Network": "fd00::/32"}').ipv6
     s = choose(pool, set(), [], random.Random(3))
     assert s.prefixlen == 64 and pool.in_range(s)
+
+
+def test_node_id_subnets_count_from_subnet_min_and_end_with_the_range():
+    import pytest
+
+    from vxnet.errors import ExhaustedError
+    from vxnet.store.allocator import node_subnet
+    from vxnet.store.config import parse_config
+
+    cfg = parse_config('{"Network": "10.244.0.0/16", "SubnetAllocation": "node-id"}')
+    assert cfg.subnet_allocation == "node-id"
+    assert [str(node_subnet(cfg.ipv4, n)) for n in (1, 2, 3, 255)] == [
+        "10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.255.0/24"]
+    with pytest.raises(ExhaustedError, match="node ID 256 has no subnet"):
+        node_subnet(cfg.ipv4, 256)
+
+
+def test_an_unknown_allocation_policy_is_a_config_error_naming_the_key():
+    import pytest
+
+    from vxnet.errors import ConfigError
+    from vxnet.store.config import parse_config
+
+    with pytest.raises(ConfigError, match="SubnetAllocation: 'by-name' is not one of"):
+        parse_config('{"Network": "10.244.0.0/16", "SubnetAllocation": "by-name"}')
+    assert parse_config('{"Network": "10.244.0.0/16"}').subnet_allocation == "random"
