@@ -182,6 +182,27 @@ def leases(etcd_endpoints: str, etcd_prefix: str, as_json: bool) -> None:
         click.echo(table(LEASE_HEADERS, rows) if rows else "no leases")
 
 
+@main.command("docker-opts")
+@flag("subnet-file", default="/run/flannel/subnet.env", show_default=True,
+      help="The subnet.env the agent wrote.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write here (atomically) instead of to stdout, e.g. /run/docker_opts.env.")
+def docker_opts_command(subnet_file: str, output: str | None) -> None:
+    """dockerd's --bip/--ip-masq/--mtu for this node, as flannel's mk-docker-opts.sh writes
+    them (DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU, DOCKER_OPTS)."""
+    from vxnet.dockeropts import render
+    from vxnet.store.subnetenv import SubnetEnv, write_atomic
+
+    try:
+        text = render(SubnetEnv.read(subnet_file))
+        if output:
+            write_atomic(output, text)
+        else:
+            click.echo(text, nl=False)
+    except (VxnetError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 LAB_STATE = Path("/run/vxnet-lab.json")
 
 

@@ -37,20 +37,7 @@ class SubnetEnv:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:
-        """Write via a temp file + rename, so readers never see half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.render())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, self.render())
 
     @classmethod
     def read(cls, path: str | Path) -> SubnetEnv:
@@ -98,3 +85,20 @@ class SubnetEnv:
         if result.subnet is None and result.ipv6_subnet is None:
             raise SubnetEnvError(f"{where}: neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET is set")
         return result
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write via a temp file + rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
