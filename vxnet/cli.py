@@ -96,10 +96,13 @@ def agent(verbose: bool, **kw: object) -> None:
 async def _run_agent(opts: AgentOptions) -> None:
     from vxnet.agent.http import ApiServer
     from vxnet.agent.metrics import AgentMetrics
+    from vxnet.agent.notify import Notifier
     from vxnet.agent.startup import start
     from vxnet.agent.state import AgentState
 
     state = AgentState(opts.node_name)
+    notifier = Notifier()
+    notifying = asyncio.create_task(notifier.run(state.status_line))
     metrics = AgentMetrics(state)
     api = ApiServer(state, metrics)
     main_task = asyncio.current_task()
@@ -116,10 +119,13 @@ async def _run_agent(opts: AgentOptions) -> None:
     try:
         state.runtime = await start(opts, state, metrics)
         state.phase = "running"
+        notifier.send(READY="1", STATUS=state.status_line())  # subnet.env and first sync done
         await state.runtime.run()
     except asyncio.CancelledError:
         logging.getLogger("vxnet").info("stopping; kernel state and lease are left in place")
+        notifier.send(STOPPING="1")
     finally:
+        notifying.cancel()
         await api.close()
 
 

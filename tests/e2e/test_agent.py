@@ -272,3 +272,35 @@ def test_status_and_leases_commands(cluster):
     res = n1.ns.run(*vxnet, "status", "--healthz-port", "1", check=False)
     assert res.returncode == 1 and "cannot read http://127.0.0.1:1/v1/ipam" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_systemd_hears_ready_only_once_subnet_env_and_the_first_sync_are_done(cluster):
+    import shutil
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    where = Path(tempfile.mkdtemp(prefix="vxn-", dir="/tmp"))  # AF_UNIX paths: 108 bytes
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        srv.bind(str(where / "notify"))
+        srv.settimeout(30)
+        node = cluster.add_node(1, start_agent=False)
+        cluster.start_agent(node, "--iface", "late0", env={
+            "NOTIFY_SOCKET": str(where / "notify"), "WATCHDOG_USEC": "2000000"})
+        first = srv.recv(4096).decode()  # start-up says what it waits for, and is not ready
+        assert first.startswith("STATUS=") and "READY=1" not in first, first
+        wait_for(lambda: "late0" in srv.recv(4096).decode(), 30, "STATUS names the wait")
+        assert not cluster.subnet_env(node).exists()
+        node.ns.ip("link", "add", "late0", "type", "veth", "peer", "name", "late0p")
+        node.ns.ip("addr", "add", "198.51.100.111/24", "dev", "late0")
+        node.ns.ip("link", "set", "late0", "up")
+        while "READY=1" not in (msg := srv.recv(4096).decode()):
+            pass
+        assert cluster.subnet_env(node).exists()  # written before READY=1 ...
+        assert cluster.api(node, "/readyz")[0] == 200  # ... and the first sync done
+        assert "STATUS=ready: lease 10.244." in msg
+        wait_for(lambda: srv.recv(4096) == b"WATCHDOG=1", 5, "watchdog pings from the loop")
+    finally:
+        srv.close()
+        shutil.rmtree(where, ignore_errors=True)

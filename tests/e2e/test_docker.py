@@ -34,8 +34,11 @@ class Dockerd:
              "vfs", *opts.split()], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()
+        self.name = node.name
+
+    def wait_ready(self) -> None:
         wait_for(lambda: self.docker("info", check=False).returncode == 0, 60,
-                 f"dockerd in {node.name}")
+                 f"dockerd in {self.name}")
 
     def docker(self, *args: str, check: bool = True, input: bytes | None = None
                ) -> subprocess.CompletedProcess[bytes]:
@@ -51,6 +54,10 @@ class Dockerd:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # dockerd bind-mounts its data root onto itself; one that died early leaves it behind
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for mp in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
+            subprocess.run(["umount", "-l", mp], capture_output=True)
 
 
 def busybox_image(tmp: Path) -> bytes:
@@ -84,7 +91,8 @@ def test_containers_of_dockerd_on_two_nodes_talk_over_vxnet(tmp_path):
                 opts = next(line.split("=", 1)[1].strip('"') for line in
                             env.read_text().splitlines() if line.startswith("DOCKER_OPTS="))
                 d = Dockerd(n, short / n.name, opts)
-                daemons.append(d)
+                daemons.append(d)  # stopped in `finally`, even if it never gets ready
+                d.wait_ready()
                 d.docker("import", "-", "vxbusybox", input=image)
                 d.docker("run", "-d", "--name", "c1", "--ulimit", "nofile=1024:1024",
                          "--ulimit", "nproc=1024:1024", "vxbusybox", "/bin/sleep", "600")

@@ -20,6 +20,16 @@ class AgentState:
     def ready(self) -> bool:
         return self.runtime is not None and self.runtime.not_ready is None
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what start-up does, or what the node holds."""
+        rt = self.runtime
+        if rt is None:
+            return self.phase
+        if rt.not_ready:
+            return f"not ready: {rt.not_ready}"
+        peers = sum(len(ov.plane.peers) for ov in rt.overlays.values())
+        return f"ready: lease {rt.lease.key}, {peers} peers"
+
     @property
     def not_ready_reason(self) -> str:
         if self.runtime is None:

@@ -138,12 +138,13 @@ class Cluster:
                 *iface, "--node-name", node.name, "--subnet-file", str(self.subnet_env(node)),
                 "--healthz-port", str(API_PORT), *args]
 
-    def start_agent(self, node: Node, *extra: str) -> subprocess.Popen[bytes]:
+    def start_agent(self, node: Node, *extra: str, env: dict[str, str] | None = None
+                    ) -> subprocess.Popen[bytes]:
         log = open(self.workdir / node.name / "agent.log", "ab")  # noqa: SIM115 (child owns it)
         proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name,
                                  *self.agent_argv(node, *extra)], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         log.close()
         self.agents[node.index] = proc
         return proc
