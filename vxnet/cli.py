@@ -188,6 +188,40 @@ def leases(etcd_endpoints: str, etcd_prefix: str, as_json: bool) -> None:
         click.echo(table(LEASE_HEADERS, rows) if rows else "no leases")
 
 
+@main.command()
+@flag("subnet-file", default="/run/flannel/subnet.env", show_default=True)
+@flag("healthz-ip", default="127.0.0.1", show_default=True, help="Where an agent would answer.")
+@flag("healthz-port", type=click.IntRange(1, 65535), default=10280, show_default=True)
+@click.option("--release", is_flag=True, help="Also give this node's lease back in etcd.")
+@flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True)
+@flag("etcd-prefix", default="/coreos.com/network", show_default=True)
+@flag("node-name", default=socket.gethostname, show_default="hostname")
+def cleanup(subnet_file: str, healthz_ip: str, healthz_port: int, release: bool,
+            etcd_endpoints: str, etcd_prefix: str, node_name: str) -> None:
+    """Remove what vxnet put on this node: devices, routes, nexthops, neighbours, FDB entries,
+    nftables tables, subnet.env (and with --release, the lease). The agent must be stopped."""
+    from vxnet.cleanup import agent_answers, clean_node, release_lease
+    from vxnet.store.etcd import Etcd
+    from vxnet.store.paths import Paths
+
+    if agent_answers(healthz_ip, healthz_port):
+        raise click.ClickException(f"an agent answers on {healthz_ip}:{healthz_port}; stop it "
+                                   "first (a running agent would put everything back)")
+    clean_node(subnet_file, click.echo)
+    if release:
+        async def give_back() -> None:
+            etcd = Etcd(etcd_endpoints, timeout=5)
+            try:
+                await release_lease(etcd, Paths(etcd_prefix), node_name, click.echo)
+            finally:
+                await etcd.close()
+
+        try:
+            asyncio.run(give_back())
+        except VxnetError as e:
+            raise click.ClickException(str(e)) from None
+
+
 @main.command("docker-opts")
 @flag("subnet-file", default="/run/flannel/subnet.env", show_default=True,
       help="The subnet.env the agent wrote.")

@@ -304,3 +304,33 @@ def test_systemd_hears_ready_only_once_subnet_env_and_the_first_sync_are_done(cl
     finally:
         srv.close()
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_cleanup_leaves_the_node_as_it_was_before_the_agent(cluster):
+    n1 = cluster.add_node(1, start_agent=False)
+    n2 = cluster.add_node(2)
+
+    def dumps():
+        return {what: n1.ns.run(*argv).stdout for what, argv in {
+            "link": ("ip", "-d", "link"), "route4": ("ip", "route"),
+            "route6": ("ip", "-6", "route"), "neigh": ("ip", "neigh", "show", "nud", "permanent"),
+            "fdb": ("bridge", "fdb"), "nexthop": ("ip", "nexthop"),
+            "ruleset": ("nft", "list", "ruleset")}.items()}
+
+    before = dumps()
+    cluster.start_agent(n1, "--ip-masq")
+    cluster.wait_ready(n1)
+    cluster.wait_ready(n2)
+    wait_for(lambda: "flannel.1" in n1.ns.run("bridge", "fdb").stdout, 5, "a peer programmed")
+    vxnet = [cluster.agent_argv(n1)[0], "-m", "vxnet", "cleanup", "--subnet-file",
+             str(cluster.subnet_env(n1)), "--release", "--etcd-endpoints", cluster.endpoint,
+             "--node-name", "node1"]
+    refused = n1.ns.run(*vxnet, check=False)
+    assert refused.returncode == 1 and "stop it first" in refused.stderr
+    key = ipam(cluster, n1)["leaseKey"]
+    cluster.stop_agent(n1)
+    out = n1.ns.run(*vxnet).stdout
+    assert "deleted device flannel.1" in out and f"released lease {key}" in out
+    assert dumps() == before
+    assert not cluster.subnet_env(n1).exists()
+    assert cluster.etcdctl("get", f"{PREFIX}/subnets/{key}") == ""
