@@ -6,7 +6,7 @@ APT_PKGS := etcd-server etcd-client containernetworking-plugins iproute2 iputils
             iperf3 nftables iptables tcpdump openssl python3-venv docker.io busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup apt venv lint bench clean
+.PHONY: test demo setup apt venv lint bench clean install uninstall
 
 test: setup
 	$(VENV)/bin/ruff check .
@@ -33,6 +33,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+# A self-contained install on a node: a virtual environment under PREFIX holding vxnet and
+# vxnet-cni, the systemd unit, the docs. Safe to repeat; `make uninstall` takes it away again.
+PREFIX ?= /opt/vxnet
+UNITDIR ?= /etc/systemd/system
+
+install:
+	test -x $(PREFIX)/bin/python || python3 -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --upgrade pip
+	$(PREFIX)/bin/pip install -q --force-reinstall --no-deps . && $(PREFIX)/bin/pip install -q .
+	install -D -m 644 deploy/systemd/vxnet.service $(UNITDIR)/vxnet.service
+	install -d $(PREFIX)/share/doc
+	install -m 644 docs/*.md $(PREFIX)/share/doc/
+	$(PREFIX)/bin/vxnet --version
+
+uninstall:
+	rm -f $(UNITDIR)/vxnet.service
+	rm -rf $(PREFIX)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -258,7 +258,7 @@ def test_ip_masq_hides_pods_going_out_but_not_between_pods(cluster):
 def test_status_and_leases_commands(cluster):
     n1, n2 = start(cluster, 2)
     cluster.etcdctl("put", f"{PREFIX}/subnets/10.244.230.0-24", "junk")
-    vxnet = [cluster.agent_argv(n1)[0], "-m", "vxnet"]
+    vxnet = list(cluster.vxnet)
     out = n1.ns.run(*vxnet, "status").stdout
     info = ipam(cluster, n2)
     assert f"node       {n1.name}" in out and "ready" in out
@@ -322,7 +322,7 @@ def test_cleanup_leaves_the_node_as_it_was_before_the_agent(cluster):
     cluster.wait_ready(n1)
     cluster.wait_ready(n2)
     wait_for(lambda: "flannel.1" in n1.ns.run("bridge", "fdb").stdout, 5, "a peer programmed")
-    vxnet = [cluster.agent_argv(n1)[0], "-m", "vxnet", "cleanup", "--subnet-file",
+    vxnet = [*cluster.vxnet, "cleanup", "--subnet-file",
              str(cluster.subnet_env(n1)), "--release", "--etcd-endpoints", cluster.endpoint,
              "--node-name", "node1"]
     refused = n1.ns.run(*vxnet, check=False)

@@ -160,7 +160,7 @@ def test_checksum_offload_off_survives_recreation_and_restart(cluster):
     cluster.start_agent(node)
     cluster.wait_ready(node)
     assert tx_checksum("flannel.1", node.ns.name) is False
-    out = node.ns.run(cluster.agent_argv(node)[0], "-m", "vxnet", "status").stdout
+    out = node.ns.run(*cluster.vxnet, "status").stdout
     assert "tx checksum offload off" in out
 
 

@@ -72,12 +72,15 @@ def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, **env: str
 class Cluster:
     def __init__(self, stem: str = "lab", *, config: dict[str, Any] | None = None,
                  workdir: str | Path | None = None, agent_args: tuple[str, ...] = (),
-                 etcd_members: int = 1, etcd_args: tuple[str, ...] = ()) -> None:
+                 etcd_members: int = 1, etcd_args: tuple[str, ...] = (),
+                 vxnet: tuple[str, ...] = (sys.executable, "-m", "vxnet")) -> None:
+        """vxnet: the command that runs `vxnet` (an installed console script, say)."""
         self.stem, self.config = stem, config or DEFAULT_CONFIG
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-lab-"))
         self.agent_args = agent_args
         self.etcd_members, self.etcd_args = etcd_members, etcd_args
+        self.vxnet = vxnet
         self.lab: Lab | None = None
         self.etcd: EtcdServer | EtcdCluster | None = None
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
@@ -134,7 +137,7 @@ class Cluster:
         args = (*self.agent_args, *extra)
         # the lab's uplink unless the caller chooses the interface itself
         iface = () if any(a.startswith("--iface") for a in args) else ("--iface", "eth0")
-        return [sys.executable, "-m", "vxnet", "agent", "--etcd-endpoints", self.endpoint,
+        return [*self.vxnet, "agent", "--etcd-endpoints", self.endpoint,
                 *iface, "--node-name", node.name, "--subnet-file", str(self.subnet_env(node)),
                 "--healthz-port", str(API_PORT), *args]
 
