@@ -44,6 +44,14 @@ def ipam(cluster, node) -> dict:
     return json.loads(cluster.api(node, "/v1/ipam")[1])
 
 
+def readyz(cluster, node) -> str:
+    """What /readyz says ("" while nothing answers yet)."""
+    try:
+        return cluster.api(node, "/readyz")[1]
+    except OSError:
+        return ""
+
+
 def metric(cluster, node, name: str) -> float:
     for line in cluster.api(node, "/metrics")[1].splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, routes, state, wait_for
+from tests.e2e.conftest import ipam, metric, ping, readyz, routes, state, wait_for
 from vxnet.lab.cluster import PREFIX
 
 FLANNEL_VALUE = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
@@ -191,12 +191,6 @@ def test_start_up_waits_for_an_interface_that_is_not_there_yet(cluster):
     cluster.wait_ready(node)
     assert ipam(cluster, node)["nodeIP"] == "198.51.100.111"
 
-
-def readyz(cluster, node) -> str:
-    try:
-        return cluster.api(node, "/readyz")[1]
-    except OSError:
-        return ""
 
 
 def test_cni_pods_on_different_nodes_talk_through_the_agent(cluster):

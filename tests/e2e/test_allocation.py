@@ -2,7 +2,7 @@
 
 import json
 
-from tests.e2e.conftest import ipam, ping, wait_for
+from tests.e2e.conftest import ipam, ping, readyz, wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
 FLANNEL = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
@@ -41,9 +41,3 @@ def test_node_id_allocation(tmp_path):
         c.wait_ready(n4, timeout=30)
         assert ipam(c, n4)["podSubnetThisNode"] == "10.244.4.0/24"
 
-
-def readyz(c, node) -> str:
-    try:
-        return c.api(node, "/readyz")[1]
-    except OSError:
-        return ""

@@ -100,10 +100,9 @@ def fake_peer(i: int) -> tuple[str, str, str]:
 
 
 def put_until_accepted(cluster, key, value, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while cluster.etcd.ctl("put", f"{PREFIX}/subnets/{key}", value, check=False).returncode:
-        assert time.monotonic() < deadline, "etcd never accepted the write"
-        time.sleep(0.2)
+    wait_for(lambda: cluster.etcd.ctl("put", f"{PREFIX}/subnets/{key}", value,
+                                      check=False).returncode == 0, timeout,
+             "etcd accepting the write")
 
 
 def propagation(cluster, nodes, i: int, since: float) -> float:
