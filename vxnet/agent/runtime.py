@@ -162,6 +162,10 @@ class Runtime:
     loop_lag_max: float = 0.0  # the longest the event loop was held, as last measured
     not_ready: str | None = None  # why the node cannot serve now (no usable underlay)
     underlay_changes: int = 0
+    published: tuple[IPAddress | None, ...] = ()  # the addresses our lease says we have
+
+    def __post_init__(self) -> None:
+        self.published = (self.ext.ip, self.ext.ip6)  # start-up acquired the lease with them
 
     # -- store events (memory only) ----------
 
@@ -265,8 +269,10 @@ class Runtime:
         if (ext.ip, ext.ip6) != (self.ext.ip, self.ext.ip6):
             await self.etcd.reconnect()  # its connection left from an address we no longer have
         self.ext = ext
-        await self.mgr.move(NodeInfo(self.opts.node_name, ext.ip, ext.ip6),
-                            lambda key: lease_attrs(cfg, ext, key))
+        if (ext.ip, ext.ip6) != self.published:  # only then: this runs on every look
+            await self.mgr.move(NodeInfo(self.opts.node_name, ext.ip, ext.ip6),
+                                lambda key: lease_attrs(cfg, ext, key))
+            self.published = (ext.ip, ext.ip6)  # not before: a failed publish is retried
         if self.not_ready is not None:
             log.info("external interface usable again: ready")
         self.not_ready = None
