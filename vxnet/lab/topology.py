@@ -46,7 +46,9 @@ class Lab:
         self.nodes: list[Node] = []
         self._all: list[Netns] = []
         self.fabric = self.new_ns("fab")
-        self.fabric.ip("link", "add", "br0", "type", "bridge")
+        # A fixed MAC: a bridge otherwise takes its lowest port's, so replacing a node's uplink
+        # (tests do) would change the router's MAC under the nodes' ARP caches.
+        self.fabric.ip("link", "add", "br0", "address", "02:00:00:00:00:fe", "type", "bridge")
         self.fabric.ip("addr", "add", f"{UNDERLAY4[254]}/24", "dev", "br0")
         self.fabric.ip("link", "set", "br0", "up")
 
