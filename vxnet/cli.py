@@ -76,6 +76,12 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
               help="Transmit checksum offload on the VXLAN device (off cures the kernels and "
               "NICs that corrupt VXLAN checksums). Default: Backend.TxChecksumOffload, else "
               "as the kernel has it.")
+@flag("neighbours", type=click.Choice(["up-front", "on-demand"]),
+      help="Remote pods' ARP/NDP entries programmed per peer up front, or answered when the "
+      "kernel asks (kopeio's design). Default: Backend.Neighbours, else up-front.")
+@flag("fdb", type=click.Choice(["up-front", "on-demand"]),
+      help="Peers' FDB entries up front, or answered when the kernel asks (flannel's first "
+      "vxlan backend). Default: Backend.FDB, else up-front.")
 @flag("etcd-timeout", type=click.FloatRange(0.1, None), default=5.0, show_default=True,
       help="Seconds before an etcd request is given up (and retried).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

@@ -75,6 +75,11 @@ def state_view(state: AgentState) -> dict[str, Any]:
             "drift": plane.drift(),
             "kernelWrites": plane.writes,
         }
+        r = plane.resolver
+        if r is not None:
+            out["overlays"][f"ipv{version}"]["onDemand"] = {
+                "entries": {t.name: len(t.kernel) for t in r.tables},
+                "misses": dict(sorted(r.misses.items())), "lastUnknown": r.last_unknown}
     if rt.allow is not None:
         allow = rt.allow
         out["vxlanAllowList"] = {

@@ -35,6 +35,13 @@ class _AgentCollector(Collector):
                                      labels=["family"])
         writes = CounterMetricFamily("vxnet_kernel_writes", "Kernel writes made",
                                      labels=["family", "table"])
+        misses = CounterMetricFamily("vxnet_neighbour_misses", "Kernel misses on the VXLAN "
+                                     "device (on-demand mode): l2 (FDB) or l3 (neighbour), "
+                                     "answered, unknown (no node owns it) or limited (over the "
+                                     "answer rate; the kernel asks again)",
+                                     labels=["family", "kind", "outcome"])
+        answered = GaugeMetricFamily("vxnet_on_demand_entries", "Entries the kernel holds "
+                                     "from answered misses", labels=["family", "table"])
         for version, ov in a.overlays.items():
             fam = f"ipv{version}"
             desired.add_metric([fam], len(ov.plane.peers))
@@ -42,7 +49,13 @@ class _AgentCollector(Collector):
             rejected.add_metric([fam], len(ov.plane.rejected))
             for table, n in ov.plane.writes.items():
                 writes.add_metric([fam, table], n)
-        yield from (desired, programmed, rejected, writes)
+            r = ov.plane.resolver
+            if r is not None:
+                for what, n in sorted(r.misses.items()):
+                    misses.add_metric([fam, *what.split()], n)
+                for t in r.tables:
+                    answered.add_metric([fam, t.name], len(t.kernel))
+        yield from (desired, programmed, rejected, writes, misses, answered)
         counters = {
             "vxnet_leases_invalid": ("Invalid lease keys/values seen (each skipped)",
                                      a.invalid_total),

@@ -34,3 +34,10 @@ class AgentOptions:
     resync_interval: float = 30.0
     vxlan_allowlist: bool = True
     tx_checksum_offload: bool | None = None  # None: as Backend.TxChecksumOffload says
+    neighbours: str | None = None  # "up-front"/"on-demand"; None: as Backend.Neighbours says
+    fdb: str | None = None  # the same for Backend.FDB
+
+    def on_demand(self, neighbours: bool, fdb: bool) -> tuple[bool, bool]:
+        """(neighbours, FDB) on demand on this node: our flags over the cluster's Backend."""
+        return (neighbours if self.neighbours is None else self.neighbours == "on-demand",
+                fdb if self.fdb is None else self.fdb == "on-demand")

@@ -66,9 +66,11 @@ def device_spec(opts: AgentOptions, cfg: NetworkConfig, ext: ExternalInterface, 
     assert subnet is not None and local is not None
     b = cfg.backend
     tx_checksum = b.tx_checksum if opts.tx_checksum_offload is None else opts.tx_checksum_offload
+    neigh_on_demand, fdb_on_demand = opts.on_demand(b.neigh_on_demand, b.fdb_on_demand)
     return DeviceSpec(default_name(b.vni, version), b.vni, b.port, local, ext.index,
                       vtep_mac(subnet), device_mtu(b.mtu or ext.mtu, local.version), subnet,
-                      b.gbp, b.learning, tx_checksum)
+                      b.gbp, b.learning, tx_checksum, l2miss=fdb_on_demand,
+                      app_solicit=neigh_on_demand)
 
 
 async def setup_overlays(sock: nl.RtnlSocket, opts: AgentOptions, cfg: NetworkConfig,
@@ -87,7 +89,8 @@ async def setup_overlays(sock: nl.RtnlSocket, opts: AgentOptions, cfg: NetworkCo
             if ov is None:
                 overlays[version] = await open_overlay(
                     ipr, sock, spec, network=pool.network,
-                    direct_routing=cfg.backend.direct_routing)
+                    direct_routing=cfg.backend.direct_routing,
+                    neigh_on_demand=spec.app_solicit, fdb_on_demand=spec.l2miss)
                 changed = True
             elif ov.device != spec or ov.plane.spec.own_ips != own:
                 async with ov.repairing:  # not while the monitor puts the old spec back

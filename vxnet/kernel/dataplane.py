@@ -5,6 +5,10 @@ Per remote peer: FDB `<peer VTEP MAC> -> <peer public IP>`, permanent neighbour 
 <peer VTEP MAC>`, and a route to the peer's subnet via its .0, onlink -- through a nexthop object
 when the kernel has them (inserts stay O(1) at 20k peers), else a plain gateway route. With
 DirectRouting and a peer on our parent's own subnet: only a route via its public IP there.
+
+With on-demand neighbours (kernel/resolver.py): one route for the whole pod network through the
+device instead of a route and a neighbour per peer; the kernel asks for each remote pod's MAC.
+With on-demand FDB as well, even the per-peer FDB entry waits until the kernel asks for it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from vxnet.ip import IPAddress, IPNetwork
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.peer import Peer, PeerError, SubnetSpace, check_peer
+from vxnet.kernel.resolver import MissResolver
 from vxnet.kernel.table import DeltaTable, Op
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,8 @@ class PlaneSpec:
     use_nexthops: bool = True
     vni: int | None = None  # peers must carry ours
     own_ips: frozenset[IPAddress] = frozenset()  # this node's addresses: never a peer's
+    neigh_on_demand: bool = False  # remote pods' neighbours answered when the kernel asks
+    fdb_on_demand: bool = False  # and peers' FDB entries too
 
     @property
     def version(self) -> int:
@@ -89,11 +96,33 @@ class Dataplane:
         self._next_nh = _NH_BASE[spec.family]
         self._built = False
         self._failing: dict[tuple[str, Any], str] = {}  # (table, key) -> last error
+        self.resolver = MissResolver(
+            spec.family, spec.ifindex, neighbours=spec.neigh_on_demand, fdb=spec.fdb_on_demand,
+            owner_mac=self._owner_mac, mac_ip=self._mac_ip,
+        ) if spec.neigh_on_demand or spec.fdb_on_demand else None
 
     @property
     def tables(self) -> tuple[DeltaTable[Any, Any], ...]:
         # set order: L2 before L3, nexthop before the route using it; deletes go in reverse
-        return (self.fdb, self.neigh, self.nexthop, self.route)
+        r = self.resolver
+        if r is None:
+            return (self.fdb, self.neigh, self.nexthop, self.route)
+        return tuple(t for t in (self.fdb, r.fdb, self.neigh, r.neigh, self.nexthop, self.route)
+                     if t is not None)
+
+    # -- what the resolver asks ----------
+
+    def _peer_for(self, key: str | None) -> Peer | None:
+        p = self.peers.get(key) if key is not None else None
+        return None if p is None or self._direct(p) else p  # direct peers are routed, not asked
+
+    def _owner_mac(self, addr: bytes) -> bytes | None:
+        p = self._peer_for(self._space.owner(self.spec.version, int.from_bytes(addr)))
+        return p.mac_bytes if p is not None else None
+
+    def _mac_ip(self, mac: bytes) -> bytes | None:
+        p = self._peer_for(self._macs.get(mac.hex(":")))
+        return p.public_ip.packed if p is not None else None
 
     # -- peers (desired state) ----------
 
@@ -130,6 +159,8 @@ class Dataplane:
         self.peers[p.key] = p
         self._space.add(p.subnet, p.key)
         self._macs[p.vtep_mac] = p.key
+        if self.resolver is not None:
+            self.resolver.peer_changed(p.mac_bytes)
         return self._install_or_reject(p) if self._built else None
 
     def _reject(self, key: str, e: PeerError) -> str:
@@ -153,6 +184,8 @@ class Dataplane:
             return
         self._space.remove(p.subnet)
         self._macs.pop(p.vtep_mac, None)
+        if self.resolver is not None:
+            self.resolver.peer_changed(p.mac_bytes)
         for table, k in self._entries.pop(key, []):
             table.delete_desired(k)
             self._failing.pop((table.name, k), None)
@@ -171,10 +204,14 @@ class Dataplane:
         if self._direct(p):
             ents = [(self.route, rkey, nl.Route(PROTO_VXNET, oif=s.parent_ifindex,
                                                 gateway=p.public_ip.packed))]
+        elif s.neigh_on_demand:  # the network route covers it; the kernel asks for the rest
+            ents = [] if s.fdb_on_demand else [
+                (self.fdb, nl.FdbKey(s.ifindex, p.mac_bytes), p.public_ip.packed)]
         else:
             mac = p.mac_bytes
-            ents = [(self.fdb, nl.FdbKey(s.ifindex, mac), p.public_ip.packed),
-                    (self.neigh, nl.NeighKey(s.family, s.ifindex, gw), mac)]
+            ents = [] if s.fdb_on_demand else [
+                (self.fdb, nl.FdbKey(s.ifindex, mac), p.public_ip.packed)]
+            ents.append((self.neigh, nl.NeighKey(s.family, s.ifindex, gw), mac))
             if s.use_nexthops:
                 nhid = self._nh_id(gw)
                 ents += [(self.nexthop, nhid, nl.Nexthop(s.family, s.ifindex, gw, True,
@@ -234,6 +271,11 @@ class Dataplane:
             for nhid, nh in sorted(nexthops.items()):
                 self._adopt.setdefault(nh.gateway, nhid)
             self._built = True
+            if self.spec.neigh_on_demand and self.spec.network is not None:
+                net = self.spec.network
+                self.route.set_desired(
+                    nl.RouteKey(self.spec.family, net.network_address.packed, net.prefixlen),
+                    nl.Route(PROTO_VXNET, oif=self.spec.ifindex))
             for n, p in enumerate(list(self.peers.values()), 1):
                 if self.peers.get(p.key) is p:  # still wanted after the last yield
                     self._install_or_reject(p)
@@ -241,10 +283,15 @@ class Dataplane:
                     yield
             self._adopt = {}
         self.nexthop.load_kernel(nexthops)
-        for table, dump in ((self.fdb, self._dump_fdb), (self.neigh, self._dump_neigh),
-                            (self.route, self._dump_routes)):
+        for family in (nl.AF_BRIDGE, self.spec.family):
             yield
-            table.load_kernel(dump())
+            for table, entries in self._dump_l2(family).items():
+                if self.resolver is not None and table in self.resolver.tables:
+                    self.resolver.load(table, entries)
+                else:
+                    table.load_kernel(entries)
+        yield
+        self.route.load_kernel(self._dump_routes())
         yield from self.apply_steps(result, chunk)
         result.seconds = time.perf_counter() - t0
 
@@ -256,6 +303,8 @@ class Dataplane:
         if self.parked or not self._built:
             return
         t0 = time.perf_counter()
+        if self.resolver is not None:
+            self.resolver.recheck()
         first = True
         for deleting, tables in ((False, self.tables), (True, self.tables[::-1])):
             for table in tables:
@@ -299,6 +348,8 @@ class Dataplane:
         self.spec = replace(self.spec, ifindex=ifindex, **changes)
         for t in self.tables:
             t.desired, t.kernel, t.dirty = {}, {}, set()
+        if self.resolver is not None:
+            self.resolver.ifindex = ifindex
         self._entries, self._nh_ids, self._built, self.parked = {}, {}, False, False
         self._next_nh = _NH_BASE[self.spec.family]
 
@@ -323,10 +374,15 @@ class Dataplane:
         """(table, key, value-or-None) for a neighbour message on our device, else None."""
         if ifindex != self.spec.ifindex or dst is None:
             return None
+        if fam == nl.AF_BRIDGE and (mac is None or mac == bytes(6)):
+            return None  # flood entries are not ours
+        r = self.resolver
+        if r is not None and (answered := r.table_for(fam, state)) is not None:
+            if fam == nl.AF_BRIDGE and mac is not None:
+                return answered, nl.FdbKey(ifindex, mac), r.value(state, dst)
+            return answered, nl.NeighKey(fam, ifindex, dst), r.value(state, mac)
         permanent = state & nl.NUD_PERMANENT
         if fam == nl.AF_BRIDGE:
-            if mac is None or mac == bytes(6):
-                return None  # flood entries are not ours
             ok = permanent and flags & nl.NTF_SELF
             return self.fdb, nl.FdbKey(ifindex, mac), dst if ok else None
         if fam == self.spec.family:
@@ -334,20 +390,17 @@ class Dataplane:
             return self.neigh, nl.NeighKey(fam, ifindex, dst), mac if permanent and mac else None
         return None
 
-    def _dump_l2(self, family: int, table: DeltaTable[Any, Any]) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
+    def _dump_l2(self, family: int) -> dict[DeltaTable[Any, Any], dict[Any, bytes]]:
+        """FDB (AF_BRIDGE) or neighbour entries on our device, per table that keeps them."""
+        r = self.resolver
+        ours = [self.fdb, r and r.fdb] if family == nl.AF_BRIDGE else [self.neigh, r and r.neigh]
+        out: dict[DeltaTable[Any, Any], dict[Any, bytes]] = {t: {} for t in ours if t}
         for buf, off, end in self.sock.dump(nl.RTM_GETNEIGH,
                                             nl.neigh_dump_request(family, self.spec.ifindex)):
             got = self._neigh_value(*nl.parse_neigh(buf, off, end))
-            if got is not None and got[0] is table and got[2] is not None:
-                out.setdefault(got[1], got[2])
+            if got is not None and got[2] is not None and got[0] in out:
+                out[got[0]].setdefault(got[1], got[2])
         return out
-
-    def _dump_fdb(self) -> dict[nl.FdbKey, bytes]:
-        return self._dump_l2(nl.AF_BRIDGE, self.fdb)
-
-    def _dump_neigh(self) -> dict[nl.NeighKey, bytes]:
-        return self._dump_l2(self.spec.family, self.neigh)
 
     def _dump_nexthops(self) -> dict[int, nl.Nexthop]:
         out, self._foreign_nh = {}, set()
@@ -383,11 +436,18 @@ class Dataplane:
             else:
                 return False
             return True
+        if mtype == nl.RTM_GETNEIGH:  # the kernel asks (a miss)
+            fam, ifindex, _, _, dst, ll = nl.parse_neigh(buf, off, end)
+            return (self.resolver is not None and ifindex == self.spec.ifindex
+                    and self.resolver.on_miss(fam, dst, ll))
         if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
             got = self._neigh_value(*nl.parse_neigh(buf, off, end))
             if got is None:
                 return False
             table, key, value = got
+            if self.resolver is not None and table in self.resolver.tables:
+                self.resolver.seen(table, key, None if mtype == nl.RTM_DELNEIGH else value)
+                return True
             if mtype == nl.RTM_DELNEIGH:
                 if table.kernel.get(key) != value and table is self.fdb:
                     return False  # another remote of the same MAC went

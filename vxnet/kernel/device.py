@@ -1,6 +1,7 @@
 """The VXLAN device (pyroute2): ensure it exists with exactly our attributes, never disturbing a
 compatible one. A device whose VNI, port, local IP, parent or GBP differ is recreated with the
-same MAC; MTU, MAC, learning, addresses, up state and checksum offload are fixed in place."""
+same MAC; MTU, MAC, learning, addresses, up state, checksum offload and the neighbour solicit
+sysctls are fixed in place."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class DeviceSpec:
     gbp: bool = False
     learning: bool = False
     tx_checksum: bool | None = None  # transmit checksum offload; None: as the kernel has it
+    l2miss: bool = False  # report FDB misses (on-demand FDB); the kernel can't change it in place
+    app_solicit: bool = False  # neighbour misses asked of us (on-demand neighbours), not ARP/NDP
 
     @property
     def address(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -94,9 +97,10 @@ def _incompatible(link: Any, spec: DeviceSpec) -> list[str]:
         "local IP": ipaddress.ip_address(local) if local else None,
         "parent": info.get_attr("IFLA_VXLAN_LINK"),
         "GBP": info.get_attr("IFLA_VXLAN_GBP") is not None,
+        "L2 miss": bool(info.get_attr("IFLA_VXLAN_L2MISS")),
     }
     want = {"VNI": spec.vni, "port": spec.port, "local IP": spec.local_ip,
-            "parent": spec.parent_ifindex, "GBP": spec.gbp}
+            "parent": spec.parent_ifindex, "GBP": spec.gbp, "L2 miss": spec.l2miss}
     return [f"{k} {have[k]} != {want[k]}" for k in want if have[k] != want[k]]
 
 
@@ -121,6 +125,7 @@ async def ensure_device(ipr: AsyncIPRoute, spec: DeviceSpec, netns: str | None =
             raise DeviceError(f"device {spec.name} vanished right after being created")
         action = "created" if action == "reused" else action
     changes = await _fix_in_place(ipr, link, spec)
+    changes += _fix_solicit(spec, netns)
     if spec.tx_checksum is not None and tx_checksum(spec.name, netns) != spec.tx_checksum:
         set_tx_checksum(spec.name, spec.tx_checksum, netns)
         changes.append(f"tx checksum offload {'on' if spec.tx_checksum else 'off'}")
@@ -138,6 +143,8 @@ async def _create(ipr: AsyncIPRoute, spec: DeviceSpec) -> None:
     }
     if spec.gbp:
         attrs["vxlan_gbp"] = True
+    if spec.l2miss:
+        attrs["vxlan_l2miss"] = True
     try:
         await ipr.link("add", **attrs)
     except PyNetlinkError as e:
@@ -174,6 +181,36 @@ async def _fix_in_place(ipr: AsyncIPRoute, link: Any, spec: DeviceSpec) -> list[
         await ipr.link("set", index=index, state="up")
         changes.append("up")
     return changes
+
+
+# the device's neighbour sysctls: with on-demand neighbours the kernel asks us (app_solicit)
+# and never sends ARP/NDP into the overlay, where no one would answer
+_SOLICIT_ON_DEMAND = {"app_solicit": 3, "ucast_solicit": 0, "mcast_solicit": 0}
+_SOLICIT_DEFAULT = {"app_solicit": 0, "ucast_solicit": 3, "mcast_solicit": 3}
+
+
+def _fix_solicit(spec: DeviceSpec, netns: str | None) -> list[str]:
+    base = f"/proc/sys/net/ipv{spec.subnet.version}/neigh/{spec.name}"
+    changes = []
+    with in_netns(netns):
+        have = {k: _read_int(f"{base}/{k}") for k in _SOLICIT_ON_DEMAND}
+        if not spec.app_solicit and have["app_solicit"] in (0, None):
+            return []  # up front: whatever else is set there is not used
+        want = _SOLICIT_ON_DEMAND if spec.app_solicit else _SOLICIT_DEFAULT
+        for key, value in want.items():
+            if have[key] not in (value, None):
+                with open(f"{base}/{key}", "w") as f:
+                    f.write(str(value))
+                changes.append(f"{key} {value}")
+    return changes
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except FileNotFoundError:  # IPv6 off on the device: nothing to ask about
+        return None
 
 
 async def interface_networks(ipr: AsyncIPRoute, index: int, version: int) -> list[

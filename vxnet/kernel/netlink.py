@@ -33,9 +33,11 @@ RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
 
 AF_INET, AF_INET6, AF_BRIDGE = socket.AF_INET, socket.AF_INET6, 7
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE, RTA_NH_ID = 1, 4, 5, 15, 30
-RT_TABLE_MAIN, RTN_UNICAST, RT_SCOPE_UNIVERSE, RTNH_F_ONLINK = 254, 1, 0, 4
+RT_TABLE_MAIN, RTN_UNICAST, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTNH_F_ONLINK = 254, 1, 0, 253, 4
 RTPROT_KERNEL, RTPROT_BOOT = 2, 3
 NDA_DST, NDA_LLADDR = 1, 2
+NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_FAILED = \
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
 NHA_ID, NHA_OIF, NHA_GATEWAY = 1, 5, 6
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
@@ -122,7 +124,10 @@ class FdbKey(NamedTuple):
 # --- request encoders ----------
 
 def _route_body(key: RouteKey, table: int, r: Route) -> bytes:
-    scope, flags = RT_SCOPE_UNIVERSE, (RTNH_F_ONLINK if r.onlink else 0)
+    # a route out of a device with no gateway reaches its destinations directly (on-demand
+    # neighbours: the whole pod network through the VXLAN device), as `ip route` makes it
+    scope = RT_SCOPE_LINK if r.oif and not (r.gateway or r.nhid) else RT_SCOPE_UNIVERSE
+    flags = RTNH_F_ONLINK if r.onlink else 0
     body = _RTMSG.pack(key.family, key.dst_len, 0, 0, table if table < 256 else 252, r.protocol,
                        scope, RTN_UNICAST, flags)
     body += _attr(RTA_TABLE, _U32.pack(table)) + _attr(RTA_DST, key.dst)
@@ -141,8 +146,8 @@ def route_del(key: RouteKey, r: Route, table: int = RT_TABLE_MAIN) -> tuple[int,
     return RTM_DELROUTE, 0, _route_body(key, table, r)
 
 
-def neigh_set(key: NeighKey, mac: bytes) -> tuple[int, int, bytes]:
-    body = _NDMSG.pack(key.family, key.ifindex, NUD_PERMANENT, 0, 0)
+def neigh_set(key: NeighKey, mac: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
+    body = _NDMSG.pack(key.family, key.ifindex, state, 0, 0)
     return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
         body + _attr(NDA_DST, key.dst) + _attr(NDA_LLADDR, mac)
 
@@ -151,9 +156,9 @@ def neigh_del(key: NeighKey, mac: bytes) -> tuple[int, int, bytes]:
     return RTM_DELNEIGH, 0, _NDMSG.pack(key.family, key.ifindex, 0, 0, 0) + _attr(NDA_DST, key.dst)
 
 
-def fdb_set(key: FdbKey, dst: bytes) -> tuple[int, int, bytes]:
+def fdb_set(key: FdbKey, dst: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
     # NTF_SELF: the vxlan device's own table (no bridge master); PERMANENT: never aged out.
-    body = _NDMSG.pack(AF_BRIDGE, key.ifindex, NUD_PERMANENT, NTF_SELF, 0)
+    body = _NDMSG.pack(AF_BRIDGE, key.ifindex, state, NTF_SELF, 0)
     return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
         body + _attr(NDA_LLADDR, key.mac) + _attr(NDA_DST, dst)
 

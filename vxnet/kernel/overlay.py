@@ -41,7 +41,8 @@ def nexthops_supported(sock: nl.RtnlSocket) -> bool:
 
 async def open_overlay(ipr: AsyncIPRoute, sock: nl.RtnlSocket, device: DeviceSpec, *,
                        network: IPNetwork | None, direct_routing: bool = False,
-                       use_nexthops: bool = True) -> Overlay:
+                       use_nexthops: bool = True, neigh_on_demand: bool = False,
+                       fdb_on_demand: bool = False) -> Overlay:
     ensured = await ensure_device(ipr, device)
     parent_nets = await interface_networks(ipr, device.parent_ifindex, device.local_ip.version)
     spec = PlaneSpec(
@@ -56,5 +57,7 @@ async def open_overlay(ipr: AsyncIPRoute, sock: nl.RtnlSocket, device: DeviceSpe
         use_nexthops=use_nexthops and nexthops_supported(sock),
         vni=device.vni,
         own_ips=await local_addresses(ipr),
+        neigh_on_demand=neigh_on_demand,
+        fdb_on_demand=fdb_on_demand,
     )
     return Overlay(device, Dataplane(sock, spec), ensured)

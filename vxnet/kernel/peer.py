@@ -56,6 +56,16 @@ class SubnetSpace:
                         return owner
         return None
 
+    def owner(self, version: int, addr: int) -> str | None:
+        """Who holds the accepted subnet this address is in (one lookup per length in use)."""
+        bits = 32 if version == 4 else 128
+        for lv, lp in self._lens:
+            if lv == version:
+                owner = self._exact.get((version, lp, addr >> (bits - lp) << (bits - lp)))
+                if owner is not None:
+                    return owner
+        return None
+
     def add(self, net: IPNetwork, owner: str) -> None:
         self._exact[self._id(net)] = owner
         self._lens[(net.version, net.prefixlen)] += 1

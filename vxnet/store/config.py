@@ -26,8 +26,9 @@ _TOP_KEYS = {
 }
 # vxnet's own key (flanneld ignores it): how a node's subnet is picked
 ALLOCATIONS = ("random", "node-id")
+RESOLUTIONS = ("up-front", "on-demand")  # Backend.Neighbours and Backend.FDB
 _BACKEND_KEYS = {"type", "vni", "port", "gbp", "learning", "directrouting", "mtu", "macprefix",
-                 "txchecksumoffload"}
+                 "txchecksumoffload", "neighbours", "fdb"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,10 @@ class BackendConfig:
     direct_routing: bool = False
     mtu: int = 0  # underlay MTU; 0 = take it from the external interface
     tx_checksum: bool | None = None  # vxnet's TxChecksumOffload; None: leave the kernel's
+    # vxnet's Neighbours/FDB: "on-demand" answers the kernel's misses instead of programming
+    # every peer up front (kopeio's design; with FDB on demand too, flannel's first backend)
+    neigh_on_demand: bool = False
+    fdb_on_demand: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +139,21 @@ def config_from_dict(doc: dict[str, Any]) -> NetworkConfig:
         direct_routing=be.get("DirectRouting", bool, False),
         mtu=mtu,
         tx_checksum=be.get("TxChecksumOffload", bool, None),
+        neigh_on_demand=_resolution(be, "Neighbours"),
+        fdb_on_demand=_resolution(be, "FDB"),
     )
     allocation = top.get("SubnetAllocation", str, "random")
     if allocation not in ALLOCATIONS:
         raise ConfigError("SubnetAllocation", f"{allocation!r} is not one of "
                           f"{', '.join(ALLOCATIONS)}")
     return NetworkConfig(ipv4, ipv6, backend, tuple(top.warnings + be.warnings), allocation)
+
+
+def _resolution(be: _Fields, key: str) -> bool:
+    value = be.get(key, str, "up-front")
+    if value.lower() not in RESOLUTIONS:
+        raise ConfigError(f"Backend.{key}", f"{value!r} is not one of {', '.join(RESOLUTIONS)}")
+    return value.lower() == "on-demand"
 
 
 def _pool(top: _Fields, pfx: str, version: int) -> Pool:

@@ -65,13 +65,13 @@ async def test_dumps_agree_with_iproute2(lab):
         dev = "flannel.1" if v == 4 else "flannel-v6.1"
         theirs_neigh = {(n["dst"], n["lladdr"]) for n in ip_json(ns, "neigh", "show", "dev", dev)
                         if "PERMANENT" in n["state"]}
-        assert {(addr(key.dst), mac.hex(":")) for key, mac in plane._dump_neigh().items()} == \
-            theirs_neigh
+        ours = plane._dump_l2(plane.spec.family)[plane.neigh]
+        assert {(addr(key.dst), mac.hex(":")) for key, mac in ours.items()} == theirs_neigh
         theirs_fdb = {(f["mac"], f["dst"]) for f in json.loads(
             ns.run("bridge", "-j", "fdb", "show", "dev", dev).stdout)
             if f.get("state") == "permanent" and "self" in f["flags"] and "dst" in f}
-        assert {(key.mac.hex(":"), addr(dst)) for key, dst in plane._dump_fdb().items()} == \
-            theirs_fdb
+        ours = plane._dump_l2(nl.AF_BRIDGE)[plane.fdb]
+        assert {(key.mac.hex(":"), addr(dst)) for key, dst in ours.items()} == theirs_fdb
         assert len(theirs_fdb) == (2 if v == 4 else 1)
 
 
@@ -108,4 +108,4 @@ async def test_batches_larger_than_one_send(two_nodes):
         f"10.250.{i >> 8}.{i & 255}").packed), bytes([14, 0, 0, 0, i >> 8, i & 255])))
             for i in range(3000)]
     assert k.sock.batch(reqs) == []
-    assert len(k.plane()._dump_l2(socket.AF_INET, k.plane().neigh)) == 3000
+    assert len(k.plane()._dump_l2(socket.AF_INET)[k.plane().neigh]) == 3000

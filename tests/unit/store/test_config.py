@@ -56,6 +56,16 @@ def test_backend_values_and_port_zero():
                                     "Backend": {"Port": 4789}})).backend.port == 4789
 
 
+@pytest.mark.parametrize(("backend", "expect"), [
+    ({}, (False, False)), ({"Neighbours": "on-demand"}, (True, False)),
+    ({"Neighbours": "On-Demand", "FDB": "on-demand"}, (True, True)),
+    ({"FDB": "on-demand", "Neighbours": "up-front"}, (False, True)),
+])
+def test_on_demand_resolution(backend, expect):
+    b = parse_config(json.dumps({"Network": "10.244.0.0/16", "Backend": backend})).backend
+    assert (b.neigh_on_demand, b.fdb_on_demand) == expect
+
+
 @pytest.mark.parametrize(
     ("doc", "slen", "smin", "smax"),
     [
@@ -136,6 +146,9 @@ ERRORS = [
     ('{"Network": "10.0.0.0/16", "Backend": {"GBP": "yes"}}', "Backend.GBP",
      "expected a boolean"),
     ('{"Network": "10.0.0.0/16", "Backend": {"MTU": 100}}', "Backend.MTU", "outside 576..65535"),
+    ('{"Network": "10.0.0.0/16", "Backend": {"Neighbours": "lazy"}}', "Backend.Neighbours",
+     "'lazy' is not one of up-front, on-demand"),
+    ('{"Network": "10.0.0.0/16", "Backend": {"FDB": true}}', "Backend.FDB", "expected a string"),
     ('{"Network": "10.0.0.0/16", "EnableIPv6": true}', "IPv6Network",
      "missing (required when EnableIPv6 is true)"),
     ('{"EnableIPv6": true, "EnableIPv4": false, "IPv6Network": "10.0.0.0/8"}', "IPv6Network",
