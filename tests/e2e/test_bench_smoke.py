@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench import agent_bench, dataplane_bench, kernel_bench
+from bench import agent_bench, dataplane_bench, kernel_bench, ondemand_bench
 
 pytestmark = pytest.mark.netns
 
@@ -24,3 +24,9 @@ def test_dataplane_bench(capsys):
     assert dataplane_bench.main(["--mtus", "1500", "--streams", "1", "--reps", "1",
                                  "--seconds", "1"]) == 0
     assert "vxnet / flannel-hand" in capsys.readouterr().out
+
+
+def test_ondemand_bench(capsys):
+    assert ondemand_bench.main(["--peers", "20", "--active", "3,6", "--scan", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "first packet, 20 peers" in out and "on-demand+fdb |     6 |" in out
