@@ -84,9 +84,12 @@ def test_on_demand_nodes_hold_only_what_they_talk_to(tmp_path, fdb_mode):
         assert ping(p1, n3.pods[0].ip).returncode == 0
 
 
-def test_a_mixed_cluster_works_both_ways(tmp_path):
-    """One node on demand (both kinds), one up front: each reaches the other's pods."""
-    with Cluster("mix", workdir=tmp_path / "lab",
+def test_a_mixed_dual_stack_cluster_works_both_ways(tmp_path):
+    """One node on demand (both kinds), one up front: each reaches the other's pods, over
+    both overlays (NDP is asked for as ARP is)."""
+    cfg = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00:10:244::/48",
+           "Backend": {"Type": "vxlan"}}
+    with Cluster("mix", config=cfg, workdir=tmp_path / "lab",
                  agent_args=("--resync-interval", "5", "--ip-masq")) as c:
         c.start()
         n1, n2 = c.add_node(1, start_agent=False), c.add_node(2, start_agent=False)
@@ -98,5 +101,12 @@ def test_a_mixed_cluster_works_both_ways(tmp_path):
         assert ping(n2.pods[0], n1.pods[0].ip).returncode == 0
         assert ping(n1.pods[0], n2.pods[0].ip).returncode == 0
         assert list(neighbours(n1)) == [str(n2.pods[0].ip)]
-        assert "onDemand" in state(c, n1)["overlays"]["ipv4"]
-        assert "onDemand" not in state(c, n2)["overlays"]["ipv4"]
+        # a new pod's IPv6 address is usable once its duplicate address detection is over
+        for a, b in ((n1, n2), (n2, n1)):
+            wait_for(lambda a=a, b=b: ping(a.pods[0], b.pods[0].ip6).returncode == 0, 10,
+                     f"IPv6 {a.name} -> {b.name}")
+        held = json.loads(n1.ns.ip("-j", "-6", "neigh", "show", "dev", "flannel-v6.1").stdout)
+        assert [e["dst"] for e in held if "lladdr" in e] == [str(n2.pods[0].ip6)]
+        for version in ("ipv4", "ipv6"):
+            assert "onDemand" in state(c, n1)["overlays"][version]
+            assert "onDemand" not in state(c, n2)["overlays"][version]
