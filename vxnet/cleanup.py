@@ -1,7 +1,7 @@
 """`vxnet cleanup`: take what vxnet put on a node off it again -- its VXLAN devices (and with
 them their neighbours, FDB entries, nexthops and routes), its own routes and nexthops elsewhere
-(DirectRouting), its nftables tables, subnet.env -- and, if asked, give the lease back. Refuses
-while an agent answers on this node."""
+(DirectRouting), its nftables tables, subnet.env and the CNI conflist -- and, if asked, give
+the lease back. Refuses while an agent answers on this node."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def agent_answers(host: str, port: int) -> bool:
         return False
 
 
-def clean_node(subnet_file: str, say: Callable[[str], None]) -> None:
+def clean_node(files: list[str | None], say: Callable[[str], None]) -> None:
     links = json.loads(_run("ip", "-d", "-j", "link", "show").stdout or "[]")
     for link in links:
         if _OUR_DEVICE.fullmatch(link["ifname"]) and \
@@ -60,10 +60,11 @@ def clean_node(subnet_file: str, say: Callable[[str], None]) -> None:
     for family, table in (("inet", ALLOWLIST_TABLE), ("ip", MASQ_TABLE), ("ip6", MASQ_TABLE)):
         if _run("nft", "delete", "table", family, table).returncode == 0:
             say(f"deleted nftables table {family} {table}")
-    path = Path(subnet_file)
-    if path.exists():
-        path.unlink()
-        say(f"removed {path}")
+    for name in filter(None, files):  # subnet.env, the CNI conflist
+        path = Path(name)
+        if path.exists():
+            path.unlink()
+            say(f"removed {path}")
 
 
 async def release_lease(etcd: Etcd, paths: Paths, node_name: str, say: Callable[[str], None]

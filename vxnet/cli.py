@@ -56,6 +56,11 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
 @flag("public-ipv6", help="IPv6 address other nodes reach this one at.")
 @flag("subnet-file", default="/run/flannel/subnet.env", show_default=True,
       help="Where to write subnet.env.")
+@flag("cni-conf-file", help="Also keep this CNI conflist written (bridge + host-local, from "
+      "the lease; e.g. /etc/cni/net.d/10-vxnet.conflist): nodes then need only the standard CNI "
+      "plugins, not vxnet-cni.")
+@flag("cni-data-dir", help="host-local's state directory for that conflist is <dir>/ipam "
+      "(default: host-local's own).")
 @flag("ip-masq", is_flag=True, help="Masquerade pod traffic leaving the network.")
 @flag("healthz-ip", default="127.0.0.1", show_default=True, help="HTTP API address.")
 @flag("healthz-port", type=click.IntRange(0, 65535), default=10280, show_default=True,
@@ -198,14 +203,16 @@ def leases(etcd_endpoints: str, etcd_prefix: str, as_json: bool) -> None:
 @flag("subnet-file", default="/run/flannel/subnet.env", show_default=True)
 @flag("healthz-ip", default="127.0.0.1", show_default=True, help="Where an agent would answer.")
 @flag("healthz-port", type=click.IntRange(1, 65535), default=10280, show_default=True)
+@flag("cni-conf-file", help="The CNI conflist the agent kept written, removed too.")
 @click.option("--release", is_flag=True, help="Also give this node's lease back in etcd.")
 @flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True)
 @flag("etcd-prefix", default="/coreos.com/network", show_default=True)
 @flag("node-name", default=socket.gethostname, show_default="hostname")
-def cleanup(subnet_file: str, healthz_ip: str, healthz_port: int, release: bool,
-            etcd_endpoints: str, etcd_prefix: str, node_name: str) -> None:
+def cleanup(subnet_file: str, cni_conf_file: str | None, healthz_ip: str, healthz_port: int,
+            release: bool, etcd_endpoints: str, etcd_prefix: str, node_name: str) -> None:
     """Remove what vxnet put on this node: devices, routes, nexthops, neighbours, FDB entries,
-    nftables tables, subnet.env (and with --release, the lease). The agent must be stopped."""
+    nftables tables, subnet.env, the CNI conflist (and with --release, the lease). The agent must
+    be stopped."""
     from vxnet.cleanup import agent_answers, clean_node, release_lease
     from vxnet.store.etcd import Etcd
     from vxnet.store.paths import Paths
@@ -213,7 +220,7 @@ def cleanup(subnet_file: str, healthz_ip: str, healthz_port: int, release: bool,
     if agent_answers(healthz_ip, healthz_port):
         raise click.ClickException(f"an agent answers on {healthz_ip}:{healthz_port}; stop it "
                                    "first (a running agent would put everything back)")
-    clean_node(subnet_file, click.echo)
+    clean_node([subnet_file, cni_conf_file], click.echo)
     if release:
         async def give_back() -> None:
             etcd = Etcd(etcd_endpoints, timeout=5)

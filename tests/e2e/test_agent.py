@@ -312,13 +312,15 @@ def test_cleanup_leaves_the_node_as_it_was_before_the_agent(cluster):
             "ruleset": ("nft", "list", "ruleset")}.items()}
 
     before = dumps()
-    cluster.start_agent(n1, "--ip-masq")
+    conflist = cluster.workdir / "node1" / "net.d" / "10-vxnet.conflist"
+    cluster.start_agent(n1, "--ip-masq", "--cni-conf-file", str(conflist))
     cluster.wait_ready(n1)
     cluster.wait_ready(n2)
     wait_for(lambda: "flannel.1" in n1.ns.run("bridge", "fdb").stdout, 5, "a peer programmed")
+    assert conflist.exists()
     vxnet = [*cluster.vxnet, "cleanup", "--subnet-file",
-             str(cluster.subnet_env(n1)), "--release", "--etcd-endpoints", cluster.endpoint,
-             "--node-name", "node1"]
+             str(cluster.subnet_env(n1)), "--cni-conf-file", str(conflist), "--release",
+             "--etcd-endpoints", cluster.endpoint, "--node-name", "node1"]
     refused = n1.ns.run(*vxnet, check=False)
     assert refused.returncode == 1 and "stop it first" in refused.stderr
     key = ipam(cluster, n1)["leaseKey"]
@@ -326,5 +328,5 @@ def test_cleanup_leaves_the_node_as_it_was_before_the_agent(cluster):
     out = n1.ns.run(*vxnet).stdout
     assert "deleted device flannel.1" in out and f"released lease {key}" in out
     assert dumps() == before
-    assert not cluster.subnet_env(n1).exists()
+    assert not cluster.subnet_env(n1).exists() and not conflist.exists()
     assert cluster.etcdctl("get", f"{PREFIX}/subnets/{key}") == ""

@@ -112,12 +112,17 @@ def test_the_interface_is_chosen_by_regex_and_followed_when_replaced(cluster):
 
 
 def test_a_lower_underlay_mtu_is_followed(cluster):
-    node = cluster.add_node(1)
+    node = cluster.add_node(1, start_agent=False)
+    conflist = cluster.workdir / "node1" / "10-vxnet.conflist"
+    cluster.start_agent(node, "--cni-conf-file", str(conflist))
     cluster.wait_ready(node)
     assert "FLANNEL_MTU=1450" in cluster.subnet_env(node).read_text()
+    assert json.loads(conflist.read_text())["plugins"][0]["mtu"] == 1450
     node.ns.ip("link", "set", "eth0", "mtu", "1400")
     wait_for(lambda: "FLANNEL_MTU=1350" in cluster.subnet_env(node).read_text(), 5,
              "subnet.env follows")
+    wait_for(lambda: json.loads(conflist.read_text())["plugins"][0]["mtu"] == 1350, 5,
+             "the CNI conflist follows")
     assert json.loads(node.ns.ip("-j", "link", "show", "flannel.1").stdout)[0]["mtu"] == 1350
 
 

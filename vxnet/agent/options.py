@@ -25,6 +25,8 @@ class AgentOptions:
     public_ip: str | None = None
     public_ipv6: str | None = None
     subnet_file: str = "/run/flannel/subnet.env"
+    cni_conf_file: str | None = None  # a bridge + host-local conflist the agent keeps written
+    cni_data_dir: str | None = None  # host-local's state under <dir>/ipam (None: its default)
     ip_masq: bool = False
     healthz_ip: str = "127.0.0.1"
     healthz_port: int = 10280

@@ -16,6 +16,7 @@ from vxnet.agent.iface import ExternalInterface, Selection
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.supervisor import Supervisor
 from vxnet.agent.underlay import UnderlayWatch
+from vxnet.cni.netconf import write_conflist
 from vxnet.ip import IPAddress
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.allowlist import AllowList
@@ -109,11 +110,16 @@ async def setup_overlays(sock: nl.RtnlSocket, opts: AgentOptions, cfg: NetworkCo
 
 def write_subnet_env(opts: AgentOptions, cfg: NetworkConfig, lease: Lease,
                      overlays: dict[int, Overlay]) -> None:
+    """subnet.env, and the CNI conflist if we keep one: both follow the lease and the MTU."""
     # pods get one MTU for both families: the smaller overlay's, or IPv6 packets sized for
     # the IPv4 overlay would be refused by their own node ("packet too big")
     mtu = min(ov.device.mtu for ov in overlays.values())
-    SubnetEnv(cfg.ipv4.network if cfg.ipv4 else None, lease.key.subnet, mtu, opts.ip_masq,
-              cfg.ipv6.network if cfg.ipv6 else None, lease.key.subnet6).write(opts.subnet_file)
+    env = SubnetEnv(cfg.ipv4.network if cfg.ipv4 else None, lease.key.subnet, mtu, opts.ip_masq,
+                    cfg.ipv6.network if cfg.ipv6 else None, lease.key.subnet6)
+    env.write(opts.subnet_file)
+    if opts.cni_conf_file and write_conflist(opts.cni_conf_file, env, opts.cni_data_dir):
+        log.info("CNI network config %s written (subnet %s, MTU %d)", opts.cni_conf_file,
+                 ", ".join(str(s) for s in (env.subnet, env.ipv6_subnet) if s), mtu)
 
 
 def masquerade_rules(cfg: NetworkConfig, lease: Lease) -> list[MasqRules]:

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vxnet.cni.netconf import bridge_config
 from vxnet.errors import SubnetEnvError
-from vxnet.ip import first_host
 from vxnet.store.subnetenv import SubnetEnv
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
@@ -65,23 +65,9 @@ def parse_config(raw: bytes) -> dict[str, Any]:
 
 
 def delegate_config(conf: dict[str, Any], env: SubnetEnv) -> dict[str, Any]:
-    """What flannel's plugin hands the bridge plugin, built from subnet.env."""
-    ranges, routes = [], []
-    for net, sub in ((env.network, env.subnet), (env.ipv6_network, env.ipv6_subnet)):
-        if sub is not None:
-            ranges.append([{"subnet": str(sub)}])
-            if net is not None:  # explicit gw: the bridge plugin's CHECK compares it
-                routes.append({"dst": str(net), "gw": str(first_host(sub))})
-    ipam: dict[str, Any] = {"type": "host-local", "ranges": ranges, "routes": routes}
-    data_dir = conf.get("dataDir")
-    if data_dir:
-        ipam["dataDir"] = str(Path(data_dir) / "ipam")
-    delegate: dict[str, Any] = {
-        "cniVersion": conf["cniVersion"], "name": conf["name"], "type": "bridge",
-        "bridge": "cni0", "isGateway": True, "hairpinMode": True, "mtu": env.mtu,
-        # when the agent masquerades (FLANNEL_IPMASQ=true), the bridge must not do it twice
-        "ipMasq": not env.ipmasq, "ipam": ipam,
-    }
+    """What flannel's plugin hands the bridge plugin, built from subnet.env (and the network
+    config's own `delegate` overrides)."""
+    delegate = bridge_config(env, conf["name"], conf["cniVersion"], conf.get("dataDir"))
     delegate.update(conf.get("delegate", {}))
     return delegate
 

@@ -57,9 +57,10 @@ def teardown_saved(path: Path) -> list[str]:
     return done
 
 
-def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, **env: str
-            ) -> subprocess.CompletedProcess[bytes]:
-    plugin = Path(sys.executable).parent / "vxnet-cni"
+def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, plugin: Path | None = None,
+            **env: str) -> subprocess.CompletedProcess[bytes]:
+    """A CNI plugin (vxnet-cni unless told) called in a node's namespace as a runtime does."""
+    plugin = plugin or Path(sys.executable).parent / "vxnet-cni"
     full = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "CNI_COMMAND": command, "CNI_CONTAINERID": pod_ns,
             "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
