@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := etcd-server etcd-client containernetworking-plugins iproute2 iputils-ping \
-            iperf3 nftables iptables tcpdump openssl python3-venv docker.io busybox-static
+            iperf3 nftables iptables tcpdump openssl python3-venv docker.io busybox-static \
+            podman runc
 PYTEST_ARGS ?=
 
 .PHONY: test demo setup apt venv lint bench clean install uninstall
