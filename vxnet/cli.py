@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +20,7 @@ from vxnet.errors import VxnetError
 
 if TYPE_CHECKING:
     from vxnet.agent.options import AgentOptions
+    from vxnet.store.etcd import Etcd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,17 +37,38 @@ def flag(name: str, **kw):  # type: ignore[no-untyped-def]
     return click.option(f"--{name}", envvar=_env(name), show_envvar=True, **kw)
 
 
+def etcd_flags(f):  # type: ignore[no-untyped-def]
+    """The flags every command that talks to etcd takes, with flanneld's names."""
+    for opt in reversed((
+        flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
+             help="Comma-separated etcd endpoints."),
+        flag("etcd-prefix", default="/coreos.com/network", show_default=True,
+             help="etcd prefix holding config and subnets/."),
+        flag("etcd-cafile", type=click.Path(dir_okay=False), help="CA for etcd's TLS "
+             "certificate."),
+        flag("etcd-certfile", type=click.Path(dir_okay=False), help="Client certificate for "
+             "etcd."),
+        flag("etcd-keyfile", type=click.Path(dir_okay=False), help="Client key for etcd."),
+        flag("etcd-username", help="etcd user (etcd authentication)."),
+        flag("etcd-password", help="Password of --etcd-username (prefer "
+             "FLANNELD_ETCD_PASSWORD: flags show in ps)."),
+    )):
+        f = opt(f)
+    return f
+
+
+def etcd_client(kw: dict[str, Any], timeout: float = 5.0) -> Etcd:
+    """An etcd client from etcd_flags' values (which it takes out of kw)."""
+    from vxnet.store.etcd import Etcd, TLSFiles, credentials
+
+    return Etcd(kw.pop("etcd_endpoints"), timeout=timeout,
+                tls=TLSFiles(kw.pop("etcd_cafile"), kw.pop("etcd_certfile"),
+                             kw.pop("etcd_keyfile")),
+                auth=credentials(kw.pop("etcd_username"), kw.pop("etcd_password")))
+
+
 @main.command()
-@flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
-      help="Comma-separated etcd endpoints.")
-@flag("etcd-prefix", default="/coreos.com/network", show_default=True,
-      help="etcd prefix holding config and subnets/.")
-@flag("etcd-cafile", type=click.Path(dir_okay=False), help="CA for etcd's TLS certificate.")
-@flag("etcd-certfile", type=click.Path(dir_okay=False), help="Client certificate for etcd.")
-@flag("etcd-keyfile", type=click.Path(dir_okay=False), help="Client key for etcd.")
-@flag("etcd-username", help="etcd user (etcd authentication).")
-@flag("etcd-password", help="Password of --etcd-username (prefer FLANNELD_ETCD_PASSWORD: "
-      "flags show in ps).")
+@etcd_flags
 @flag("iface", multiple=True, help="External interface, by name or IP; may be given several "
       "times, the first present wins (default: the default route's).")
 @flag("iface-regex", multiple=True, help="Regex matched against interfaces' addresses, then "
@@ -171,22 +193,20 @@ def status(healthz_ip: str, healthz_port: int, as_json: bool) -> None:
 
 
 @main.command()
-@flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True)
-@flag("etcd-prefix", default="/coreos.com/network", show_default=True)
+@etcd_flags
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def leases(etcd_endpoints: str, etcd_prefix: str, as_json: bool) -> None:
+def leases(etcd_prefix: str, as_json: bool, **etcd: Any) -> None:
     """The cluster's subnet leases, as etcd holds them."""
     from vxnet.status import LEASE_HEADERS, cluster_leases
-    from vxnet.store.etcd import Etcd
     from vxnet.store.paths import Paths
     from vxnet.textui import table
 
     async def go() -> list[list[str]]:
-        etcd = Etcd(etcd_endpoints, timeout=5)
+        etcd_ = etcd_client(etcd)
         try:
-            return await cluster_leases(etcd, Paths(etcd_prefix))
+            return await cluster_leases(etcd_, Paths(etcd_prefix))
         finally:
-            await etcd.close()
+            await etcd_.close()
 
     try:
         rows = asyncio.run(go())
@@ -205,16 +225,14 @@ def leases(etcd_endpoints: str, etcd_prefix: str, as_json: bool) -> None:
 @flag("healthz-port", type=click.IntRange(1, 65535), default=10280, show_default=True)
 @flag("cni-conf-file", help="The CNI conflist the agent kept written, removed too.")
 @click.option("--release", is_flag=True, help="Also give this node's lease back in etcd.")
-@flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True)
-@flag("etcd-prefix", default="/coreos.com/network", show_default=True)
+@etcd_flags
 @flag("node-name", default=socket.gethostname, show_default="hostname")
 def cleanup(subnet_file: str, cni_conf_file: str | None, healthz_ip: str, healthz_port: int,
-            release: bool, etcd_endpoints: str, etcd_prefix: str, node_name: str) -> None:
+            release: bool, etcd_prefix: str, node_name: str, **etcd: Any) -> None:
     """Remove what vxnet put on this node: devices, routes, nexthops, neighbours, FDB entries,
     nftables tables, subnet.env, the CNI conflist (and with --release, the lease). The agent must
     be stopped."""
     from vxnet.cleanup import agent_answers, clean_node, release_lease
-    from vxnet.store.etcd import Etcd
     from vxnet.store.paths import Paths
 
     if agent_answers(healthz_ip, healthz_port):
@@ -223,11 +241,11 @@ def cleanup(subnet_file: str, cni_conf_file: str | None, healthz_ip: str, health
     clean_node([subnet_file, cni_conf_file], click.echo)
     if release:
         async def give_back() -> None:
-            etcd = Etcd(etcd_endpoints, timeout=5)
+            etcd_ = etcd_client(etcd)
             try:
-                await release_lease(etcd, Paths(etcd_prefix), node_name, click.echo)
+                await release_lease(etcd_, Paths(etcd_prefix), node_name, click.echo)
             finally:
-                await etcd.close()
+                await etcd_.close()
 
         try:
             asyncio.run(give_back())
