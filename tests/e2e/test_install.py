@@ -17,15 +17,26 @@ pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_built_wheel_installs_and_runs_an_agent(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, timeout=300)
-    wheel, = (tmp_path / "dist").glob("vxnet-*.whl")
-    prefix = tmp_path / "prefix"
+def fresh_venv(prefix: Path, package: Path) -> str:
+    """A new virtual environment with `package` (a wheel or an sdist) installed: its vxnet."""
     subprocess.run([sys.executable, "-m", "venv", str(prefix)], check=True, timeout=120)
-    subprocess.run([str(prefix / "bin" / "pip"), "install", "-q", str(wheel)], check=True,
+    subprocess.run([str(prefix / "bin" / "pip"), "install", "-q", str(package)], check=True,
                    timeout=600)
-    vxnet = str(prefix / "bin" / "vxnet")
+    return str(prefix / "bin" / "vxnet")
+
+
+def test_the_built_wheel_installs_and_runs_an_agent(tmp_path):
+    # `python -m build`: an sdist, and a wheel built from that sdist (so the sdist is complete)
+    subprocess.run([sys.executable, "-m", "build", "-q", "--outdir", str(tmp_path / "dist"),
+                    str(ROOT)], check=True, timeout=600, capture_output=True)
+    wheel, = (tmp_path / "dist").glob("vxnet-*.whl")
+    sdist, = (tmp_path / "dist").glob("vxnet-*.tar.gz")
+    from_sdist = fresh_venv(tmp_path / "sdist-prefix", sdist)
+    out = subprocess.run([from_sdist, "--version"], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout
+    assert out.strip() == f"vxnet, version {__version__}"
+    prefix = tmp_path / "prefix"
+    vxnet = fresh_venv(prefix, wheel)
     out = subprocess.run([vxnet, "--version"], capture_output=True, text=True, check=True,
                          cwd=tmp_path).stdout
     assert out.strip() == f"vxnet, version {__version__}"
