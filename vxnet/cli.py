@@ -95,6 +95,9 @@ def etcd_client(kw: dict[str, Any], timeout: float = 5.0) -> Etcd:
       help="This node's name (owner of its lease, key of its node ID).")
 @flag("resync-interval", type=click.FloatRange(0.1, None), default=30.0, show_default=True,
       help="Seconds between full kernel resyncs.")
+@flag("health-interval", type=click.FloatRange(0, None), default=60.0, show_default=True,
+      help="Seconds in which every peer is probed once (overlay, underlay, and every few "
+      "rounds a full-size packet), spread evenly; 0: no probes.")
 @click.option("--vxlan-allowlist/--no-vxlan-allowlist", envvar=_env("vxlan-allowlist"),
               show_envvar=True, default=True, show_default=True,
               help="Accept VXLAN only from cluster members' public IPs (nftables).")
@@ -179,17 +182,19 @@ def demo(nodes: int, pods: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(healthz_ip: str, healthz_port: int, as_json: bool) -> None:
     """This node's lease, device, peers and drift (from the running agent)."""
-    from vxnet.status import fetch, render_status
+    from vxnet.status import fetch, render_health, render_status
 
     try:
         ipam = fetch(healthz_ip, healthz_port, "/v1/ipam")
         state = fetch(healthz_ip, healthz_port, "/v1/state")
+        health = fetch(healthz_ip, healthz_port, "/v1/health")
     except VxnetError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
-        click.echo(json.dumps({"ipam": ipam, "state": state}, indent=2, sort_keys=True))
+        click.echo(json.dumps({"ipam": ipam, "state": state, "health": health}, indent=2,
+                              sort_keys=True))
     else:
-        click.echo(render_status(ipam, state))
+        click.echo(render_status(ipam, state) + "\n\n" + render_health(health))
 
 
 @main.command()

@@ -26,6 +26,19 @@ def fetch(host: str, port: int, path: str) -> Any:
                          "this --healthz-ip/--healthz-port?)") from None
 
 
+def render_health(health: dict[str, Any]) -> str:
+    """The summary line, and the peers that are not healthy with why."""
+    if not health.get("enabled"):
+        return "peer health: probes off (--health-interval 0)"
+    s = health["summary"]
+    out = [f"peer health: {s.get('healthy', 0)} healthy, {s.get('unhealthy', 0)} unhealthy, "
+           f"{s.get('unknown', 0)} not probed yet (a round every "
+           f"{health['intervalSeconds']:g} s)"]
+    out += [f"  {k} ({p['publicIP']}), since {p['since']}: {p['diagnosis']}"
+            for k, p in health["peers"].items() if p["state"] == "unhealthy"]
+    return "\n".join(out)
+
+
 def render_status(ipam: dict[str, Any], state: dict[str, Any]) -> str:
     out = [
         f"node       {ipam.get('nodeName')} (ID {ipam.get('nodeId')}), "

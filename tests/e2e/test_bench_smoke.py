@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench import agent_bench, dataplane_bench, kernel_bench, ondemand_bench
+from bench import agent_bench, dataplane_bench, health_bench, kernel_bench, ondemand_bench
 
 pytestmark = pytest.mark.netns
 
@@ -30,3 +30,9 @@ def test_ondemand_bench(capsys):
     assert ondemand_bench.main(["--peers", "20", "--active", "3,6", "--scan", "20"]) == 0
     out = capsys.readouterr().out
     assert "first packet, 20 peers" in out and "on-demand+fdb |     6 |" in out
+
+
+def test_health_bench(capsys):
+    assert health_bench.main(["--peers", "20", "--intervals", "0,2", "--seconds", "1",
+                              "--warmup", "0.5"]) == 0
+    assert "echo requests/s" in capsys.readouterr().out

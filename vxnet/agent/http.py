@@ -90,6 +90,23 @@ def state_view(state: AgentState) -> dict[str, Any]:
     return out
 
 
+def health_view(state: AgentState) -> dict[str, Any]:
+    """Per peer: the verdict, since when, why, round trips (probes off: "enabled": false)."""
+    rt = state.runtime
+    health = rt.health if rt is not None else None
+    if health is None:
+        return {"enabled": False}
+    return {"enabled": True, "intervalSeconds": health.interval,
+            "summary": dict(health.counts()),
+            "peers": {k: {"state": p.state, "diagnosis": p.diagnosis,
+                          "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.since)),
+                          "vxlanIP": str(p.target.vxlan_ip), "publicIP": str(p.target.public_ip),
+                          "rttMs": None if p.rtt is None else round(p.rtt * 1000, 3),
+                          "underlayRttMs": None if p.underlay_rtt is None else
+                          round(p.underlay_rtt * 1000, 3), "fullSizeOK": p.mtu_ok}
+                      for k, p in sorted(health.peers.items())}}
+
+
 def _tx_checksum(ifname: str) -> bool | None:
     try:
         return tx_checksum(ifname)
@@ -111,6 +128,7 @@ class ApiServer:
             "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/v1/ipam": lambda: _json(ipam_view(self.state)),
             "/v1/state": lambda: _json(state_view(self.state)),
+            "/v1/health": lambda: _json(health_view(self.state)),
         }
         self._local = {"/healthz", "/readyz"}
         self.beat = time.monotonic()  # the main loop's last heartbeat

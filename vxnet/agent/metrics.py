@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -99,6 +99,17 @@ class _AgentCollector(Collector):
         for task, n in sorted(a.supervisor.restarts.items()):
             restarts.add_metric([task], n)
         yield restarts
+        if a.health is not None:
+            health = GaugeMetricFamily("vxnet_peer_health", "Peers by probe verdict: healthy, "
+                                       "unhealthy (see /v1/health for why), unknown (not probed "
+                                       "yet)", labels=["state"])
+            counts = a.health.counts()
+            for state in ("healthy", "unhealthy", "unknown"):
+                health.add_metric([state], counts.get(state, 0))
+            yield health
+            sent = CounterMetricFamily("vxnet_probes_sent", "ICMP echo requests sent to peers")
+            sent.add_metric([], a.health.sent)
+            yield sent
 
 
 class AgentMetrics:
@@ -113,6 +124,12 @@ class AgentMetrics:
         self.loop_lag = Histogram("vxnet_event_loop_lag_seconds", "How long the agent's event "
                                   "loop was held by one step, sampled every 50 ms",
                                   buckets=_BUCKETS, registry=self.registry)
+        self.probe_rtt = Histogram("vxnet_probe_rtt_seconds", "Round trips of answered peer "
+                                   "probes, by path (overlay, underlay, mtu)", ["path"],
+                                   buckets=_BUCKETS, registry=self.registry)
+        self.probe_failures = Counter("vxnet_probe_failures", "Peer probes (with their retry) "
+                                      "that got no answer, by path", ["path"],
+                                      registry=self.registry)
         self.event_latency = Histogram("vxnet_event_to_kernel_seconds", "From a store event "
                                        "arriving to its kernel writes done", buckets=_BUCKETS,
                                        registry=self.registry)
@@ -126,6 +143,12 @@ class AgentMetrics:
 
     def on_loop_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)
+
+    def on_probe(self, path: str, rtt: float | None) -> None:
+        if rtt is None:
+            self.probe_failures.labels(path).inc()
+        else:
+            self.probe_rtt.labels(path).observe(rtt)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,6 +34,7 @@ class AgentOptions:
     subnet_lease_ttl: int = DEFAULT_TTL  # seconds
     node_name: str = field(default_factory=socket.gethostname)
     resync_interval: float = 30.0
+    health_interval: float = 60.0  # seconds per round of peer probes; 0: no probes
     vxlan_allowlist: bool = True
     tx_checksum_offload: bool | None = None  # None: as Backend.TxChecksumOffload says
     neighbours: str | None = None  # "up-front"/"on-demand"; None: as Backend.Neighbours says

@@ -17,6 +17,7 @@ from vxnet.agent.options import AgentOptions
 from vxnet.agent.supervisor import Supervisor
 from vxnet.agent.underlay import UnderlayWatch
 from vxnet.cni.netconf import write_conflist
+from vxnet.health.checker import HealthChecker, Target
 from vxnet.ip import IPAddress
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.allowlist import AllowList
@@ -51,6 +52,8 @@ class RuntimeObserver(Observer, Protocol):
     """Who hears about the runtime's timings (the metrics): kernel passes, and the loop."""
 
     def on_loop_lag(self, seconds: float) -> None: ...
+
+    def on_probe(self, path: str, rtt: float | None) -> None: ...
 
 
 # -- the node's shape, from config, interface and lease (start-up and lease moves share it) ---
@@ -141,6 +144,13 @@ def peer_ips(overlays: dict[int, Overlay]) -> set[IPAddress]:
     return {p.public_ip for ov in overlays.values() for p in ov.plane.peers.values()}
 
 
+def health_targets(overlays: dict[int, Overlay]) -> list[Target]:
+    """Every accepted peer, per family: its VXLAN address is its subnet's network address."""
+    return [Target(f"ipv{version} {p.key}", p.subnet.network_address, p.public_ip,
+                   ov.device.mtu, ov.device.port)
+            for version, ov in overlays.items() for p in ov.plane.peers.values()]
+
+
 def peers_of(leases: Iterable[Lease], version: int, own: str) -> list[Peer]:
     return [p for lease in leases if str(lease.key) != own
             if (p := peer_of(lease, version)) is not None]
@@ -165,6 +175,7 @@ class Runtime:
     masq: Masquerade | None
     observer: RuntimeObserver
     first_sync_writes: int
+    health: HealthChecker | None
     invalid: dict[str, str] = field(default_factory=dict)
     invalid_total: int = 0
     supervisor: Supervisor = field(default_factory=Supervisor)
@@ -311,6 +322,8 @@ class Runtime:
             sup.start("allowlist", lambda: allow.run(opts.resync_interval))
         if masq is not None:
             sup.start("masquerade", lambda: masq.keep(min(opts.resync_interval, 5.0)))
+        if self.health is not None:
+            sup.start("health", self.health.run)
         try:
             await sup.wait()
         finally:

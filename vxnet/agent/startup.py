@@ -18,6 +18,7 @@ from vxnet.agent.options import AgentOptions
 from vxnet.agent.runtime import (
     Runtime,
     RuntimeObserver,
+    health_targets,
     lease_attrs,
     masquerade_rules,
     peer_ips,
@@ -34,6 +35,7 @@ from vxnet.errors import (
     SubnetTaken,
     VxnetError,
 )
+from vxnet.health.checker import HealthChecker
 from vxnet.kernel import netlink as nl
 from vxnet.kernel import nft
 from vxnet.kernel.allowlist import AllowList
@@ -160,8 +162,10 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
     finally:
         gc.enable()
     gc.freeze()
+    health = HealthChecker(lambda: health_targets(overlays), opts.health_interval, observer
+                           ) if opts.health_interval > 0 else None
     runtime = Runtime(opts, cfg, selection, ext, etcd, mgr, lease, nid, sock, overlays, watcher,
-                      reconciler, monitor, allow, masq, observer, writes)
+                      reconciler, monitor, allow, masq, observer, writes, health)
     for key, err in snap.invalid.items():
         runtime.note_invalid(key, str(err.reason))
     log.info("first sync: %d peers, %d kernel writes; ready",

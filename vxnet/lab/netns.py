@@ -44,10 +44,10 @@ class Netns:
     def delete(self) -> None:
         ip("netns", "del", self.name, check=False)
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 30
+    def run(self, *argv: str, check: bool = True, timeout: float = 30, input: str | None = None
             ) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True,
-                             text=True, timeout=timeout)
+                             text=True, timeout=timeout, input=input)
         if check and res.returncode != 0:
             raise RuntimeError(f"[{self.name}] {' '.join(argv)}: {res.stderr.strip()}")
         return res

@@ -1,0 +1,93 @@
+"""Peer health logic with a fake pinger: the diagnosis table, the schedule spreading probes
+over the interval, MTU probes every few rounds, and a probe that cannot run never stopping
+the checker."""
+
+import asyncio
+import ipaddress as ipa
+
+from vxnet.health.checker import MTU_EVERY, HealthChecker, Target, diagnose
+from vxnet.health.pinger import Reply
+
+T = Target("ipv4 p2", ipa.ip_address("10.244.2.0"), ipa.ip_address("198.51.100.2"), 1450, 8472)
+OK = Reply(0.001, T.public_ip)
+
+
+def test_the_diagnosis_table():
+    assert diagnose(T, OK, OK, True) == ("healthy", None)
+    assert diagnose(T, OK, OK, None) == ("healthy", None)  # full size not checked yet
+    assert diagnose(T, None, OK, None)[1].startswith("overlay blocked, underlay fine: VXLAN "
+                                                     "(UDP 8472)")
+    assert diagnose(T, None, None, None)[1].startswith("underlay unreachable")
+    assert diagnose(T, OK, OK, False)[1].startswith("MTU: small packets pass")
+    elsewhere = Reply(0.001, ipa.ip_address("198.51.100.99"))
+    assert "answers from 198.51.100.99, not from its lease's address 198.51.100.2" in \
+        diagnose(T, OK, elsewhere, True)[1]
+
+
+class FakePinger:
+    def __init__(self, version, answers):
+        self.answers, self.sent = answers, []
+
+    async def echo(self, dst, size=64, timeout=2.0):
+        self.sent.append((str(dst), size))
+        return self.answers(str(dst), size)
+
+    def close(self):
+        pass
+
+
+def targets(n):
+    return [Target(f"ipv4 p{i}", ipa.ip_address(f"10.244.{i}.0"),
+                   ipa.ip_address(f"198.51.100.{i}"), 1450, 8472) for i in range(2, 2 + n)]
+
+
+async def run_for(checker, seconds):
+    task = asyncio.ensure_future(checker.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_every_peer_is_probed_once_per_interval_spread_over_it():
+    fakes = []
+
+    def make(version):
+        fakes.append(FakePinger(version, lambda dst, size: Reply(0.001, ipa.ip_address(dst))))
+        return fakes[-1]
+
+    checker = HealthChecker(lambda: targets(20), 0.4, pinger=make)
+    await run_for(checker, 0.3)
+    assert 0 < len(checker.peers) == 20 and 0 < checker.counts()["healthy"] < 20  # spread
+    await run_for(checker, 0.5)
+    assert checker.counts() == {"healthy": 20}
+    sizes = [size for _, size in fakes[-1].sent]
+    assert sizes.count(1450) <= 20  # full-size probes only every few rounds
+
+
+async def test_verdicts_follow_the_results_and_mtu_is_rechecked_until_it_passes():
+    state = {"overlay": True, "big": False}
+
+    def answers(dst, size):
+        if dst.startswith("10.") and (not state["overlay"] or (size > 64 and not state["big"])):
+            return None
+        return Reply(0.001, ipa.ip_address(dst))
+
+    checker = HealthChecker(lambda: targets(1), 0.1, pinger=lambda v: FakePinger(v, answers))
+    await run_for(checker, 0.25)
+    [peer] = checker.peers.values()
+    assert peer.diagnosis.startswith("MTU")
+    state["big"] = True
+    await run_for(checker, 0.25)
+    assert peer.state == "healthy" and peer.rounds > MTU_EVERY // 2
+    state["overlay"] = False
+    await run_for(checker, 0.25)
+    assert peer.diagnosis.startswith("overlay blocked")
+
+
+async def test_a_probe_that_cannot_run_is_counted_and_the_checker_goes_on():
+    def no_raw_sockets(version):
+        raise PermissionError(1, "Operation not permitted")
+
+    checker = HealthChecker(lambda: targets(3), 0.1, pinger=no_raw_sockets)
+    await run_for(checker, 0.3)
+    assert sum(checker.errors.values()) >= 3 and checker.counts() == {"unknown": 3}

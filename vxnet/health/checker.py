@@ -1,0 +1,184 @@
+"""Is the overlay to each peer working, and if not, why (Cilium's cilium-health, for vxnet).
+
+Every peer is probed about once per interval, the probes spread evenly over it: an ICMP echo
+through the overlay to the peer's VXLAN address (encapsulation, our FDB/neighbour/route entries
+and both nodes' VXLAN allow-lists), one on the underlay to its public IP, and every few rounds a
+full-size don't-fragment echo through the overlay (MTU black holes). Each check allows one retry,
+so a single lost packet is not an outage. The diagnosis comes from the three results together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vxnet.health.pinger import Pinger, Reply
+from vxnet.ip import IPAddress
+
+log = logging.getLogger(__name__)
+
+MTU_EVERY = 5  # full-size probes every this many rounds of a peer (and on its first)
+CONCURRENCY = 1024  # checks in flight at once (a dead peer's holds its slot for ~4 timeouts)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What to probe for one peer in one address family."""
+
+    key: str  # "ipv4 <lease key>"
+    vxlan_ip: IPAddress  # its VXLAN device's address (its subnet's network address)
+    public_ip: IPAddress  # where its lease says it is
+    mtu: int  # our overlay MTU: a full-size probe is this big
+    port: int  # the VXLAN port, for the diagnosis
+
+
+@dataclass(slots=True)
+class PeerHealth:
+    target: Target
+    state: str = "unknown"  # healthy, unhealthy, unknown (not probed yet)
+    diagnosis: str | None = None
+    since: float = field(default_factory=time.time)  # when the state last changed
+    rtt: float | None = None  # overlay round trip of the last check
+    underlay_rtt: float | None = None
+    mtu_ok: bool | None = None
+    rounds: int = 0
+
+
+class Observer(Protocol):
+    def on_probe(self, path: str, rtt: float | None) -> None: ...
+
+
+def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: bool | None
+             ) -> tuple[str, str | None]:
+    """(state, why) from one check's results."""
+    if underlay is not None and underlay.source != t.public_ip:
+        return "unhealthy", (f"answers from {underlay.source}, not from its lease's address "
+                             f"{t.public_ip}: the lease is stale or the node is behind NAT")
+    if overlay is None and underlay is None:
+        return "unhealthy", ("underlay unreachable: the node is down or the network between "
+                             "the nodes is partitioned")
+    if overlay is None:
+        return "unhealthy", (f"overlay blocked, underlay fine: VXLAN (UDP {t.port}) is dropped "
+                             "between the nodes (a firewall, security group or hypervisor), or "
+                             "the peer's VXLAN allow-list does not know this node")
+    if mtu_ok is False:
+        return "unhealthy", (f"MTU: small packets pass, full-size ones ({t.mtu} bytes inside "
+                             "the overlay) do not: a link on the underlay path has a smaller "
+                             "MTU than this node's")
+    return "healthy", None
+
+
+class HealthChecker:
+    def __init__(self, targets: Callable[[], list[Target]], interval: float,
+                 observer: Observer | None = None,
+                 pinger: Callable[[int], Pinger] = Pinger) -> None:
+        """pinger: makes the echo sender for an address family (tests pass a fake)."""
+        self.targets, self.interval, self.observer = targets, interval, observer
+        self._new_pinger = pinger
+        self.timeout = min(2.0, interval / 4)
+        self.peers: dict[str, PeerHealth] = {}
+        self._pingers: dict[int, Pinger] = {}
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.errors: Counter[str] = Counter()  # checks that failed to run, by error
+        self._busy: set[str] = set()  # peers whose check is still running
+
+    def counts(self) -> Counter[str]:
+        return Counter(p.state for p in self.peers.values())
+
+    async def run(self) -> None:
+        """Probe until cancelled: each tick takes the next slice of the peers, so a whole
+        round takes one interval whatever their number."""
+        queue: list[str] = []
+        owed = 0.0
+        try:
+            while True:
+                current = {t.key: t for t in self.targets()}
+                for key in [k for k in self.peers if k not in current]:
+                    del self.peers[key]
+                for key, t in current.items():
+                    if key not in self.peers:
+                        self.peers[key] = PeerHealth(t)
+                        queue.append(key)
+                    else:
+                        self.peers[key].target = t
+                tick = min(1.0, self.interval / max(len(current), 1))
+                owed += len(current) * tick / self.interval
+                while owed >= 1 and queue:
+                    owed -= 1
+                    key = queue.pop(0)
+                    if key in current:
+                        queue.append(key)
+                        if key not in self._busy:  # a slow check is not piled onto
+                            self._spawn(self.peers[key])
+                if not queue:
+                    queue = list(current)
+                await asyncio.sleep(tick * random.uniform(0.9, 1.1))
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for p in self._pingers.values():
+                p.close()
+            self._pingers.clear()
+
+    @property
+    def sent(self) -> int:
+        """Echo requests sent so far."""
+        return sum(p.sent for p in self._pingers.values())
+
+    def _spawn(self, peer: PeerHealth) -> None:
+        self._busy.add(peer.target.key)
+        task = asyncio.ensure_future(self._check(peer))
+        task.add_done_callback(lambda _: self._busy.discard(peer.target.key))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # e.g. no raw sockets (CAP_NET_RAW): said once per kind of error, the agent carries on
+        err = f"{type(task.exception()).__name__}: {task.exception()}"
+        if not self.errors[err]:
+            log.error("peer probes cannot run: %s", err)
+        self.errors[err] += 1
+
+    def _pinger(self, version: int) -> Pinger:
+        if version not in self._pingers:
+            self._pingers[version] = self._new_pinger(version)
+        return self._pingers[version]
+
+    async def _echo(self, path: str, dst: IPAddress, size: int = 64) -> Reply | None:
+        """One try and, if it is lost, one more."""
+        pinger = self._pinger(dst.version)
+        for _ in range(2):
+            reply = await pinger.echo(dst, size, self.timeout)
+            if reply is not None:
+                break
+        if self.observer is not None:
+            self.observer.on_probe(path, reply.rtt if reply else None)
+        return reply
+
+    async def _check(self, peer: PeerHealth) -> None:
+        async with self._slots:
+            t = peer.target
+            overlay, underlay = await asyncio.gather(self._echo("overlay", t.vxlan_ip),
+                                                     self._echo("underlay", t.public_ip))
+            if overlay is not None and (peer.rounds % MTU_EVERY == 0 or peer.mtu_ok is False):
+                peer.mtu_ok = await self._echo("mtu", t.vxlan_ip, t.mtu) is not None
+            peer.rounds += 1
+        state, why = diagnose(t, overlay, underlay, peer.mtu_ok if overlay else None)
+        peer.rtt = overlay.rtt if overlay else None
+        peer.underlay_rtt = underlay.rtt if underlay else None
+        if (state, why) != (peer.state, peer.diagnosis):
+            if state == "healthy":
+                if peer.state != "unknown":
+                    log.info("peer %s is reachable again", t.key)
+            else:
+                log.warning("peer %s: %s", t.key, why)
+            peer.state, peer.diagnosis, peer.since = state, why, time.time()
