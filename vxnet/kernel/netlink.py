@@ -35,7 +35,7 @@ AF_INET, AF_INET6, AF_BRIDGE = socket.AF_INET, socket.AF_INET6, 7
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE, RTA_NH_ID = 1, 4, 5, 15, 30
 RT_TABLE_MAIN, RTN_UNICAST, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTNH_F_ONLINK = 254, 1, 0, 253, 4
 RTPROT_KERNEL, RTPROT_BOOT = 2, 3
-NDA_DST, NDA_LLADDR = 1, 2
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_FAILED = \
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
@@ -424,7 +424,15 @@ def route_dump_request(family: int) -> bytes:
 
 
 def neigh_dump_request(family: int, ifindex: int = 0) -> bytes:
-    return _NDMSG.pack(family, ifindex, 0, 0, 0)
+    """Entries of one device only, filtered by the kernel (else every pod's neighbour and every
+    bridge port's FDB entry on the host would be read, and thrown away, on each resync).
+    Neighbour dumps take the device as NDA_IFINDEX; FDB dumps as the index of an ifinfomsg
+    header (what `bridge fdb show dev` sends; an ndmsg header is not filtered at all)."""
+    if not ifindex:
+        return _NDMSG.pack(family, 0, 0, 0, 0)
+    if family == AF_BRIDGE:
+        return _IFINFO.pack(AF_BRIDGE, 0, ifindex, 0, 0)
+    return _NDMSG.pack(family, 0, 0, 0, 0) + _attr(NDA_IFINDEX, _U32.pack(ifindex))
 
 
 def nexthop_dump_request(family: int = 0) -> bytes:

@@ -109,3 +109,26 @@ async def test_batches_larger_than_one_send(two_nodes):
             for i in range(3000)]
     assert k.sock.batch(reqs) == []
     assert len(k.plane()._dump_l2(socket.AF_INET)[k.plane().neigh]) == 3000
+
+
+async def test_dumps_hold_only_our_device_s_entries(two_nodes):
+    """The kernel filters neighbour and FDB dumps by device: a host with hundreds of pods'
+    neighbours on its bridge does not make every resync read them all."""
+    n1, _ = two_nodes
+    k = await open_node(n1)
+    dev = k.plane().spec.ifindex
+    n1.ns.ip("link", "add", "vxbr0", "type", "bridge")
+    n1.ns.ip("link", "set", "vxbr0", "up")
+    for i in range(50):
+        n1.ns.ip("neigh", "add", f"10.99.0.{i + 1}", "lladdr", f"0e:99:00:00:00:{i:02x}", "dev",
+                 "vxbr0", "nud", "permanent")
+    n1.ns.ip("neigh", "add", "10.250.0.1", "lladdr", "0e:00:00:00:00:01", "dev", "flannel.1",
+             "nud", "permanent")
+    n1.ns.run("bridge", "fdb", "append", "0e:00:00:00:00:01", "dev", "flannel.1", "dst",
+              "198.51.100.99", "self", "permanent")
+    ours = k.sock.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(socket.AF_INET, dev))
+    assert {nl.parse_neigh(b, o, e)[1] for b, o, e in ours} == {dev}
+    fdb = k.sock.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(nl.AF_BRIDGE, dev))
+    assert fdb and {nl.parse_neigh(b, o, e)[1] for b, o, e in fdb} == {dev}
+    everything = k.sock.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(socket.AF_INET))
+    assert len(everything) >= 51
