@@ -90,11 +90,13 @@ def credentials(username: str | None, password: str | None) -> Credentials | Non
 
 
 # gRPC keepalive: a black-holed connection is noticed in ~10 s, not at the next TCP timeout.
-# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time). A subchannel pool
+# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), and pings while no
+# call is open (it answers them with GOAWAY "too_many_pings"): the agent always has its watch
+# open, which is what keepalive guards; an idle connection needs no pings. A subchannel pool
 # of its own per channel: a new channel (after failover, or our address changing) must make a
 # new connection, not share the old one that gRPC keeps in its global pool.
 CHANNEL_OPTIONS = {"grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 4000,
-                   "grpc.keepalive_permit_without_calls": 1,
+                   "grpc.keepalive_permit_without_calls": 0,
                    "grpc.http2.max_pings_without_data": 0, "grpc.use_local_subchannel_pool": 1}
 
 # Answers that mean "these credentials will never work", as opposed to "try again later".
