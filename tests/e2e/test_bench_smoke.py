@@ -2,7 +2,14 @@
 
 import pytest
 
-from bench import agent_bench, dataplane_bench, health_bench, kernel_bench, ondemand_bench
+from bench import (
+    agent_bench,
+    controlplane_bench,
+    dataplane_bench,
+    health_bench,
+    kernel_bench,
+    ondemand_bench,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -36,3 +43,9 @@ def test_health_bench(capsys):
     assert health_bench.main(["--peers", "20", "--intervals", "0,2", "--seconds", "1",
                               "--warmup", "0.5"]) == 0
     assert "echo requests/s" in capsys.readouterr().out
+
+
+def test_controlplane_bench(capsys):
+    assert controlplane_bench.main(["--nodes", "6", "--probes", "3",
+                                    "--churn-seconds", "2"]) == 0
+    assert "3-member etcd cluster" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +23,7 @@ from vxnet.ip import IPAddress
 log = logging.getLogger(__name__)
 
 MTU_EVERY = 5  # full-size probes every this many rounds of a peer (and on its first)
+TICK_MIN = 0.05  # seconds
 CONCURRENCY = 1024  # checks in flight at once (a dead peer's holds its slot for ~4 timeouts)
 
 
@@ -94,30 +95,34 @@ class HealthChecker:
     async def run(self) -> None:
         """Probe until cancelled: each tick takes the next slice of the peers, so a whole
         round takes one interval whatever their number."""
-        queue: list[str] = []
-        owed = 0.0
+        queue: deque[str] = deque()
+        owed, refreshed = 0.0, -1.0
+        current: dict[str, Target] = {}
         try:
             while True:
-                current = {t.key: t for t in self.targets()}
-                for key in [k for k in self.peers if k not in current]:
-                    del self.peers[key]
-                for key, t in current.items():
-                    if key not in self.peers:
-                        self.peers[key] = PeerHealth(t)
-                        queue.append(key)
-                    else:
-                        self.peers[key].target = t
-                tick = min(1.0, self.interval / max(len(current), 1))
+                if time.monotonic() - refreshed >= 1.0:  # the peer list, once a second at most
+                    refreshed = time.monotonic()
+                    current = {t.key: t for t in self.targets()}
+                    for key in [k for k in self.peers if k not in current]:
+                        del self.peers[key]
+                    for key, t in current.items():
+                        if key not in self.peers:
+                            self.peers[key] = PeerHealth(t)
+                            queue.append(key)
+                        else:
+                            self.peers[key].target = t
+                # several checks per tick when there are many peers: 20 ticks a second at most
+                tick = max(TICK_MIN, min(1.0, self.interval / max(len(current), 1)))
                 owed += len(current) * tick / self.interval
                 while owed >= 1 and queue:
                     owed -= 1
-                    key = queue.pop(0)
+                    key = queue.popleft()
                     if key in current:
                         queue.append(key)
                         if key not in self._busy:  # a slow check is not piled onto
                             self._spawn(self.peers[key])
                 if not queue:
-                    queue = list(current)
+                    queue = deque(current)
                 await asyncio.sleep(tick * random.uniform(0.9, 1.1))
         finally:
             for task in self._tasks:

@@ -8,6 +8,7 @@ Full-size probes go out with "don't fragment" and the route's cached path MTU ig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import socket
@@ -21,7 +22,8 @@ IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # linux/in.h (not in Python's socket
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE = 23, 3
 _ECHO = {4: (8, 0), 6: (128, 129)}  # (request, reply) types
 _HDR = struct.Struct("!BBHHH")  # type, code, checksum, id, seq
-OVERHEAD = {4: 28, 6: 48}  # IP + ICMP headers: an echo of `size` bytes carries size - this
+OVERHEAD = {4: 28, 6: 48}
+SNDBUF = 8 << 20  # IP + ICMP headers: an echo of `size` bytes carries size - this
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,10 @@ class Pinger:
             self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
             self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
         self.sock.setblocking(False)
+        # a probe to an address no ARP answers stays charged to this socket for ~3 s: with the
+        # default buffer, a few hundred dead peers would block the probes to every other one
+        with contextlib.suppress(PermissionError):
+            self.sock.setsockopt(socket.SOL_SOCKET, 32, SNDBUF)  # SO_SNDBUFFORCE (root)
         self.ident = os.getpid() & 0xFFFF
         self._seq = 0
         self._pending: dict[int, tuple[asyncio.Future[Reply], float]] = {}
@@ -74,10 +80,12 @@ class Pinger:
         msg = _HDR.pack(req, 0, 0, self.ident, seq) + payload
         if self.version == 4:  # ICMPv6's checksum is the kernel's (it needs the addresses)
             msg = _HDR.pack(req, 0, _checksum(msg), self.ident, seq) + payload
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = (fut, time.perf_counter())
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
         try:
-            self.sock.sendto(msg, (str(dst), 0))
+            # waits while the send buffer is full (a probe delayed is not a probe lost)
+            await loop.sock_sendto(self.sock, msg, (str(dst), 0))
+            self._pending[seq] = (fut, time.perf_counter())
             self.sent += 1
             return await asyncio.wait_for(fut, timeout)
         except (TimeoutError, OSError):  # lost, or unsendable (too big for a link, no route)
