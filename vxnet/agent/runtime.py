@@ -144,10 +144,11 @@ def peer_ips(overlays: dict[int, Overlay]) -> set[IPAddress]:
     return {p.public_ip for ov in overlays.values() for p in ov.plane.peers.values()}
 
 
-def health_targets(overlays: dict[int, Overlay]) -> list[Target]:
+def health_targets(overlays: dict[int, Overlay], allow: AllowList | None) -> list[Target]:
     """Every accepted peer, per family: its VXLAN address is its subnet's network address."""
+    refused = allow.refused_sources if allow is not None else {}
     return [Target(f"ipv{version} {p.key}", p.subnet.network_address, p.public_ip,
-                   ov.device.mtu, ov.device.port)
+                   ov.device.mtu, ov.device.port, str(p.public_ip) in refused)
             for version, ov in overlays.items() for p in ov.plane.peers.values()]
 
 

@@ -162,7 +162,7 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
     finally:
         gc.enable()
     gc.freeze()
-    health = HealthChecker(lambda: health_targets(overlays), opts.health_interval, observer
+    health = HealthChecker(lambda: health_targets(overlays, allow), opts.health_interval, observer
                            ) if opts.health_interval > 0 else None
     runtime = Runtime(opts, cfg, selection, ext, etcd, mgr, lease, nid, sock, overlays, watcher,
                       reconciler, monitor, allow, masq, observer, writes, health)

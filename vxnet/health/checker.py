@@ -36,6 +36,7 @@ class Target:
     public_ip: IPAddress  # where its lease says it is
     mtu: int  # our overlay MTU: a full-size probe is this big
     port: int  # the VXLAN port, for the diagnosis
+    refused_here: bool = False  # our own VXLAN allow-list dropped packets from its public IP
 
 
 @dataclass(slots=True)
@@ -63,6 +64,10 @@ def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: b
     if overlay is None and underlay is None:
         return "unhealthy", ("underlay unreachable: the node is down or the network between "
                              "the nodes is partitioned")
+    if overlay is None and t.refused_here:
+        return "unhealthy", ("overlay blocked, underlay fine: this node's VXLAN allow-list "
+                             f"drops the peer's packets (from {t.public_ip}): its view of the "
+                             "leases is behind, see `vxnet status`")
     if overlay is None:
         return "unhealthy", (f"overlay blocked, underlay fine: VXLAN (UDP {t.port}) is dropped "
                              "between the nodes (a firewall, security group or hypervisor), or "

@@ -18,6 +18,10 @@ def test_the_diagnosis_table():
     assert diagnose(T, None, OK, None)[1].startswith("overlay blocked, underlay fine: VXLAN "
                                                      "(UDP 8472)")
     assert diagnose(T, None, None, None)[1].startswith("underlay unreachable")
+    here = Target(*[getattr(T, f) for f in ("key", "vxlan_ip", "public_ip", "mtu", "port")],
+                  refused_here=True)
+    assert "this node's VXLAN allow-list drops the peer's packets" in \
+        diagnose(here, None, OK, None)[1]
     assert diagnose(T, OK, OK, False)[1].startswith("MTU: small packets pass")
     elsewhere = Reply(0.001, ipa.ip_address("198.51.100.99"))
     assert "answers from 198.51.100.99, not from its lease's address 198.51.100.2" in \
