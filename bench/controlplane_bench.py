@@ -152,10 +152,11 @@ def run(n: int, probes: int, churn_s: float) -> dict[str, object]:
         endpoint = c.endpoint
         now = time.monotonic()
         start_at = now + 3 + n / 200  # time for the worker processes to come up
-        join_budget = 30 + n / 20
+        # every node's watch delivers every join to it: N^2 events to digest before it is quiet
+        join_budget = 20 + n / 10
         quiet_at = start_at + join_budget
         churn_at = quiet_at + probes * 0.2 + 2
-        seconds = churn_at + churn_s + 3 - start_at
+        seconds = churn_at + churn_s + 20 - start_at  # late arrivals still counted
         fab = c.lab.fabric.name  # type: ignore[union-attr]
         per = -(-n // WORKERS)
         procs = [subprocess.Popen(["ip", "netns", "exec", fab, sys.executable, HERE, "_nodes",
@@ -181,15 +182,19 @@ def run(n: int, probes: int, churn_s: float) -> dict[str, object]:
                                  "join_all_s": joined[-1] - start_at if joined else None,
                                  "join_p50_s": statistics.median(joined) - start_at}
     for phase in ("quiet", "churn"):
-        every, worst = [], []
+        every, worst, short = [], [], []
         for rev, t0 in sent[phase].items():
             got = arrivals.get(int(rev), [])
-            if len(got) == n:
-                every += [t - t0 for t in got]
+            every += [t - t0 for t in got]
+            if len(got) == len(joined):  # every node that joined saw it
                 worst.append(max(got) - t0)
+            else:
+                short.append(len(got))
         if not worst:
-            raise RuntimeError(f"no {phase} change reached all {n} nodes")
-        result[phase] = {"probes": len(worst), "node_p50_ms": pct(every, .5) * 1000,
+            raise RuntimeError(f"no {phase} change reached all {len(joined)} joined nodes "
+                               f"(of {n}); reached {short[:10]}")
+        result[phase] = {"probes": len(worst), "missed": len(short),
+                         "node_p50_ms": pct(every, .5) * 1000,
                          "node_p99_ms": pct(every, .99) * 1000,
                          "all_p50_ms": pct(worst, .5) * 1000, "all_max_ms": max(worst) * 1000}
     for phase, nxt in (("join", "quiet"), ("quiet", "churn"), ("churn", "end")):
