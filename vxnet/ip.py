@@ -27,9 +27,24 @@ def parse_ip(text: str, version: int) -> IPAddress:
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 
+_V4_BY_FIRST_OCTET = {0: "unspecified", 127: "loopback"}
+
+
 def unsendable(ip: IPAddress) -> str | None:
     """Why a VXLAN packet could not (or must not) be sent to `ip` as a peer's underlay address,
     or None for a unicast address. Documentation and private ranges are fine: underlays use them."""
+    if ip.version == 4:  # integer tests: this runs for every peer of a 20 000-peer sync
+        x = int(ip)
+        why = _V4_BY_FIRST_OCTET.get(x >> 24)
+        if why is not None:
+            return why
+        if x >> 28 == 14:
+            return "multicast"
+        if x == 0xFFFFFFFF:
+            return "broadcast"
+        if x >> 16 == 0xA9FE:
+            return "link-local"
+        return "reserved" if x >> 28 == 15 else None
     if ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK):
         return "unspecified"
     if ip.is_loopback:
@@ -43,6 +58,20 @@ def unsendable(ip: IPAddress) -> str | None:
     if ip.is_reserved:  # IPv4 class E; IPv6 ::/8 (mapped and compatible forms) and friends
         return "reserved"
     return None
+
+
+def contains(outer: IPNetwork, inner: IPNetwork) -> bool:
+    """inner lies inside outer (same family): ipaddress' subnet_of, in integer arithmetic."""
+    shift = outer.max_prefixlen - outer.prefixlen
+    return inner.version == outer.version and inner.prefixlen >= outer.prefixlen and \
+        int(inner.network_address) >> shift == int(outer.network_address) >> shift
+
+
+def overlap(a: IPNetwork, b: IPNetwork) -> bool:
+    """a and b share an address: one holds the other, i.e. they agree on the shorter prefix."""
+    shift = a.max_prefixlen - min(a.prefixlen, b.prefixlen)
+    return a.version == b.version and \
+        int(a.network_address) >> shift == int(b.network_address) >> shift
 
 
 def subnet_count(lo: IPNetwork, hi: IPNetwork) -> int:

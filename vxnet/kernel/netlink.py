@@ -122,6 +122,20 @@ class FdbKey(NamedTuple):
 
 
 # --- request encoders ----------
+# The per-peer messages (route via a nexthop, nexthop, neighbour, FDB entry) are packed by one
+# precompiled struct each, per address length: a 20 000-peer pass builds 80 000 of them, and
+# attribute-by-attribute concatenation was a third of its time. The generic forms cover the rest.
+
+def _layouts(fmt: str) -> dict[int, struct.Struct]:
+    """`fmt` with {a} standing for an address: a struct per address length (IPv4, IPv6)."""
+    return {n: struct.Struct("=" + fmt.format(a=f"{n}s")) for n in (4, 16)}
+
+
+_ROUTE_NH = _layouts("BBBBBBBBI HHI HH{a} HHI")  # rtmsg, RTA_TABLE, RTA_DST, RTA_NH_ID
+_NEXTHOP = _layouts("BBBBI HHI HHI HH{a}")  # nhmsg, NHA_ID, NHA_OIF, NHA_GATEWAY
+_NEIGH = _layouts("BxxxiHBB HH{a} HH6sxx")  # ndmsg, NDA_DST, NDA_LLADDR
+_FDB = _layouts("BxxxiHBB HH6sxx HH{a}")  # ndmsg, NDA_LLADDR, NDA_DST
+
 
 def _route_body(key: RouteKey, table: int, r: Route) -> bytes:
     # a route out of a device with no gateway reaches its destinations directly (on-demand
@@ -139,6 +153,12 @@ def _route_body(key: RouteKey, table: int, r: Route) -> bytes:
 
 
 def route_set(key: RouteKey, r: Route, table: int = RT_TABLE_MAIN) -> tuple[int, int, bytes]:
+    if r.nhid and table < 256 and len(key.dst) in _ROUTE_NH:
+        n = len(key.dst)
+        return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, _ROUTE_NH[n].pack(
+            key.family, key.dst_len, 0, 0, table, r.protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST,
+            RTNH_F_ONLINK if r.onlink else 0, 8, RTA_TABLE, table, 4 + n, RTA_DST, key.dst,
+            8, RTA_NH_ID, r.nhid)
     return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, _route_body(key, table, r)
 
 
@@ -147,6 +167,10 @@ def route_del(key: RouteKey, r: Route, table: int = RT_TABLE_MAIN) -> tuple[int,
 
 
 def neigh_set(key: NeighKey, mac: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
+    n = len(key.dst)
+    if n in _NEIGH and len(mac) == 6:
+        return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, _NEIGH[n].pack(
+            key.family, key.ifindex, state, 0, 0, 4 + n, NDA_DST, key.dst, 10, NDA_LLADDR, mac)
     body = _NDMSG.pack(key.family, key.ifindex, state, 0, 0)
     return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
         body + _attr(NDA_DST, key.dst) + _attr(NDA_LLADDR, mac)
@@ -158,6 +182,11 @@ def neigh_del(key: NeighKey, mac: bytes) -> tuple[int, int, bytes]:
 
 def fdb_set(key: FdbKey, dst: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
     # NTF_SELF: the vxlan device's own table (no bridge master); PERMANENT: never aged out.
+    n = len(dst)
+    if n in _FDB and len(key.mac) == 6:
+        return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, _FDB[n].pack(
+            AF_BRIDGE, key.ifindex, state, NTF_SELF, 0, 10, NDA_LLADDR, key.mac, 4 + n, NDA_DST,
+            dst)
     body = _NDMSG.pack(AF_BRIDGE, key.ifindex, state, NTF_SELF, 0)
     return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
         body + _attr(NDA_LLADDR, key.mac) + _attr(NDA_DST, dst)
@@ -169,6 +198,11 @@ def fdb_del(key: FdbKey, dst: bytes) -> tuple[int, int, bytes]:
 
 
 def nexthop_set(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
+    n = len(nh.gateway)
+    if n in _NEXTHOP:
+        return RTM_NEWNEXTHOP, NLM_F_REPLACE | NLM_F_CREATE, _NEXTHOP[n].pack(
+            nh.family, RT_SCOPE_UNIVERSE, nh.protocol, 0, RTNH_F_ONLINK if nh.onlink else 0,
+            8, NHA_ID, nhid, 8, NHA_OIF, nh.oif, 4 + n, NHA_GATEWAY, nh.gateway)
     body = _NHMSG.pack(nh.family, RT_SCOPE_UNIVERSE, nh.protocol, 0,
                        RTNH_F_ONLINK if nh.onlink else 0)
     body += _attr(NHA_ID, _U32.pack(nhid)) + _attr(NHA_OIF, _U32.pack(nh.oif)) + \

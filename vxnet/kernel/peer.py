@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import IPAddress, IPNetwork, normalize_mac, unsendable
+from vxnet.ip import IPAddress, IPNetwork, contains, normalize_mac, overlap, unsendable
 
 
 class PeerError(VxnetError):
@@ -96,11 +96,11 @@ def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,
                         "address a VXLAN packet can go to")
     if peer.public_ip in own_ips:
         raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is one of this node's own")
-    if network is not None and not peer.subnet.subnet_of(network):  # type: ignore[arg-type]
+    if network is not None and not contains(network, peer.subnet):
         raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is outside the network {network}")
-    if local is not None and peer.subnet.overlaps(local):  # type: ignore[arg-type]
+    if local is not None and overlap(peer.subnet, local):
         raise PeerError(f"peer {peer.key}: subnet {peer.subnet} overlaps our own {local}")
-    if peer.subnet.num_addresses < 2:
+    if peer.subnet.prefixlen == peer.subnet.max_prefixlen:  # num_addresses < 2, but cheaper
         raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is a single address")
     try:
         mac = normalize_mac(peer.vtep_mac)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -18,9 +18,9 @@ Request = tuple[int, int, bytes]
 _ABSENT = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Op(Generic[K, V]):
-    """One planned kernel write; `value` is the new value (set) or the kernel's (delete)."""
+class Op(NamedTuple, Generic[K, V]):
+    """One planned kernel write; `value` is the new value (set) or the kernel's (delete). A
+    tuple: a pass makes one per entry written, and a frozen dataclass costs 3x as much to build."""
 
     table: DeltaTable[K, V]
     delete: bool

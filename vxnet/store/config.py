@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vxnet.errors import ConfigError
-from vxnet.ip import IPNetwork, subnet_count
+from vxnet.ip import IPNetwork, contains, subnet_count
 
 DEFAULT_VXLAN_PORT = 8472  # the Linux kernel's default, which flannel uses too
 MAX_VNI = (1 << 24) - 1
@@ -61,7 +61,7 @@ class Pool:
         return subnet_count(self.subnet_min, self.subnet_max)
 
     def contains(self, subnet: IPNetwork) -> bool:
-        return subnet.version == self.network.version and subnet.subnet_of(self.network)  # type: ignore[arg-type]
+        return contains(self.network, subnet)
 
     def in_range(self, subnet: IPNetwork) -> bool:
         return (

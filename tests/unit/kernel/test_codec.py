@@ -3,6 +3,8 @@
 import ipaddress as ipa
 import socket
 
+import pytest
+
 from vxnet.kernel import netlink as nl
 
 GW = ipa.ip_address("10.244.2.0").packed
@@ -52,3 +54,24 @@ def test_attrs_are_padded_and_skipped_cleanly():
     assert len(data) % 4 == 0
     assert nl.parse_attrs(data, 0, len(data)) == {1: b"abc", 2: b"defgh"}
     assert nl.parse_attrs(b"\x02\x00\x01\x00", 0, 4) == {}  # a bogus length ends parsing
+
+
+@pytest.mark.parametrize("dst", [bytes([10, 244, 7, 0]), ipa.ip_address("fd00::7").packed])
+def test_precompiled_layouts_match_attribute_by_attribute_encoding(dst):
+    fam = nl.AF_INET if len(dst) == 4 else nl.AF_INET6
+    mac = bytes.fromhex("0e180af40700")
+    a = nl._attr
+    route = nl.route_set(nl.RouteKey(fam, dst, 24), nl.Route(118, nhid=0x76780001))[2]
+    assert route == nl._RTMSG.pack(fam, 24, 0, 0, 254, 118, 0, nl.RTN_UNICAST, 0) + \
+        a(nl.RTA_TABLE, nl._U32.pack(254)) + a(nl.RTA_DST, dst) + \
+        a(nl.RTA_NH_ID, nl._U32.pack(0x76780001))
+    assert route == nl._route_body(nl.RouteKey(fam, dst, 24), 254, nl.Route(118, nhid=0x76780001))
+    nh = nl.nexthop_set(5, nl.Nexthop(fam, 7, dst, True, 118))[2]
+    assert nh == nl._NHMSG.pack(fam, 0, 118, 0, nl.RTNH_F_ONLINK) + \
+        a(nl.NHA_ID, nl._U32.pack(5)) + a(nl.NHA_OIF, nl._U32.pack(7)) + a(nl.NHA_GATEWAY, dst)
+    neigh = nl.neigh_set(nl.NeighKey(fam, 7, dst), mac, nl.NUD_REACHABLE)[2]
+    assert neigh == nl._NDMSG.pack(fam, 7, nl.NUD_REACHABLE, 0, 0) + a(nl.NDA_DST, dst) + \
+        a(nl.NDA_LLADDR, mac)
+    fdb = nl.fdb_set(nl.FdbKey(7, mac), dst)[2]
+    assert fdb == nl._NDMSG.pack(nl.AF_BRIDGE, 7, nl.NUD_PERMANENT, nl.NTF_SELF, 0) + \
+        a(nl.NDA_LLADDR, mac) + a(nl.NDA_DST, dst)
