@@ -182,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ops", type=int, default=1000)
     ap.add_argument("--idle-peers", type=int, default=5000)
     ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--agent-arg", action="append", default=[],
+                    help="passed to every agent (e.g. --agent-arg=--health-interval=0)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     print(f"{'peers':>6} | {'vxnet: start -> ready':>26} | {'first sync (kernel part)':>26} | "
           f"{'ip+bridge -batch':>24} | {'sync/batch':>10} | peak RSS")
     for n in sizes:
-        with Cluster("bench", config=CONFIG) as c:
+        with Cluster("bench", config=CONFIG, agent_args=tuple(args.agent_arg)) as c:
             c.start()
             node = c.add_node(1, start_agent=False)
             in_ns(c.lab.fabric.name, "_load", c.endpoint, str(n))  # type: ignore[union-attr]
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>6} | {fmt(ready):>26} | {fmt(first):>26} | {fmt(batch):>24} | "
                   f"{ratio:>9.2f}x | {max(rss):.0f} MiB", flush=True)
 
-    with Cluster("bench", config=CONFIG, agent_args=("--resync-interval", "30")) as c:
+    with Cluster("bench", config=CONFIG,
+                 agent_args=("--resync-interval", "30", *args.agent_arg)) as c:
         c.start()
         node = c.add_node(1, start_agent=False)
         n = max(args.latency_peers, args.idle_peers)
