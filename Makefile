@@ -56,8 +56,13 @@ uninstall:
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# The benchmarks with their figures for docs/benchmarks.md (matplotlib from the bench extra).
 bench: setup
-	$(PY) bench/kernel_bench.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/kernel_bench.py --sizes 1000,2000,5000,10000,20000 --reps 3 \
+	    --plot docs/img/kernel-convergence.png
+	$(PY) bench/agent_bench.py --sizes 1000,5000,20000 --reps 3 --plot-dir docs/img
+	$(PY) bench/controlplane_bench.py --nodes 100,250,500,1000 --plot docs/img/controlplane.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

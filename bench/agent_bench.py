@@ -182,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ops", type=int, default=1000)
     ap.add_argument("--idle-peers", type=int, default=5000)
     ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--plot-dir", help="also write agent-cold.png and agent-latency.png here")
     ap.add_argument("--agent-arg", action="append", default=[],
                     help="passed to every agent (e.g. --agent-arg=--health-interval=0)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
+    cold: dict[str, list[tuple[float, float]]] = {"start -> ready": [], "first sync": [],
+                                                  "ip + bridge -batch": []}
+    peak: dict[str, list[tuple[float, float]]] = {"peak RSS": []}
     print(f"{'peers':>6} | {'vxnet: start -> ready':>26} | {'first sync (kernel part)':>26} | "
           f"{'ip+bridge -batch':>24} | {'sync/batch':>10} | peak RSS")
     for n in sizes:
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         batch.append(cold_batch(node, n, c.workdir))
             ratio = statistics.median(first) / statistics.median(batch)
+            for label, xs in zip(cold, (ready, first, batch), strict=True):
+                cold[label].append((n, statistics.median(xs) * 1000))
+            peak["peak RSS"].append((n, max(rss)))
             print(f"{n:>6} | {fmt(ready):>26} | {fmt(first):>26} | {fmt(batch):>24} | "
                   f"{ratio:>9.2f}x | {max(rss):.0f} MiB", flush=True)
 
@@ -238,6 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         per = f"{total / count * 1000:.0f} ms each" if count else "none in the window"
         print(f"\nidle agent, {n} peers, {args.idle_seconds:.0f} s: CPU {cpu * 100:.2f} % of a "
               f"core; {count:.0f} periodic resyncs ({per})")
+    if args.plot_dir:
+        from bench.plot import save
+        save(f"{args.plot_dir}/agent-cold.png", "An agent joining a cluster of N peers (median)",
+             "peers", [("milliseconds", cold), ("MiB", peak)], logx=True)
+        cdf = {kind: [(x * 1000, (i + 1) / len(xs)) for i, x in enumerate(sorted(xs))]
+               for kind, xs in [*res.items(), ("after ack", acked)]}
+        save(f"{args.plot_dir}/agent-latency.png", f"etcd write -> kernel, {n} peers held "
+             "(cumulative share of events)", "milliseconds", [("share of events", cdf)],
+             logx=True)
     return 0
 
 

@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", default="100,500,1000")
     ap.add_argument("--probes", type=int, default=50)
     ap.add_argument("--churn-seconds", type=float, default=20)
+    ap.add_argument("--plot", help="also write the figures vs N as a PNG here")
     args = ap.parse_args(argv)
     results = [run(int(n), args.probes, args.churn_seconds) for n in args.nodes.split(",")]
     print("control plane: N simulated nodes (lease acquire + watch, one etcd connection each) "
@@ -228,6 +229,21 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {e['quiet']['req_per_s']:.0f} / {e['churn']['req_per_s']:.0f}"  # type: ignore
               f" | {e['churn']['rss_mib']:.0f}")  # type: ignore[index]
     print(json.dumps(results))
+    if args.plot:
+        from bench.plot import save
+        ns = [float(r["nodes"]) for r in results]  # type: ignore[arg-type]
+
+        def series(get):  # type: ignore[no-untyped-def]
+            return [(n, get(r)) for n, r in zip(ns, results, strict=True)]
+        save(args.plot, "Control plane: N simulated nodes, 3-member etcd", "nodes", [
+            ("seconds", {"all N joined (at once)": series(lambda r: r["join_all_s"])}),
+            ("ms, change -> all N", {
+                "quiet, p50": series(lambda r: r["quiet"]["all_p50_ms"]),
+                "quiet, max": series(lambda r: r["quiet"]["all_max_ms"]),
+                "under churn, max": series(lambda r: r["churn"]["all_max_ms"])}),
+            ("etcd CPU, % of a core", {
+                p: series(lambda r, p=p: r[f"etcd_{p}"]["cpu_pct"])
+                for p in ("join", "quiet", "churn")})])
     return 0
 
 

@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1000,5000,20000")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--noop-size", type=int, default=5000)
+    ap.add_argument("--plot", help="also write the convergence figure as a PNG here")
     args = ap.parse_args(argv)
+    medians: dict[str, list[tuple[float, float]]] = {"vxnet": [], "ip + bridge -batch (nhid)": [],
+                                                     "ip + bridge -batch (gw)": []}
     sizes = [int(s) for s in args.sizes.split(",")]
 
     print(f"{'peers':>6} | {'vxnet':>24} | {'ip+bridge -batch (nhid)':>24} | "
@@ -162,12 +165,19 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 times[name].append(once(contenders[name]))
         ratio = statistics.median(times["vxnet"]) / statistics.median(times["nh"])
+        for label, name in zip(medians, ("vxnet", "nh", "gw"), strict=True):
+            medians[label].append((n, statistics.median(times[name]) * 1000))
         print(f"{n:>6} | {fmt(times['vxnet'])} | {fmt(times['nh'])} | {fmt(times['gw'])} | "
               f"{ratio:.2f}x", flush=True)
 
     steady, restart, writes = noop_resync(args.noop_size, args.reps)
     print(f"\nno-op resync at {args.noop_size} peers: steady {fmt(steady)}; "
           f"restart (new caches, adopt) {fmt(restart)}; kernel writes {writes}")
+    if args.plot:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from bench.plot import save
+        save(args.plot, "N peers into an empty VXLAN device (median)", "peers",
+             [("milliseconds", medians)], logx=True, logy=True)
     return 0
 
 
