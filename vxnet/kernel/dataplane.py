@@ -296,25 +296,28 @@ class Dataplane:
         result.seconds = time.perf_counter() - t0
 
     def apply_steps(self, result: PassResult, chunk: int = CHUNK) -> Iterator[None]:
-        """Write what the dirty keys need, `chunk` keys per step: sets in table order (L2
+        """Write what the dirty keys need, about `chunk` keys per step: sets in table order (L2
         before L3, a nexthop before its route), then deletes in reverse. Each step plans only
-        its own keys, so no step is long however many are dirty. Keys stay dirty until
-        written: if a step raises (or the caller stops) the next pass plans them again."""
+        its own keys, so no step is long however many are dirty; a small change (one peer's
+        entries) is one step, so nothing else -- the allow-list's nft run, say -- gets in
+        between its writes. Keys stay dirty until written: if a step raises (or the caller
+        stops) the next pass plans them again."""
         if self.parked or not self._built:
             return
         t0 = time.perf_counter()
         if self.resolver is not None:
             self.resolver.recheck()
-        first = True
+        done = 0  # keys planned since the last step ended
         for deleting, tables in ((False, self.tables), (True, self.tables[::-1])):
             for table in tables:
                 keys = list(table.dirty)
                 for at in range(0, len(keys), chunk):
-                    if not first:
+                    if done >= chunk:
                         yield
+                        done = 0
                         if self.parked:  # the device went away while we yielded
                             return
-                    first = False
+                    done += min(chunk, len(keys) - at)
                     sets, dels = table.plan(keys[at:at + chunk])
                     ops = dels if deleting else sets
                     if ops:
