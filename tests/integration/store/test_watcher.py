@@ -119,9 +119,10 @@ async def test_a_frozen_member_is_noticed_and_the_watch_resumes_after(etcd_serve
     from vxnet.errors import StoreUnavailable
 
     revision = await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
-    stream = etcd.watch_prefix(paths.subnets, revision + 1, progress_every=0.5)
+    # from the put's own revision: its event arriving says the watch is created; then it idles
+    stream = etcd.watch_prefix(paths.subnets, revision, progress_every=0.5)
+    await asyncio.wait_for(stream.__anext__(), 5)
     first = asyncio.ensure_future(stream.__anext__())
-    await asyncio.sleep(0.3)  # the watch is created and idle
     os.kill(etcd_server.proc.pid, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
