@@ -114,8 +114,9 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def in_ns(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, HERE, *args],
+def in_ns(ns: str, *args: str, script: str = HERE) -> subprocess.CompletedProcess[str]:
+    """A benchmark script's helper (`script _name args...`) run inside a namespace."""
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, script, *args],
                           capture_output=True, text=True, check=True, timeout=600)
 
 

@@ -17,7 +17,6 @@ import asyncio
 import ipaddress
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -131,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             for m in actives:
                 addrs = [remote_pod(i, n) for i in range(done, m)]
                 if mode == "up-front":
-                    _run(node, "_scan", addrs)
+                    in_ns(node.ns.name, "_scan", *addrs, script=HERE)
                 else:
-                    got = json.loads(_run(node, "_probe", addrs).stdout)
+                    got = json.loads(in_ns(node.ns.name, "_probe", *addrs, script=HERE).stdout)
                     latencies += [(x, mode, done + i) for i, x in enumerate(got)]
                 done = m
                 table.append((mode, m, entries(node)))
@@ -156,11 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(node, helper: str, addrs: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", node.ns.name, sys.executable, HERE, helper,
-                           *addrs], capture_output=True, text=True, check=True, timeout=600)
-
-
 def scan_burst(c: Cluster, node, n: int, first: int, count: int) -> str:
     """Sends to `count` fresh addresses as fast as the node can, half in no node's subnet,
     while /healthz is polled; what the agent made of them."""
@@ -180,7 +174,8 @@ def scan_burst(c: Cluster, node, n: int, first: int, count: int) -> str:
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        refused = json.loads(_run(node, "_scan", owned + unowned).stdout)["refused"]
+        out = in_ns(node.ns.name, "_scan", *owned, *unowned, script=HERE).stdout
+        refused = json.loads(out)["refused"]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # until the agent has seen them all
             after = misses(c, node)
