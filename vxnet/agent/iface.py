@@ -8,11 +8,11 @@ import re
 import socket
 from dataclasses import dataclass
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
-
 from vxnet.errors import VxnetError
-from vxnet.kernel.device import get_link, interface_networks
+from vxnet.ip import IPAddress
+from vxnet.kernel.device import interface_networks
+from vxnet.kernel.links import IPInterface, Links
+from vxnet.kernel.netlink import NetlinkError
 
 
 class InterfaceUnavailable(VxnetError):
@@ -55,41 +55,28 @@ class Selection:
                                  "address") from None
 
 
-async def _default_route_index(ipr: AsyncIPRoute, family: int) -> int | None:
-    async for r in await ipr.route("dump", family=family):
-        if r["dst_len"] == 0 and r.get("table") == 254 and r.get("oif"):
-            return r.get("oif")
-    return None
-
-
-async def _addresses(ipr: AsyncIPRoute) -> list[tuple[int, ipaddress._BaseAddress]]:
-    return [(a["index"], ipaddress.ip_address(a.get("IFA_ADDRESS")))
-            async for a in await ipr.addr("dump")]
-
-
-async def _select_index(ipr: AsyncIPRoute, sel: Selection, want4: bool) -> int:
+def _select_index(links: Links, sel: Selection, want4: bool) -> int:
     if sel.ifaces:
-        addrs = await _addresses(ipr)
+        addrs = links.addresses()
         for iface in sel.ifaces:
             try:
                 addr = ipaddress.ip_address(iface)
             except ValueError:
-                link = await get_link(ipr, ifname=iface)
+                link = links.get(name=iface)
                 if link is not None:
-                    return link["index"]
+                    return link.index
             else:
                 for index, a in addrs:
-                    if a == addr:
+                    if a.ip == addr:
                         return index
         raise InterfaceUnavailable(f"--iface: none of {', '.join(sel.ifaces)} is present")
     if sel.regexes:
-        addrs = await _addresses(ipr)
-        names = {link["index"]: link.get_attr("IFLA_IFNAME")
-                 async for link in await ipr.link("dump")}
+        addrs = links.addresses()
+        names = {link.index: link.name for link in links.dump()}
         for r in sel.regexes:
             pattern = re.compile(r)
             for index, a in addrs:  # search, as Go's MatchString: anywhere in the text
-                if not (a.is_loopback or a.is_link_local) and pattern.search(str(a)):
+                if not (a.ip.is_loopback or a.ip.is_link_local) and pattern.search(str(a.ip)):
                     return index
             for index, name in sorted(names.items()):
                 if name and name != "lo" and pattern.search(name):
@@ -98,38 +85,36 @@ async def _select_index(ipr: AsyncIPRoute, sel: Selection, want4: bool) -> int:
                                    f"{', '.join(sel.regexes)}")
     if sel.can_reach:
         try:
-            routes = await ipr.route("get", dst=sel.can_reach)
-        except PyNetlinkError as e:
+            index = links.route_oif(ipaddress.ip_address(sel.can_reach))
+        except NetlinkError as e:
             raise InterfaceUnavailable(f"--iface-can-reach {sel.can_reach}: no route "
                                        f"({e})") from None
-        for r in routes:
-            if r.get("RTA_OIF"):
-                return r.get("RTA_OIF")
+        if index:
+            return index
         raise InterfaceUnavailable(f"--iface-can-reach {sel.can_reach}: no route")
-    index = await _default_route_index(ipr, socket.AF_INET if want4 else socket.AF_INET6)
+    index = links.default_route_oif(socket.AF_INET if want4 else socket.AF_INET6)
     if index is None:
         raise InterfaceUnavailable("no default route to pick the external interface from; "
                                    "give --iface")
     return index
 
 
-async def find_external(ipr: AsyncIPRoute, sel: Selection, want4: bool, want6: bool
-                        ) -> ExternalInterface:
-    index = await _select_index(ipr, sel, want4)
-    link = await get_link(ipr, index=index)
+def find_external(links: Links, sel: Selection, want4: bool, want6: bool
+                  ) -> ExternalInterface:
+    index = _select_index(links, sel, want4)
+    link = links.get(index=index)
     if link is None:  # gone between the two looks
         raise InterfaceUnavailable(f"interface {index} vanished while being looked at")
-    name = link.get("ifname")
     ip4 = ip6 = None
     if want4:
-        ip4 = _pick(sel.public_ip, await interface_networks(ipr, index, 4), name, "--public-ip")
+        ip4 = _pick(sel.public_ip, interface_networks(links, index, 4), link.name, "--public-ip")
     if want6:
-        ip6 = _pick(sel.public_ipv6, await interface_networks(ipr, index, 6), name,
+        ip6 = _pick(sel.public_ipv6, interface_networks(links, index, 6), link.name,
                     "--public-ipv6")
-    return ExternalInterface(name, index, link.get("mtu"), ip4, ip6)  # type: ignore[arg-type]
+    return ExternalInterface(link.name, index, link.mtu, ip4, ip6)  # type: ignore[arg-type]
 
 
-def _pick(override: str | None, addrs: list, name: str, flag: str) -> ipaddress._BaseAddress:
+def _pick(override: str | None, addrs: list[IPInterface], name: str, flag: str) -> IPAddress:
     if override:
         try:
             return ipaddress.ip_address(override)

@@ -27,9 +27,9 @@ from vxnet.kernel.device import (
     device_mtu,
     ensure_device,
     interface_networks,
-    iproute,
     local_addresses,
 )
+from vxnet.kernel.links import open_links
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.masq import MasqRules, Masquerade
 from vxnet.kernel.monitor import Monitor
@@ -83,25 +83,25 @@ async def setup_overlays(sock: nl.RtnlSocket, opts: AgentOptions, cfg: NetworkCo
     """Create one VXLAN device per enabled family, or bring existing ones in line with a new
     lease or underlay (address, interface, MTU). True if anything changed."""
     changed = False
-    async with iproute() as ipr:
-        own = await local_addresses(ipr)
+    with open_links() as links:
+        own = local_addresses(links)
         for version, pool in ((4, cfg.ipv4), (6, cfg.ipv6)):
             if pool is None:
                 continue
             spec = device_spec(opts, cfg, ext, version, lease)
             ov = overlays.get(version)
             if ov is None:
-                overlays[version] = await open_overlay(
-                    ipr, sock, spec, network=pool.network,
+                overlays[version] = open_overlay(
+                    links, sock, spec, network=pool.network,
                     direct_routing=cfg.backend.direct_routing,
                     neigh_on_demand=spec.app_solicit, fdb_on_demand=spec.l2miss)
                 changed = True
             elif ov.device != spec or ov.plane.spec.own_ips != own:
                 async with ov.repairing:  # not while the monitor puts the old spec back
                     ov.device = spec
-                    ov.ensured = await ensure_device(ipr, spec)
-                    parent = await interface_networks(ipr, spec.parent_ifindex,
-                                                      spec.local_ip.version)
+                    ov.ensured = ensure_device(links, spec)
+                    parent = interface_networks(links, spec.parent_ifindex,
+                                                spec.local_ip.version)
                     ov.plane.rebind(ov.ensured.ifindex, local_subnet=spec.subnet,
                                     underlay_version=spec.local_ip.version,
                                     parent_ifindex=spec.parent_ifindex,

@@ -39,7 +39,7 @@ from vxnet.health.checker import HealthChecker
 from vxnet.kernel import netlink as nl
 from vxnet.kernel import nft
 from vxnet.kernel.allowlist import AllowList
-from vxnet.kernel.device import iproute
+from vxnet.kernel.links import open_links
 from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay
@@ -103,8 +103,8 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
                           opts.public_ipv6)
 
     async def external() -> ExternalInterface:
-        async with iproute() as ipr:
-            return await find_external(ipr, selection, cfg.enable_ipv4, cfg.enable_ipv6)
+        with open_links() as links:
+            return find_external(links, selection, cfg.enable_ipv4, cfg.enable_ipv6)
 
     ext = await wait_for(state, "finding the external interface", external,
                          (InterfaceUnavailable,))

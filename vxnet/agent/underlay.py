@@ -15,7 +15,7 @@ from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, Selection
 from vxnet.backoff import Backoff
 from vxnet.errors import StoreUnavailable
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.device import iproute
+from vxnet.kernel.links import open_links
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ class UnderlayWatch:
     async def select(self) -> tuple[ExternalInterface | None, str]:
         """The interface to use now, or None and why there is none."""
         try:
-            async with iproute() as ipr:
-                return await find_external(ipr, self.selection, self.want4, self.want6), ""
+            with open_links() as links:
+                return find_external(links, self.selection, self.want4, self.want6), ""
         except InterfaceUnavailable as e:
             return None, str(e)
 

@@ -1,4 +1,4 @@
-"""The VXLAN device (pyroute2): ensure it exists with exactly our attributes, never disturbing a
+"""The VXLAN device: ensure it exists with exactly our attributes, never disturbing a
 compatible one. A device whose VNI, port, local IP, parent or GBP differ is recreated with the
 same MAC; MTU, MAC, learning, addresses, up state, checksum offload and the neighbour solicit
 sysctls are fixed in place."""
@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
 
 from vxnet.errors import VxnetError
 from vxnet.ip import IPAddress, IPNetwork
+from vxnet.kernel import netlink as nl
 from vxnet.kernel.ethtool import set_tx_checksum, tx_checksum
+from vxnet.kernel.links import IPInterface, Link, Links
 from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
@@ -56,17 +53,6 @@ class EnsureResult:
     changes: tuple[str, ...] = ()
 
 
-def iproute(netns: str | None = None) -> AsyncIPRoute:
-    """pyroute2 on a netlink socket opened inside `netns` (None: our own). We open the socket
-    ourselves: pyroute2's own netns support forks a helper per socket (and, by default, creates
-    the namespace when its listing misses it), which misplaced sockets in long test runs."""
-    if netns is None:
-        return AsyncIPRoute()
-    with in_netns(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-    return AsyncIPRoute(use_socket=sock)
-
-
 def default_name(vni: int, version: int) -> str:
     """flannel's names: flannel.<VNI> for the IPv4 overlay, flannel-v6.<VNI> for IPv6."""
     return f"flannel.{vni}" if version == 4 else f"flannel-v6.{vni}"
@@ -76,110 +62,77 @@ def device_mtu(underlay_mtu: int, underlay_version: int) -> int:
     return underlay_mtu - VXLAN_OVERHEAD[underlay_version]
 
 
-async def get_link(ipr: AsyncIPRoute, **match: Any) -> Any | None:
-    try:
-        links = await ipr.link("get", **match)
-    except PyNetlinkError as e:
-        if e.code == 19:  # ENODEV
-            return None
-        raise
-    return links[0] if links else None
-
-
-def _incompatible(link: Any, spec: DeviceSpec) -> list[str]:
-    if link.get(("linkinfo", "kind")) != "vxlan":
-        return [f"kind {link.get(('linkinfo', 'kind'))} is not vxlan"]
-    info = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-    local = info.get_attr("IFLA_VXLAN_LOCAL") or info.get_attr("IFLA_VXLAN_LOCAL6")
-    have = {
-        "VNI": info.get_attr("IFLA_VXLAN_ID"),
-        "port": info.get_attr("IFLA_VXLAN_PORT"),
-        "local IP": ipaddress.ip_address(local) if local else None,
-        "parent": info.get_attr("IFLA_VXLAN_LINK"),
-        "GBP": info.get_attr("IFLA_VXLAN_GBP") is not None,
-        "L2 miss": bool(info.get_attr("IFLA_VXLAN_L2MISS")),
-    }
+def _incompatible(link: Link, spec: DeviceSpec) -> list[str]:
+    if link.vxlan is None:
+        return [f"kind {link.kind} is not vxlan"]
+    v = link.vxlan
+    have = {"VNI": v.vni, "port": v.port, "local IP": v.local, "parent": v.parent,
+            "GBP": v.gbp, "L2 miss": v.l2miss}
     want = {"VNI": spec.vni, "port": spec.port, "local IP": spec.local_ip,
             "parent": spec.parent_ifindex, "GBP": spec.gbp, "L2 miss": spec.l2miss}
     return [f"{k} {have[k]} != {want[k]}" for k in want if have[k] != want[k]]
 
 
-async def ensure_device(ipr: AsyncIPRoute, spec: DeviceSpec, netns: str | None = None
-                        ) -> EnsureResult:
+def ensure_device(links: Links, spec: DeviceSpec, netns: str | None = None) -> EnsureResult:
     """Our device, exactly as specified: created if missing, recreated (same MAC) where the
     kernel cannot change an attribute in place, fixed in place otherwise. `netns` is where
-    `ipr` works (for the ethtool ioctl)."""
-    link = await get_link(ipr, ifname=spec.name)
+    `links` works (for the ethtool ioctl and the sysctls)."""
+    link = links.get(name=spec.name)
     action = "reused"
     if link is not None:
         diff = _incompatible(link, spec)
         if diff:
             log.warning("device %s is incompatible (%s): recreating it", spec.name,
                         "; ".join(diff))
-            await ipr.link("del", index=link["index"])
+            links.delete(link.index)
             link, action = None, "recreated"
     if link is None:
-        await _create(ipr, spec)
-        link = await get_link(ipr, ifname=spec.name)
+        try:
+            links.add_vxlan(spec.name, vni=spec.vni, port=spec.port, parent=spec.parent_ifindex,
+                            local=spec.local_ip, mac=spec.mac, mtu=spec.mtu,
+                            learning=spec.learning, gbp=spec.gbp, l2miss=spec.l2miss)
+        except nl.NetlinkError as e:
+            raise DeviceError(f"cannot create VXLAN device {spec.name} (VNI {spec.vni}, port "
+                              f"{spec.port}, local {spec.local_ip}): {e}") from None
+        link = links.get(name=spec.name)
         if link is None:
             raise DeviceError(f"device {spec.name} vanished right after being created")
         action = "created" if action == "reused" else action
-    changes = await _fix_in_place(ipr, link, spec)
+    changes = _fix_in_place(links, link, spec)
     changes += _fix_solicit(spec, netns)
     if spec.tx_checksum is not None and tx_checksum(spec.name, netns) != spec.tx_checksum:
         set_tx_checksum(spec.name, spec.tx_checksum, netns)
         changes.append(f"tx checksum offload {'on' if spec.tx_checksum else 'off'}")
     if action != "reused" or changes:
         log.info("device %s %s (%s)", spec.name, action, ", ".join(changes) or "no changes")
-    return EnsureResult(link["index"], action, tuple(changes))
+    return EnsureResult(link.index, action, tuple(changes))
 
 
-async def _create(ipr: AsyncIPRoute, spec: DeviceSpec) -> None:
-    local = ("vxlan_local6" if spec.local_ip.version == 6 else "vxlan_local", str(spec.local_ip))
-    attrs: dict[str, Any] = {
-        "ifname": spec.name, "kind": "vxlan", "vxlan_id": spec.vni, "vxlan_port": spec.port,
-        "vxlan_link": spec.parent_ifindex, "vxlan_learning": int(spec.learning),
-        local[0]: local[1], "address": spec.mac, "mtu": spec.mtu,
-    }
-    if spec.gbp:
-        attrs["vxlan_gbp"] = True
-    if spec.l2miss:
-        attrs["vxlan_l2miss"] = True
-    try:
-        await ipr.link("add", **attrs)
-    except PyNetlinkError as e:
-        raise DeviceError(f"cannot create VXLAN device {spec.name} (VNI {spec.vni}, port "
-                          f"{spec.port}, local {spec.local_ip}): {e}") from None
-
-
-async def _fix_in_place(ipr: AsyncIPRoute, link: Any, spec: DeviceSpec) -> list[str]:
+def _fix_in_place(links: Links, link: Link, spec: DeviceSpec) -> list[str]:
     changes = []
-    index = link["index"]
-    if link.get("address") != spec.mac:
-        await ipr.link("set", index=index, address=spec.mac)
-        changes.append(f"MAC {link.get('address')} -> {spec.mac}")
-    if link.get("mtu") != spec.mtu:
-        await ipr.link("set", index=index, mtu=spec.mtu)
-        changes.append(f"MTU {link.get('mtu')} -> {spec.mtu}")
-    info = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-    if bool(info.get_attr("IFLA_VXLAN_LEARNING")) != spec.learning:
-        await ipr.link("set", index=index, kind="vxlan", vxlan_learning=int(spec.learning))
+    if link.mac != spec.mac:
+        changes.append(f"MAC {link.mac} -> {spec.mac}")
+    if link.mtu != spec.mtu:
+        changes.append(f"MTU {link.mtu} -> {spec.mtu}")
+    learning = link.vxlan is not None and link.vxlan.learning
+    if learning != spec.learning:
         changes.append(f"learning {'on' if spec.learning else 'off'}")
+    if not link.up:
+        changes.append("up")
+    if changes:
+        links.set(link.index, mac=spec.mac if link.mac != spec.mac else None,
+                  mtu=spec.mtu if link.mtu != spec.mtu else None,
+                  vxlan_learning=spec.learning if learning != spec.learning else None,
+                  up=True if not link.up else None)
     want = spec.address
-    have = await interface_networks(ipr, index, want.version)
+    have = interface_networks(links, link.index, want.version)
     for addr in have:
         if addr != want:  # a stale address from an earlier lease
-            await ipr.addr("del", index=index, address=str(addr.ip),
-                           prefixlen=addr.network.prefixlen)
+            links.del_address(link.index, addr)
             changes.append(f"removed address {addr}")
     if want not in have:
-        # IFA_F_NODAD: the /128 is ours alone, usable at once rather than after DAD
-        await ipr.addr("add", index=index, address=str(want.ip), prefixlen=want.network.prefixlen,
-                       **({"flags": 0x02} if want.version == 6 else {}))
+        links.add_address(link.index, want)
         changes.append(f"address {want}")
-    if not link["flags"] & 1:
-        await ipr.link("set", index=index, state="up")
-        changes.append("up")
     return changes
 
 
@@ -213,19 +166,12 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-async def interface_networks(ipr: AsyncIPRoute, index: int, version: int) -> list[
-        ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+def interface_networks(links: Links, index: int, version: int) -> list[IPInterface]:
     """Global addresses of an interface, as interfaces (address + connected network)."""
-    family = socket.AF_INET if version == 4 else socket.AF_INET6
-    out = []
-    async for a in await ipr.addr("dump", index=index, family=family):
-        addr = ipaddress.ip_interface((a.get("IFA_ADDRESS"), a["prefixlen"]))
-        if not (addr.version == 6 and addr.ip.is_link_local):
-            out.append(addr)
-    return out
+    return [a for _, a in links.addresses(index, version)
+            if not (a.version == 6 and a.ip.is_link_local)]
 
 
-async def local_addresses(ipr: AsyncIPRoute) -> frozenset[IPAddress]:
+def local_addresses(links: Links) -> frozenset[IPAddress]:
     """Every address on this node, whatever the interface: none of them may be a peer's."""
-    return frozenset({ipaddress.ip_address(a.get("IFA_ADDRESS")) async for a in
-                      await ipr.addr("dump")})
+    return frozenset(a.ip for _, a in links.addresses())

@@ -14,7 +14,8 @@ import logging
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.device import ensure_device, iproute
+from vxnet.kernel.device import ensure_device
+from vxnet.kernel.links import open_links
 from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.reconciler import Reconciler
 from vxnet.nsenter import in_netns
@@ -121,8 +122,8 @@ class Monitor:
             async with ov.repairing:  # the device is ours alone while we look at it
                 self._again.discard(ov)
                 try:
-                    async with iproute(self.netns) as ipr:
-                        res = await ensure_device(ipr, ov.device, self.netns)
+                    with open_links(self.netns) as links:
+                        res = ensure_device(links, ov.device, self.netns)
                 except Exception as e:  # parent gone, transient netlink error: retry
                     res = None
                     log.warning("putting %s back failed: %s", ov.device.name, e)

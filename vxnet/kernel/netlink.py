@@ -47,12 +47,12 @@ RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_NEX
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _TYPE_FLAGS = struct.Struct("=HH")
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
+RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _NHMSG = struct.Struct("=BBBBI")  # family scope protocol resvd flags
-_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _ATTR = struct.Struct("=HH")
-_U32 = struct.Struct("=I")
+U32 = struct.Struct("=I")
 _ERR = struct.Struct("=i")
 
 CHUNK = 64 * 1024  # bytes of requests per sendmsg; their ACKs fit the receive buffer easily
@@ -67,7 +67,7 @@ class NetlinkError(VxnetError):
         self.errno, self.entry, self.detail = code, entry, detail
 
 
-def _attr(kind: int, data: bytes) -> bytes:
+def attr(kind: int, data: bytes) -> bytes:
     n = 4 + len(data)
     return _ATTR.pack(n, kind) + data + b"\0" * (-n & 3)
 
@@ -142,14 +142,14 @@ def _route_body(key: RouteKey, table: int, r: Route) -> bytes:
     # neighbours: the whole pod network through the VXLAN device), as `ip route` makes it
     scope = RT_SCOPE_LINK if r.oif and not (r.gateway or r.nhid) else RT_SCOPE_UNIVERSE
     flags = RTNH_F_ONLINK if r.onlink else 0
-    body = _RTMSG.pack(key.family, key.dst_len, 0, 0, table if table < 256 else 252, r.protocol,
+    body = RTMSG.pack(key.family, key.dst_len, 0, 0, table if table < 256 else 252, r.protocol,
                        scope, RTN_UNICAST, flags)
-    body += _attr(RTA_TABLE, _U32.pack(table)) + _attr(RTA_DST, key.dst)
+    body += attr(RTA_TABLE, U32.pack(table)) + attr(RTA_DST, key.dst)
     if r.nhid:
-        return body + _attr(RTA_NH_ID, _U32.pack(r.nhid))
+        return body + attr(RTA_NH_ID, U32.pack(r.nhid))
     if r.oif:
-        body += _attr(RTA_OIF, _U32.pack(r.oif))
-    return body + (_attr(RTA_GATEWAY, r.gateway) if r.gateway else b"")
+        body += attr(RTA_OIF, U32.pack(r.oif))
+    return body + (attr(RTA_GATEWAY, r.gateway) if r.gateway else b"")
 
 
 def route_set(key: RouteKey, r: Route, table: int = RT_TABLE_MAIN) -> tuple[int, int, bytes]:
@@ -173,11 +173,11 @@ def neigh_set(key: NeighKey, mac: bytes, state: int = NUD_PERMANENT) -> tuple[in
             key.family, key.ifindex, state, 0, 0, 4 + n, NDA_DST, key.dst, 10, NDA_LLADDR, mac)
     body = _NDMSG.pack(key.family, key.ifindex, state, 0, 0)
     return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
-        body + _attr(NDA_DST, key.dst) + _attr(NDA_LLADDR, mac)
+        body + attr(NDA_DST, key.dst) + attr(NDA_LLADDR, mac)
 
 
 def neigh_del(key: NeighKey, mac: bytes) -> tuple[int, int, bytes]:
-    return RTM_DELNEIGH, 0, _NDMSG.pack(key.family, key.ifindex, 0, 0, 0) + _attr(NDA_DST, key.dst)
+    return RTM_DELNEIGH, 0, _NDMSG.pack(key.family, key.ifindex, 0, 0, 0) + attr(NDA_DST, key.dst)
 
 
 def fdb_set(key: FdbKey, dst: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
@@ -189,12 +189,12 @@ def fdb_set(key: FdbKey, dst: bytes, state: int = NUD_PERMANENT) -> tuple[int, i
             dst)
     body = _NDMSG.pack(AF_BRIDGE, key.ifindex, state, NTF_SELF, 0)
     return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
-        body + _attr(NDA_LLADDR, key.mac) + _attr(NDA_DST, dst)
+        body + attr(NDA_LLADDR, key.mac) + attr(NDA_DST, dst)
 
 
 def fdb_del(key: FdbKey, dst: bytes) -> tuple[int, int, bytes]:
     body = _NDMSG.pack(AF_BRIDGE, key.ifindex, NUD_PERMANENT, NTF_SELF, 0)
-    return RTM_DELNEIGH, 0, body + _attr(NDA_LLADDR, key.mac) + _attr(NDA_DST, dst)
+    return RTM_DELNEIGH, 0, body + attr(NDA_LLADDR, key.mac) + attr(NDA_DST, dst)
 
 
 def nexthop_set(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
@@ -205,13 +205,13 @@ def nexthop_set(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
             8, NHA_ID, nhid, 8, NHA_OIF, nh.oif, 4 + n, NHA_GATEWAY, nh.gateway)
     body = _NHMSG.pack(nh.family, RT_SCOPE_UNIVERSE, nh.protocol, 0,
                        RTNH_F_ONLINK if nh.onlink else 0)
-    body += _attr(NHA_ID, _U32.pack(nhid)) + _attr(NHA_OIF, _U32.pack(nh.oif)) + \
-        _attr(NHA_GATEWAY, nh.gateway)
+    body += attr(NHA_ID, U32.pack(nhid)) + attr(NHA_OIF, U32.pack(nh.oif)) + \
+        attr(NHA_GATEWAY, nh.gateway)
     return RTM_NEWNEXTHOP, NLM_F_REPLACE | NLM_F_CREATE, body
 
 
 def nexthop_del(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
-    return RTM_DELNEXTHOP, 0, _NHMSG.pack(nh.family, 0, 0, 0, 0) + _attr(NHA_ID, _U32.pack(nhid))
+    return RTM_DELNEXTHOP, 0, _NHMSG.pack(nh.family, 0, 0, 0, 0) + attr(NHA_ID, U32.pack(nhid))
 
 
 # --- message parsers (dumps and notifications share them) ----------
@@ -219,12 +219,12 @@ def nexthop_del(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
 
 _ZERO = {AF_INET: bytes(4), AF_INET6: bytes(16)}
 _attr_at = _ATTR.unpack_from
-_u32_at = _U32.unpack_from
+_u32_at = U32.unpack_from
 
 
 def parse_route(buf: bytes, off: int, end: int) -> tuple[int, RouteKey, Route] | None:
     """(table, key, value) of a unicast route, or None for anything else."""
-    fam, dlen, _, _, table, proto, _, rtype, flags = _RTMSG.unpack_from(buf, off)
+    fam, dlen, _, _, table, proto, _, rtype, flags = RTMSG.unpack_from(buf, off)
     if rtype != RTN_UNICAST:
         return None
     dst = gw = b""
@@ -297,7 +297,7 @@ def parse_nexthop(buf: bytes, off: int, end: int) -> tuple[int, Nexthop] | None:
 
 
 def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
-    _, _, index, flags, _ = _IFINFO.unpack_from(buf, off)
+    _, _, index, flags, _ = IFINFO.unpack_from(buf, off)
     return index, flags
 
 
@@ -389,6 +389,28 @@ class RtnlSocket:
                 if seq == last_seq:
                     return
 
+    def request(self, mtype: int, flags: int, body: bytes, entry: object = None
+                ) -> list[tuple[bytes, int, int]]:
+        """One request, acknowledged: (buffer, payload offset, payload end) of its replies
+        (a get's answer; nothing for a write). A refusal raises NetlinkError naming `entry`."""
+        seq = self._next_seq()
+        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, flags | NLM_F_REQUEST | NLM_F_ACK,
+                                 seq, 0) + body)
+        self.requests += 1
+        out: list[tuple[bytes, int, int]] = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            for t, _, s, off, end in _messages(data):
+                if s != seq:
+                    continue
+                if t != NLMSG_ERROR:
+                    out.append((data, off, end))
+                    continue
+                code = -_ERR.unpack_from(data, off)[0]
+                if code:
+                    raise NetlinkError(code, entry, _ext_ack(data, off, end))
+                return out
+
     def dump(self, mtype: int, body: bytes) -> list[tuple[bytes, int, int]]:
         """(buffer, payload offset, payload end) of every message of a dump. Restarts the dump
         if the kernel says a concurrent change interrupted it (flagged on NLMSG_DONE)."""
@@ -454,7 +476,7 @@ def _ext_ack(data: bytes, off: int, end: int) -> str:
 # --- dump requests ----------
 
 def route_dump_request(family: int) -> bytes:
-    return _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    return RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def neigh_dump_request(family: int, ifindex: int = 0) -> bytes:
@@ -465,8 +487,8 @@ def neigh_dump_request(family: int, ifindex: int = 0) -> bytes:
     if not ifindex:
         return _NDMSG.pack(family, 0, 0, 0, 0)
     if family == AF_BRIDGE:
-        return _IFINFO.pack(AF_BRIDGE, 0, ifindex, 0, 0)
-    return _NDMSG.pack(family, 0, 0, 0, 0) + _attr(NDA_IFINDEX, _U32.pack(ifindex))
+        return IFINFO.pack(AF_BRIDGE, 0, ifindex, 0, 0)
+    return _NDMSG.pack(family, 0, 0, 0, 0) + attr(NDA_IFINDEX, U32.pack(ifindex))
 
 
 def nexthop_dump_request(family: int = 0) -> bytes:

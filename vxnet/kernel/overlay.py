@@ -6,8 +6,6 @@ import asyncio
 import socket
 from dataclasses import dataclass, field
 
-from pyroute2 import AsyncIPRoute
-
 from vxnet.ip import IPNetwork
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import Dataplane, PlaneSpec
@@ -18,6 +16,7 @@ from vxnet.kernel.device import (
     interface_networks,
     local_addresses,
 )
+from vxnet.kernel.links import Links
 
 
 @dataclass(eq=False)
@@ -39,12 +38,12 @@ def nexthops_supported(sock: nl.RtnlSocket) -> bool:
     return True
 
 
-async def open_overlay(ipr: AsyncIPRoute, sock: nl.RtnlSocket, device: DeviceSpec, *,
+def open_overlay(links: Links, sock: nl.RtnlSocket, device: DeviceSpec, *,
                        network: IPNetwork | None, direct_routing: bool = False,
                        use_nexthops: bool = True, neigh_on_demand: bool = False,
                        fdb_on_demand: bool = False) -> Overlay:
-    ensured = await ensure_device(ipr, device)
-    parent_nets = await interface_networks(ipr, device.parent_ifindex, device.local_ip.version)
+    ensured = ensure_device(links, device)
+    parent_nets = interface_networks(links, device.parent_ifindex, device.local_ip.version)
     spec = PlaneSpec(
         family=socket.AF_INET if device.subnet.version == 4 else socket.AF_INET6,
         ifindex=ensured.ifindex,
@@ -56,7 +55,7 @@ async def open_overlay(ipr: AsyncIPRoute, sock: nl.RtnlSocket, device: DeviceSpe
         direct_routing=direct_routing,
         use_nexthops=use_nexthops and nexthops_supported(sock),
         vni=device.vni,
-        own_ips=await local_addresses(ipr),
+        own_ips=local_addresses(links),
         neigh_on_demand=neigh_on_demand,
         fdb_on_demand=fdb_on_demand,
     )

@@ -9,7 +9,8 @@ import ipaddress as ipa
 import pytest
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.device import DeviceSpec, default_name, iproute
+from vxnet.kernel.device import DeviceSpec, default_name
+from vxnet.kernel.links import open_links
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay, open_overlay
@@ -56,14 +57,14 @@ async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:
     with in_netns(node.ns.name):
         sock = nl.RtnlSocket()
     overlays = {}
-    async with iproute(node.ns.name) as ipr:
+    with open_links(node.ns.name) as links:
         parent = node.ifindex("eth0")
         for v in versions:
             sub = subnet(node, v)
             dev = DeviceSpec(default_name(1, v), 1, 8472, node.ip if v == 4 else node.ip6,
                              parent, vtep_mac(sub), 1450 if v == 4 else 1430, sub)
-            overlays[v] = await open_overlay(ipr, sock, dev, network=NET4 if v == 4 else NET6,
-                                             **kw)
+            overlays[v] = open_overlay(links, sock, dev, network=NET4 if v == 4 else NET6,
+                                       **kw)
     return NodeKernel(node, sock, overlays)
 
 

@@ -50,7 +50,7 @@ def test_requests_replace_and_never_exclusive():
 
 
 def test_attrs_are_padded_and_skipped_cleanly():
-    data = nl._attr(1, b"abc") + nl._attr(2, b"defgh")
+    data = nl.attr(1, b"abc") + nl.attr(2, b"defgh")
     assert len(data) % 4 == 0
     assert nl.parse_attrs(data, 0, len(data)) == {1: b"abc", 2: b"defgh"}
     assert nl.parse_attrs(b"\x02\x00\x01\x00", 0, 4) == {}  # a bogus length ends parsing
@@ -60,15 +60,15 @@ def test_attrs_are_padded_and_skipped_cleanly():
 def test_precompiled_layouts_match_attribute_by_attribute_encoding(dst):
     fam = nl.AF_INET if len(dst) == 4 else nl.AF_INET6
     mac = bytes.fromhex("0e180af40700")
-    a = nl._attr
+    a = nl.attr
     route = nl.route_set(nl.RouteKey(fam, dst, 24), nl.Route(118, nhid=0x76780001))[2]
-    assert route == nl._RTMSG.pack(fam, 24, 0, 0, 254, 118, 0, nl.RTN_UNICAST, 0) + \
-        a(nl.RTA_TABLE, nl._U32.pack(254)) + a(nl.RTA_DST, dst) + \
-        a(nl.RTA_NH_ID, nl._U32.pack(0x76780001))
+    assert route == nl.RTMSG.pack(fam, 24, 0, 0, 254, 118, 0, nl.RTN_UNICAST, 0) + \
+        a(nl.RTA_TABLE, nl.U32.pack(254)) + a(nl.RTA_DST, dst) + \
+        a(nl.RTA_NH_ID, nl.U32.pack(0x76780001))
     assert route == nl._route_body(nl.RouteKey(fam, dst, 24), 254, nl.Route(118, nhid=0x76780001))
     nh = nl.nexthop_set(5, nl.Nexthop(fam, 7, dst, True, 118))[2]
     assert nh == nl._NHMSG.pack(fam, 0, 118, 0, nl.RTNH_F_ONLINK) + \
-        a(nl.NHA_ID, nl._U32.pack(5)) + a(nl.NHA_OIF, nl._U32.pack(7)) + a(nl.NHA_GATEWAY, dst)
+        a(nl.NHA_ID, nl.U32.pack(5)) + a(nl.NHA_OIF, nl.U32.pack(7)) + a(nl.NHA_GATEWAY, dst)
     neigh = nl.neigh_set(nl.NeighKey(fam, 7, dst), mac, nl.NUD_REACHABLE)[2]
     assert neigh == nl._NDMSG.pack(fam, 7, nl.NUD_REACHABLE, 0, 0) + a(nl.NDA_DST, dst) + \
         a(nl.NDA_LLADDR, mac)

@@ -16,7 +16,7 @@ def l3_miss(addr: str) -> bytes:
 
 
 def l2_miss(mac: bytes) -> bytes:
-    return nl._NDMSG.pack(nl.AF_BRIDGE, IFINDEX, nl.NUD_STALE, 0, 0) + nl._attr(nl.NDA_LLADDR, mac)
+    return nl._NDMSG.pack(nl.AF_BRIDGE, IFINDEX, nl.NUD_STALE, 0, 0) + nl.attr(nl.NDA_LLADDR, mac)
 
 
 def miss(dp, body: bytes) -> bool:
