@@ -69,3 +69,15 @@ def test_setting_the_same_value_is_not_work():
     t.set_desired("a", 0)
     t.delete_desired("missing")
     assert not t.dirty
+
+
+def test_a_dump_equal_to_desire_keeps_desire_s_objects_not_copies():
+    t = table()
+    key, value = ("k", bytes([1, 2])), ("v", bytes([3]))
+    t.replace_desired({key: value})
+    dumped = {("k", bytes([1, 2])): ("v", bytes([3]))}  # equal, but other objects
+    t.load_kernel(dumped)
+    (k, v), = t.kernel.items()
+    assert k is key and v is value and t.kernel is not t.desired
+    t.delete_desired(key)  # the two stay separate dicts
+    assert t.kernel == {key: value}
