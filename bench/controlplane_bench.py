@@ -60,8 +60,7 @@ async def _nodes(endpoint: str, first: int, count: int, start_at: float, seconds
         await mgr.acquire(cfg)
         joined.append(time.monotonic())
         watcher = LeaseWatcher(etcd, paths)
-        assert mgr.last_snapshot is not None
-        watcher.adopt(mgr.last_snapshot)
+        watcher.adopt(mgr.take_snapshot())
         try:
             async for batch in watcher.batches():
                 now = time.monotonic()

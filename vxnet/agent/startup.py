@@ -141,9 +141,8 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
         await masq.apply()
     # The acquire's own listing is the snapshot: the watch resumes from its revision, so
     # nothing after it is missed (our own write included, and skipped as ours).
-    assert mgr.last_snapshot is not None
     watcher = LeaseWatcher(etcd, paths)
-    snap = watcher.adopt(mgr.last_snapshot)
+    snap = watcher.adopt(mgr.take_snapshot())
     reconciler = Reconciler(list(overlays.values()), observer)
     monitor = Monitor(list(overlays.values()), reconciler, resync_interval=opts.resync_interval)
     monitor.open()  # subscribed before the first sync: no change after it goes unseen

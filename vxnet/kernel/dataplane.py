@@ -89,7 +89,9 @@ class Dataplane:
         self.parked = False
         self._space = SubnetSpace()
         self._macs: dict[str, str] = {}
-        self._entries: dict[str, list[tuple[DeltaTable[Any, Any], Any]]] = {}
+        # a peer's entries as a flat (table, key, table, key...) tuple: a list of pairs cost
+        # three times as much per peer (4 MiB at 20 000 peers)
+        self._entries: dict[str, tuple[Any, ...]] = {}
         self._nh_ids: dict[bytes, int] = {}  # gateway -> nexthop id
         self._adopt: dict[bytes, int] = {}  # ids found in the kernel, taken over on first build
         self._foreign_nh: set[int] = set()
@@ -186,7 +188,7 @@ class Dataplane:
         self._macs.pop(p.vtep_mac, None)
         if self.resolver is not None:
             self.resolver.peer_changed(p.mac_bytes)
-        for table, k in self._entries.pop(key, []):
+        for table, k in _pairs(self._entries.pop(key, ())):
             table.delete_desired(k)
             self._failing.pop((table.name, k), None)
             if table is self.nexthop:
@@ -222,7 +224,7 @@ class Dataplane:
                                                         onlink=True)))
         for table, k, v in ents:
             table.set_desired(k, v)
-        self._entries[p.key] = [(t, k) for t, k, _ in ents]
+        self._entries[p.key] = tuple(x for t, k, _ in ents for x in (t, k))
 
     def _nh_id(self, gw: bytes) -> int:
         if gw in self._nh_ids:
@@ -491,8 +493,13 @@ class Dataplane:
     def programmed(self) -> set[str]:
         """Peers whose every entry the kernel holds as wanted (as far as the caches know)."""
         return {key for key, ents in self._entries.items()
-                if all(t.kernel.get(k) == t.desired.get(k) for t, k in ents)}
+                if all(t.kernel.get(k) == t.desired.get(k) for t, k in _pairs(ents))}
 
     @property
     def writes(self) -> dict[str, int]:
         return {t.name: t.writes for t in self.tables}
+
+
+def _pairs(flat: tuple[Any, ...]) -> Iterator[tuple[Any, Any]]:
+    it = iter(flat)
+    return zip(it, it, strict=True)

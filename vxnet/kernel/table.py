@@ -119,6 +119,8 @@ class DeltaTable(Generic[K, V]):
             self.kernel[op.key] = op.value
         if self.desired.get(op.key) == self.kernel.get(op.key):
             self.dirty.discard(op.key)
+            if not self.dirty:  # a set never shrinks: after a first sync of 20 000 keys
+                self.dirty = set()  # the empty one would keep 2 MiB
 
     def drift(self) -> tuple[list[K], list[K], list[K]]:
         """(missing, wrong, extra) keys as of the cache: what /v1/state reports."""
