@@ -144,7 +144,8 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
     watcher = LeaseWatcher(etcd, paths)
     snap = watcher.adopt(mgr.take_snapshot())
     reconciler = Reconciler(list(overlays.values()), observer)
-    monitor = Monitor(list(overlays.values()), reconciler, resync_interval=opts.resync_interval)
+    monitor = Monitor(list(overlays.values()), reconciler, resync_interval=opts.resync_interval,
+                      writer_portid=sock.portid)
     monitor.open()  # subscribed before the first sync: no change after it goes unseen
 
     state.phase = "first sync"

@@ -378,7 +378,7 @@ class RtnlSocket:
         self.requests += len(pending)
         while True:
             data = self.sock.recv(1 << 20)
-            for mtype, _, seq, off, end in _messages(data):
+            for mtype, _, seq, _, off, end in _messages(data):
                 if mtype != NLMSG_ERROR or seq not in pending:
                     continue
                 code = -_ERR.unpack_from(data, off)[0]
@@ -400,7 +400,7 @@ class RtnlSocket:
         out: list[tuple[bytes, int, int]] = []
         while True:
             data = self.sock.recv(1 << 20)
-            for t, _, s, off, end in _messages(data):
+            for t, _, s, _, off, end in _messages(data):
                 if s != seq:
                     continue
                 if t != NLMSG_ERROR:
@@ -443,26 +443,35 @@ class RtnlSocket:
                 return out
         raise NetlinkError(errno.EINTR, f"dump {mtype}", "interrupted five times")
 
-    def recv_events(self, datagrams: int = 1000) -> Iterator[tuple[int, bytes, int, int]]:
+    @property
+    def portid(self) -> int:
+        """The socket's netlink port: what the kernel's notifications of its requests carry."""
+        return int(self.sock.getsockname()[0])
+
+    def recv_events(self, datagrams: int = 1000, skip_portid: int = 0
+                    ) -> Iterator[tuple[int, bytes, int, int]]:
         """Queued notifications, without blocking, at most `datagrams` reads' worth (the rest
         stays queued for the next call, so a flood of them never holds the event loop long).
+        Those carrying `skip_portid` (the echo of that socket's own requests) are left out.
         ENOBUFS (events lost) propagates."""
         for _ in range(datagrams):
             try:
                 data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
-            for t, _, _, off, end in _messages(data):
-                yield t, data, off, end
+            for t, _, _, pid, off, end in _messages(data):
+                if not skip_portid or pid != skip_portid:
+                    yield t, data, off, end
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """(type, flags, seq, portid, payload offset, payload end) of each message."""
     off = 0
     while off + _HDR.size <= len(data):
-        n, mtype, flags, seq, _ = _HDR.unpack_from(data, off)
+        n, mtype, flags, seq, pid = _HDR.unpack_from(data, off)
         if n < _HDR.size:
             return
-        yield mtype, flags, seq, off + _HDR.size, off + n
+        yield mtype, flags, seq, pid, off + _HDR.size, off + n
         off += (n + 3) & ~3
 
 

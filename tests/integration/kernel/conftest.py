@@ -48,7 +48,8 @@ class NodeKernel:
     def keep(self, **kw) -> tuple[Monitor, asyncio.Task]:
         """The agent's kernel keepers for this node: monitor and reconciler, running."""
         overlays = list(self.overlays.values())
-        mon = Monitor(overlays, Reconciler(overlays), netns=self.node.ns.name, **kw)
+        mon = Monitor(overlays, Reconciler(overlays), netns=self.node.ns.name,
+                      writer_portid=self.sock.portid, **kw)
         mon.open()
         return mon, asyncio.ensure_future(asyncio.gather(mon.run(), mon.reconciler.run()))
 

@@ -132,3 +132,23 @@ async def test_dumps_hold_only_our_device_s_entries(two_nodes):
     assert fdb and {nl.parse_neigh(b, o, e)[1] for b, o, e in fdb} == {dev}
     everything = k.sock.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(socket.AF_INET))
     assert len(everything) >= 51
+
+
+async def test_notifications_of_our_own_writes_can_be_left_out(two_nodes):
+    """The kernel names the requesting socket in the notifications of its writes: the monitor
+    skips the reconciler's echo, and still sees everyone else's changes."""
+    n1, _ = two_nodes
+    k = await open_node(n1)
+    dev = k.plane().spec.ifindex
+    with n1.ns.entered():
+        events = nl.RtnlSocket((nl.RTNLGRP_NEIGH,))
+    try:
+        ours = nl.NeighKey(socket.AF_INET, dev, ipa.ip_address("10.244.9.0").packed)
+        assert k.sock.batch([("ours", nl.neigh_set(ours, bytes.fromhex("0e0000000009")))]) == []
+        n1.ns.ip("neigh", "add", "10.244.8.0", "lladdr", "0e:00:00:00:00:08", "dev",
+                 "flannel.1", "nud", "permanent")
+        seen = [addr(nl.parse_neigh(b, o, e)[4]) for t, b, o, e in
+                events.recv_events(skip_portid=k.sock.portid) if t == nl.RTM_NEWNEIGH]
+        assert seen == ["10.244.8.0"]
+    finally:
+        events.close()
