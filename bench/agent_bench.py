@@ -52,6 +52,23 @@ async def _load(endpoint: str, n: int) -> None:
     await etcd.close()
 
 
+async def _churn(endpoint: str, rate: float, n: int) -> None:
+    """Change existing peers' MACs at `rate` a second (a busy cluster) until terminated."""
+    from vxnet.store.etcd import Etcd
+    from vxnet.store.paths import Paths
+
+    etcd, paths = Etcd(endpoint, timeout=10), Paths(PREFIX)
+    lease = await etcd.grant(3600)
+    t0, i = time.perf_counter(), 0
+    while True:
+        p = peer(i % n + 1)
+        mac = f"0e:{(i // n) % 200 + 16:02x}:" + p.vtep_mac[6:]
+        await etcd.put(paths.subnet(str(p.subnet).replace("/", "-")),
+                       LeaseAttrs(p.public_ip, mac).encode(), lease)
+        i += 1
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+
+
 async def _latency(endpoint: str, ops: int, base: int) -> None:
     """Serial puts/changes/deletes; for each, the time until its netlink notification."""
     from vxnet.store.etcd import Etcd
@@ -138,6 +155,38 @@ def histogram(c: Cluster, node, name: str) -> dict[str, float]:
     return out
 
 
+def latency(c: Cluster, node, n: int, ops: int, churn: float, base: int
+            ) -> tuple[dict[str, list[float]], list[float]]:
+    """Event latency per kind (and after etcd's ack), printed with the agent's own share;
+    with `churn` > 0 under that many other lease changes a second."""
+    bg = None if not churn else subprocess.Popen(
+        ["ip", "netns", "exec", c.lab.fabric.name, sys.executable, HERE,  # type: ignore[union-attr]
+         "_churn", c.endpoint, str(churn), str(n)])
+    try:
+        own0 = histogram(c, node, "vxnet_event_to_kernel_seconds")
+        res = json.loads(in_ns(node.ns.name, "_latency", c.endpoint, str(ops), str(base)).stdout)
+        own = {le: v - own0.get(le, 0) for le, v in
+               histogram(c, node, "vxnet_event_to_kernel_seconds").items()}
+    finally:
+        if bg is not None:
+            bg.terminate()
+            bg.wait()
+    acked = res.pop("acked")
+    every = [x for xs in res.values() for x in xs]
+    print(f"\nevent latency, {n} peers held, {len(every)} operations"
+          f"{f' under {churn:g} other changes/s' if churn else ''} (etcd put sent -> netlink; "
+          "'after ack': from etcd's reply, i.e. without etcd's own commit):")
+    for kind, xs in [*res.items(), ("all", every), ("after ack", acked)]:
+        print(f"  {kind:>9}: p50 {pct(xs, .5) * 1000:6.2f} ms  p99 {pct(xs, .99) * 1000:6.2f}"
+              f" ms  max {max(xs) * 1000:6.2f} ms")
+    total = own.pop("count") or 1
+    print(f"  the agent's own part (a watch batch arriving -> its kernel writes done; the churn's "
+          f"included), mean {own.pop('sum') / total * 1000:.2f} ms: " + ", ".join(
+              f"<= {float(le) * 1000:g} ms {v / total:.1%}" for le, v in own.items()
+              if 0.0005 <= float(le) <= 0.01))
+    return res, acked
+
+
 def reset_node(node) -> None:
     node.ns.ip("link", "del", "flannel.1", check=False)  # takes routes, neighbours, FDB along
 
@@ -192,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--latency-peers", type=int, default=5000)
     ap.add_argument("--latency-ops", type=int, default=1000)
+    ap.add_argument("--churn", type=float, default=100,
+                    help="measure the latency again under this many other changes/s (0: not)")
     ap.add_argument("--idle-peers", type=int, default=5000)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--plot-dir", help="also write agent-cold.png and agent-latency.png here")
@@ -235,23 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         in_ns(c.lab.fabric.name, "_load", c.endpoint, str(n))  # type: ignore[union-attr]
         proc = c.start_agent(node)
         c.wait_ready(node, 120)
-        own0 = histogram(c, node, "vxnet_event_to_kernel_seconds")
-        res = json.loads(in_ns(node.ns.name, "_latency", c.endpoint, str(args.latency_ops),
-                               str(n)).stdout)
-        own = {le: v - own0.get(le, 0) for le, v in
-               histogram(c, node, "vxnet_event_to_kernel_seconds").items()}
-        acked = res.pop("acked")
-        every = [x for xs in res.values() for x in xs]
-        print(f"\nevent latency, {n} peers held, {len(every)} operations (etcd put sent -> "
-              "netlink; 'after ack': from etcd's reply, i.e. without etcd's own commit):")
-        for kind, xs in [*res.items(), ("all", every), ("after ack", acked)]:
-            print(f"  {kind:>9}: p50 {pct(xs, .5) * 1000:6.2f} ms  p99 {pct(xs, .99) * 1000:6.2f}"
-                  f" ms  max {max(xs) * 1000:6.2f} ms")
-        total = own.pop("count") or 1
-        print(f"  the agent's own part (a watch batch arriving -> its kernel writes done), mean "
-              f"{own.pop('sum') / total * 1000:.2f} ms: " + ", ".join(
-                  f"<= {float(le) * 1000:g} ms {v / total:.1%}" for le, v in own.items()
-                  if 0.0005 <= float(le) <= 0.01))
+        res, acked = latency(c, node, n, args.latency_ops, 0, n)
+        if args.churn:
+            churned, _ = latency(c, node, n, args.latency_ops, args.churn, n + args.latency_ops)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         count0 = metric(c, node, 'vxnet_resync_duration_seconds_count{family="ipv4",kind='
                                  '"periodic"}')
@@ -269,8 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.plot import save
         save(f"{args.plot_dir}/agent-cold.png", "An agent joining a cluster of N peers (median)",
              "peers", [("milliseconds", cold), ("MiB", peak)], logx=True)
+        series = [*res.items(), ("after ack", acked)]
+        if args.churn:
+            series.append((f"all, under {args.churn:g} changes/s",
+                           [x for xs in churned.values() for x in xs]))
         cdf = {kind: [(x * 1000, (i + 1) / len(xs)) for i, x in enumerate(sorted(xs))]
-               for kind, xs in [*res.items(), ("after ack", acked)]}
+               for kind, xs in series}
         save(f"{args.plot_dir}/agent-latency.png", f"etcd write -> kernel, {n} peers held "
              "(cumulative share of events)", "milliseconds", [("share of events", cdf)],
              logx=True)
@@ -280,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         asyncio.run(_load(sys.argv[2], int(sys.argv[3])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_churn":
+        asyncio.run(_churn(sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))
     elif len(sys.argv) > 1 and sys.argv[1] == "_latency":
         asyncio.run(_latency(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     else:
