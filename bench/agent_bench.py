@@ -180,8 +180,9 @@ def latency(c: Cluster, node, n: int, ops: int, churn: float, base: int
         print(f"  {kind:>9}: p50 {pct(xs, .5) * 1000:6.2f} ms  p99 {pct(xs, .99) * 1000:6.2f}"
               f" ms  max {max(xs) * 1000:6.2f} ms")
     total = own.pop("count") or 1
-    print(f"  the agent's own part (a watch batch arriving -> its kernel writes done; the churn's "
-          f"included), mean {own.pop('sum') / total * 1000:.2f} ms: " + ", ".join(
+    print(f"  the agent's own part (a watch batch arriving -> its kernel writes done"
+          f"{', the churn included' if churn else ''}), mean "
+          f"{own.pop('sum') / total * 1000:.2f} ms: " + ", ".join(
               f"<= {float(le) * 1000:g} ms {v / total:.1%}" for le, v in own.items()
               if 0.0005 <= float(le) <= 0.01))
     return res, acked
