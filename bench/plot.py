@@ -3,6 +3,7 @@ Imported only when a benchmark is given --plot, so the benchmarks run without it
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 Series = dict[str, Sequence[tuple[float, float]]]
@@ -28,7 +29,7 @@ def save(path: str, title: str, xlabel: str, panels: Sequence[tuple[str, Series]
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 50 * len(panels)))  # a one-panel figure is narrow
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
