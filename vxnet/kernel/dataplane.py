@@ -327,7 +327,18 @@ class Dataplane:
         result.seconds += time.perf_counter() - t0
 
     def _write(self, ops: list[Op[Any, Any]], result: PassResult) -> None:
-        failed = {id(f.entry): f.error for f in self.sock.batch((op, op.request()) for op in ops)}
+        """One table's planned ops (all sets or all deletes), written in one batch."""
+        table = ops[0].table
+        encode = table.encode_del if ops[0].delete else table.encode_set
+        failures = self.sock.batch((op, encode(op.key, op.value)) for op in ops)
+        if not failures:  # the common case, recorded in bulk
+            table.record_all(ops)
+            result.writes[table.name] += len(ops)
+            if self._failing:
+                for op in ops:
+                    self._failing.pop((table.name, op.key), None)
+            return
+        failed = {id(f.entry): f.error for f in failures}
         for op in ops:
             err = failed.get(id(op))
             ok = err is None or (op.delete and err.errno in _GONE)

@@ -354,13 +354,12 @@ class RtnlSocket:
         failures: list[Failure] = []
         pending: dict[int, object] = {}
         buf = bytearray()
-        pack, seq = _HDR.pack_into, self._seq
+        pack, seq = _HDR.pack, self._seq
         for entry, (mtype, flags, body) in requests:
             seq = (seq + 1) & 0xFFFFFFFF or 1
             pending[seq] = entry
             at = len(buf)
-            buf += bytes(_HDR.size)
-            pack(buf, at, _HDR.size + len(body), mtype, flags | NLM_F_REQUEST, seq, 0)
+            buf += pack(16 + len(body), mtype, flags | NLM_F_REQUEST, seq, 0)
             buf += body
             if len(buf) >= CHUNK:
                 self._flush(buf, at, seq, pending, failures)

@@ -8,6 +8,7 @@ so an unchanged entry is never written and traffic through it never notices.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
@@ -26,11 +27,6 @@ class Op(NamedTuple, Generic[K, V]):
     delete: bool
     key: K
     value: V
-
-    def request(self) -> Request:
-        t = self.table
-        return t.encode_del(self.key, self.value) if self.delete else \
-            t.encode_set(self.key, self.value)
 
     def __str__(self) -> str:
         return f"{'delete' if self.delete else 'set'} {self.table.name} {self.table.show(self.key)}"
@@ -121,6 +117,29 @@ class DeltaTable(Generic[K, V]):
             self.dirty.discard(op.key)
             if not self.dirty:  # a set never shrinks: after a first sync of 20 000 keys
                 self.dirty = set()  # the empty one would keep 2 MiB
+
+    def record_all(self, ops: list[Op[K, V]]) -> None:
+        """Every op of one synchronous batch succeeded: record() for each, in bulk at C speed
+        (a first sync records 20 000 writes per table)."""
+        self.writes += len(ops)
+        keys = [op.key for op in ops]
+        if ops[0].delete:
+            kernel = self.kernel
+            for k in keys:
+                kernel.pop(k, None)
+            in_step = not any(map(self.desired.__contains__, keys))
+        else:
+            values = [op.value for op in ops]
+            self.kernel.update(zip(keys, values, strict=True))
+            in_step = all(map(operator.eq, map(self.desired.get, keys), values))
+        if in_step:  # else a desire changed meanwhile: those keys stay dirty, one by one
+            self.dirty.difference_update(keys)
+            if not self.dirty:
+                self.dirty = set()
+        else:
+            for k in keys:
+                if self.desired.get(k) == self.kernel.get(k):
+                    self.dirty.discard(k)
 
     def drift(self) -> tuple[list[K], list[K], list[K]]:
         """(missing, wrong, extra) keys as of the cache: what /v1/state reports."""

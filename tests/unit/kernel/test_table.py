@@ -81,3 +81,28 @@ def test_a_dump_equal_to_desire_keeps_desire_s_objects_not_copies():
     assert k is key and v is value and t.kernel is not t.desired
     t.delete_desired(key)  # the two stay separate dicts
     assert t.kernel == {key: value}
+
+
+def test_recording_a_whole_batch_is_recording_each_op():
+    bulk, each = table(), table()
+    for t in (bulk, each):
+        t.load_kernel({"gone": 1, "old": 2})
+        t.replace_desired({"a": 1, "b": 2, "old": 3})
+    for deleting in (False, True):
+        sets, dels = bulk.plan()
+        ops = dels if deleting else sets
+        bulk.record_all(ops)
+        sets, dels = each.plan()
+        for op in dels if deleting else sets:
+            each.record(op, ok=True)
+    assert (bulk.kernel, bulk.dirty, bulk.writes) == (each.kernel, each.dirty, each.writes)
+    assert bulk.kernel == {"a": 1, "b": 2, "old": 3} and not bulk.dirty
+
+
+def test_a_desire_changed_during_a_bulk_write_stays_dirty():
+    t = table()
+    t.replace_desired({"a": 1, "b": 2})
+    sets, _ = t.plan()
+    t.set_desired("a", 9)  # while the batch was out
+    t.record_all(sets)
+    assert t.dirty == {"a"} and t.kernel == {"a": 1, "b": 2}
