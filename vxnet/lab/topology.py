@@ -8,6 +8,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 
 from vxnet.lab.netns import Netns
@@ -40,8 +43,18 @@ class Node:
         return json.loads(self.ns.ip("-j", "link", "show", ifname).stdout)[0]["ifindex"]
 
 
+def _unwind_on_sigterm() -> None:
+    """A benchmark or demo ended by SIGTERM (kill, a timeout) unwinds as Ctrl-C does, so the
+    namespaces and processes of its labs are removed instead of left behind. Only from the
+    main thread, and only where nobody has a handler of their own."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 class Lab:
     def __init__(self, stem: str = "lab") -> None:
+        _unwind_on_sigterm()
         self.stem = stem
         self.nodes: list[Node] = []
         self._all: list[Netns] = []
