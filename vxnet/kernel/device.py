@@ -19,6 +19,7 @@ from vxnet.nsenter import in_netns
 log = logging.getLogger(__name__)
 
 VXLAN_OVERHEAD = {4: 50, 6: 70}  # outer IP + UDP + VXLAN + inner Ethernet
+IFNAMSIZ = 16  # with its terminating NUL
 
 
 class DeviceError(VxnetError):
@@ -77,6 +78,10 @@ def ensure_device(links: Links, spec: DeviceSpec, netns: str | None = None) -> E
     """Our device, exactly as specified: created if missing, recreated (same MAC) where the
     kernel cannot change an attribute in place, fixed in place otherwise. `netns` is where
     `links` works (for the ethtool ioctl and the sysctls)."""
+    if len(spec.name.encode()) > IFNAMSIZ - 1:
+        raise DeviceError(f"device name {spec.name!r} is longer than the kernel's "
+                          f"{IFNAMSIZ - 1} characters (VNI {spec.vni} is too large for flannel's "
+                          "names flannel.<VNI> and flannel-v6.<VNI>)")
     link = links.get(name=spec.name)
     action = "reused"
     if link is not None:
