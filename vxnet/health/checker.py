@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MTU_EVERY = 5  # full-size probes every this many rounds of a peer (and on its first)
 TICK_MIN = 0.05  # seconds
 CONCURRENCY = 1024  # checks in flight at once (a dead peer's holds its slot for ~4 timeouts)
+LOG_PER_MINUTE = 20  # peer state changes logged one by one; past that, one summary a minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,8 @@ class HealthChecker:
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: Counter[str] = Counter()  # checks that failed to run, by error
         self._busy: set[str] = set()  # peers whose check is still running
+        # a partition that takes thousands of peers away at once must not flood the log
+        self._log_window, self._logged, self._unlogged = time.monotonic(), 0, 0
 
     def counts(self) -> Counter[str]:
         return Counter(p.state for p in self.peers.values())
@@ -128,6 +131,7 @@ class HealthChecker:
                             self._spawn(self.peers[key])
                 if not queue:
                     queue = deque(current)
+                self._roll_log_window()  # the summary comes even when nothing changes after
                 await asyncio.sleep(tick * random.uniform(0.9, 1.1))
         finally:
             for task in self._tasks:
@@ -174,6 +178,22 @@ class HealthChecker:
             self.observer.on_probe(path, reply.rtt if reply else None)
         return reply
 
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        self._roll_log_window()
+        if self._logged < LOG_PER_MINUTE:
+            self._logged += 1
+            log.log(level, msg, *args)
+        else:
+            self._unlogged += 1
+
+    def _roll_log_window(self) -> None:
+        if time.monotonic() - self._log_window < 60:
+            return
+        if self._unlogged:
+            log.warning("%d more peer state changes in the last minute were not logged one by "
+                        "one; /v1/health and `vxnet status` show every peer", self._unlogged)
+        self._log_window, self._logged, self._unlogged = time.monotonic(), 0, 0
+
     async def _check(self, peer: PeerHealth) -> None:
         async with self._slots:
             t = peer.target
@@ -188,7 +208,7 @@ class HealthChecker:
         if (state, why) != (peer.state, peer.diagnosis):
             if state == "healthy":
                 if peer.state != "unknown":
-                    log.info("peer %s is reachable again", t.key)
+                    self._log(logging.INFO, "peer %s is reachable again", t.key)
             else:
-                log.warning("peer %s: %s", t.key, why)
+                self._log(logging.WARNING, "peer %s: %s", t.key, why)
             peer.state, peer.diagnosis, peer.since = state, why, time.time()

@@ -228,9 +228,9 @@ class AllowList:
             if s and s["name"] in ("refused4", "refused6"):
                 sources = {} if sources is None else sources
                 for e in s.get("elem", ()):
-                    if isinstance(e, dict):
-                        e = e.get("elem", {})
-                        sources[e.get("val")] = int(e.get("counter", {}).get("packets", 0))
+                    if isinstance(e, dict) and isinstance(e.get("elem", {}).get("val"), str):
+                        e = e["elem"]
+                        sources[e["val"]] = int(e.get("counter", {}).get("packets", 0))
         if sources is None:  # the listing had no sets in it
             return
         for src in sources.keys() - self.refused_sources.keys():

@@ -5,7 +5,7 @@ the checker."""
 import asyncio
 import ipaddress as ipa
 
-from vxnet.health.checker import MTU_EVERY, HealthChecker, Target, diagnose
+from vxnet.health.checker import LOG_PER_MINUTE, MTU_EVERY, HealthChecker, Target, diagnose
 from vxnet.health.pinger import Reply
 
 T = Target("ipv4 p2", ipa.ip_address("10.244.2.0"), ipa.ip_address("198.51.100.2"), 1450, 8472)
@@ -95,3 +95,24 @@ async def test_a_probe_that_cannot_run_is_counted_and_the_checker_goes_on():
     checker = HealthChecker(lambda: targets(3), 0.1, pinger=no_raw_sockets)
     await run_for(checker, 0.3)
     assert sum(checker.errors.values()) >= 3 and checker.counts() == {"unknown": 3}
+
+
+async def test_many_peers_going_down_at_once_do_not_flood_the_log(caplog):
+    checker = HealthChecker(lambda: targets(100), 0.2,
+                            pinger=lambda v: FakePinger(v, lambda dst, size: None))
+    task = asyncio.ensure_future(checker.run())
+    try:
+        for _ in range(200):  # until every peer has its verdict (deadline: 10 s)
+            if checker.counts().get("unhealthy") == 100:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert checker.counts() == {"unhealthy": 100}
+    one_by_one = [r for r in caplog.records if r.getMessage().startswith("peer ipv4 ")]
+    assert len(one_by_one) == LOG_PER_MINUTE
+    checker._log_window -= 61  # a minute later
+    checker._roll_log_window()
+    assert caplog.records[-1].getMessage().startswith(
+        f"{100 - LOG_PER_MINUTE} more peer state changes in the last minute")
