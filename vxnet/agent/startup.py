@@ -16,9 +16,9 @@ from typing import TypeVar
 from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, Selection, find_external
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.runtime import (
+    HealthTargets,
     Runtime,
     RuntimeObserver,
-    health_targets,
     lease_attrs,
     masquerade_rules,
     peer_ips,
@@ -162,7 +162,7 @@ async def _start(opts: AgentOptions, state: AgentState, observer: RuntimeObserve
     finally:
         gc.enable()
     gc.freeze()
-    health = HealthChecker(lambda: health_targets(overlays, allow), opts.health_interval, observer
+    health = HealthChecker(HealthTargets(overlays, allow), opts.health_interval, observer
                            ) if opts.health_interval > 0 else None
     runtime = Runtime(opts, cfg, selection, ext, etcd, mgr, lease, nid, sock, overlays, watcher,
                       reconciler, monitor, allow, masq, observer, writes, health)

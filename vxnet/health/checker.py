@@ -106,11 +106,16 @@ class HealthChecker:
         queue: deque[str] = deque()
         owed, refreshed = 0.0, -1.0
         current: dict[str, Target] = {}
+        targets: list[Target] | None = None
+        known: list[Target] | None = None
         try:
             while True:
                 if time.monotonic() - refreshed >= 1.0:  # the peer list, once a second at most
                     refreshed = time.monotonic()
-                    current = {t.key: t for t in self.targets()}
+                    targets = self.targets()
+                if targets is not known:  # the same list object: nothing changed
+                    known = targets
+                    current = {t.key: t for t in targets}
                     for key in [k for k in self.peers if k not in current]:
                         del self.peers[key]
                     for key, t in current.items():

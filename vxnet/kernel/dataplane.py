@@ -85,6 +85,7 @@ class Dataplane:
         self.route: DeltaTable[nl.RouteKey, nl.Route] = DeltaTable(
             "route", nl.route_set, nl.route_del, lambda k: f"{_hex(k.dst)}/{k.dst_len}")
         self.peers: dict[str, Peer] = {}
+        self.generation = 0  # counts changes to `peers`, for readers that cache a view of them
         self.rejected: dict[str, str] = {}
         self.parked = False
         self._space = SubnetSpace()
@@ -159,6 +160,7 @@ class Dataplane:
         except PeerError as e:
             return self._reject(peer.key, e)
         self.peers[p.key] = p
+        self.generation += 1
         self._space.add(p.subnet, p.key)
         self._macs[p.vtep_mac] = p.key
         if self.resolver is not None:
@@ -184,6 +186,7 @@ class Dataplane:
         p = self.peers.pop(key, None)
         if p is None:
             return
+        self.generation += 1
         self._space.remove(p.subnet)
         self._macs.pop(p.vtep_mac, None)
         if self.resolver is not None:
