@@ -1,7 +1,9 @@
 """Issue 4's acceptance, on a lab cluster of real agents."""
 
 import json
+import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -215,10 +217,20 @@ def test_the_demo_runs_green_and_leaves_nothing(capsys):
 
 
 def capture_source(ns, count=1):
-    """tcpdump in a namespace: the source address of the first ICMP echo request it sees."""
-    return subprocess.Popen(["ip", "netns", "exec", ns.name, "tcpdump", "-l", "-n", "-c",
+    """tcpdump in a namespace: the source address of the first ICMP echo request it sees.
+    Returned once it says it is listening, so nothing sent after is missed."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns.name, "tcpdump", "-l", "-n", "-c",
                              str(count), "-i", "eth0", "icmp[icmptype] == icmp-echo"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, said = time.monotonic() + 10, ""
+    while "listening on" not in said:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([proc.stderr], [], [], left)[0], \
+            f"tcpdump did not start: {said!r}"
+        chunk = os.read(proc.stderr.fileno(), 4096).decode()  # not readline: its buffer
+        assert chunk, f"tcpdump ended: {said!r}"  # could hold the line while select waits
+        said += chunk
+    return proc
 
 
 def test_ip_masq_hides_pods_going_out_but_not_between_pods(cluster):
@@ -232,14 +244,12 @@ def test_ip_masq_hides_pods_going_out_but_not_between_pods(cluster):
     p1, p2 = cluster.add_cni_pod(n1), cluster.add_cni_pod(n2)
 
     cap = capture_source(outside)
-    time.sleep(0.5)
     # the outside host has no route to pods: only a masqueraded ping can be answered
     assert ping(p1, outside_ip, "-c", "2").returncode == 0
     line = cap.communicate(timeout=10)[0]
     assert f"IP {n1.ip} > {outside_ip}" in line, line
 
     cap = capture_source(p2.ns)
-    time.sleep(0.5)
     assert ping(p1, p2.ip).returncode == 0
     line = cap.communicate(timeout=10)[0]
     assert f"IP {p1.ip} > {p2.ip}" in line, line  # pod to pod: the pod's own address
