@@ -9,12 +9,12 @@ import pytest
 pytestmark = pytest.mark.netns
 
 SCRIPT = """
-import time
+import signal
 from vxnet.lab.topology import Lab
 with Lab("sigterm") as lab:
     node = lab.add_node(1)
     print(lab.fabric.name, node.ns.name, flush=True)
-    time.sleep(60)
+    signal.pause()  # until terminated
 """
 
 
