@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -23,17 +22,6 @@ def cluster(request, tmp_path):
         yield c
     finally:
         c.close()
-
-
-def wait_for(pred, timeout: float, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout}s")
-        time.sleep(0.02)
 
 
 def state(cluster, node) -> dict:

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, readyz, routes, state, wait_for
+from tests.e2e.conftest import ipam, metric, ping, readyz, routes, state
+from tests.waiting import wait_for
 from vxnet.lab.cluster import PREFIX
 
 FLANNEL_VALUE = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'

@@ -2,7 +2,8 @@
 
 import json
 
-from tests.e2e.conftest import ipam, ping, readyz, wait_for
+from tests.e2e.conftest import ipam, ping, readyz
+from tests.waiting import wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
 FLANNEL = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'

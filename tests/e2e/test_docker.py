@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for
+from tests.waiting import wait_for
 from vxnet.lab.cluster import Cluster
 
 pytestmark = pytest.mark.netns

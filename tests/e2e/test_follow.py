@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ipam, metric, ping, state, wait_for
+from tests.e2e.conftest import ipam, metric, ping, state
+from tests.waiting import wait_for
 from vxnet.kernel.ethtool import tx_checksum
 from vxnet.lab.cluster import PREFIX, Cluster
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for
 from tests.integration.store.test_tls import issue, openssl
+from tests.waiting import wait_for
 from vxnet.lab.etcd import EtcdServer
 from vxnet.lab.netns import Netns
 from vxnet.lab.topology import UNDERLAY4, Lab, Node

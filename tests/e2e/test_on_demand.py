@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import ipam, ping, state, wait_for
+from tests.e2e.conftest import ipam, ping, state
+from tests.waiting import wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
 pytestmark = pytest.mark.netns

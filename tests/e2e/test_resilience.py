@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ipam, state, wait_for
+from tests.e2e.conftest import ipam, state
+from tests.waiting import wait_for
 from vxnet.lab.cluster import API_PORT, PREFIX, Cluster
 from vxnet.store.lease import LeaseAttrs
 

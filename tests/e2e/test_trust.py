@@ -10,7 +10,8 @@ import struct
 import subprocess
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, state, wait_for
+from tests.e2e.conftest import ipam, metric, ping, state
+from tests.waiting import wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
 FOREIGN = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'

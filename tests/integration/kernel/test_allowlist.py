@@ -5,6 +5,7 @@ import ipaddress as ipa
 
 import pytest
 
+from tests.waiting import until
 from vxnet.kernel.allowlist import TABLE, AllowList
 from vxnet.lab.netns import Netns
 
@@ -24,13 +25,6 @@ def elements(ns, name="peers4") -> set:
     out = ns.run("nft", "list", "set", "inet", TABLE, name, check=False).stdout
     inside = out.partition("elements = {")[2].partition("}")[0]
     return {ipa.ip_address(x.strip()) for x in inside.replace("\n", " ").split(",") if x.strip()}
-
-
-async def until(pred, timeout=2.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "not in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_follows_peers_and_undoes_others_changes_but_not_ours(ns):

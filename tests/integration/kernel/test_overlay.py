@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tests.integration.kernel.conftest import open_node, peer_of, subnet
+from tests.waiting import until
 from vxnet.kernel.dataplane import PROTO_VXNET
 
 pytestmark = pytest.mark.netns
@@ -143,16 +144,6 @@ async def test_bad_peers_are_skipped_and_the_rest_programmed(lab, caplog):
     assert "10.244.2.0/24" in routes and "10.244.3.0/24" in routes and routes.count("\n") == 2
 
 
-async def wait_until(pred, timeout):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 @pytest.mark.parametrize("what", [
     ("route", "del", "10.244.2.0/24"),
     ("neigh", "del", "10.244.2.0", "dev", "flannel.1"),
@@ -176,7 +167,7 @@ async def test_entries_deleted_by_hand_are_back_within_a_second(two_nodes, what)
         nhid = next(iter(k1.plane().nexthop.desired))
         args = [a.replace("MAC", peer_of(n2).vtep_mac).replace("NHID", str(nhid)) for a in what]
         (n1.ns.run if args[0] == "bridge" else n1.ns.ip)(*args)
-        assert await wait_until(lambda: state() == good, 1.0), state()
+        await until(lambda: state() == good, 1.0, f"the kernel as before after {what}")
     finally:
         task.cancel()
 
@@ -199,12 +190,12 @@ async def test_deleted_device_is_back_within_two_seconds_with_same_mac(two_nodes
             return out and json.loads(out)[0]["address"] == mac and n1.ns.ip(
                 "route", "show", "proto", str(PROTO_VXNET)).stdout == before[0] and \
                 "PERMANENT" in n1.ns.ip("neigh", "show", "dev", "flannel.1").stdout
-        assert await wait_until(back, 2.0)
+        await until(back, 2.0)
         assert mon.repairs == 1
         # and set down by hand: put back up at once, and what the kernel dropped with it
         # (IPv4 routes, nexthops, neighbours) fully resynced
         n1.ns.ip("link", "set", "flannel.1", "down")
-        assert await wait_until(lambda: "UP" in json.loads(n1.ns.ip(
+        await until(lambda: "UP" in json.loads(n1.ns.ip(
             "-j", "link", "show", "flannel.1").stdout)[0]["flags"] and n1.ns.ip(
             "route", "show", "proto", str(PROTO_VXNET)).stdout == before[0], 1.0)
         assert mon.drift_repairs >= 1 and not k1.plane().parked

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.waiting import until
 from vxnet.errors import ConfigError, ExhaustedError
 from vxnet.store.etcd import Etcd
 from vxnet.store.lease import LeaseAttrs, SubnetKey
@@ -170,13 +171,6 @@ async def test_keepalive_renews_and_recovers_a_revoked_lease(etcd, paths):
         task.cancel()
 
 
-async def wait_until(pred, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 FOREIGN = LeaseAttrs(ipa.ip_address("198.51.100.99"), "0e:aa:bb:cc:dd:ee", 1).encode()
 
 
@@ -203,7 +197,7 @@ async def test_foreign_writes_to_our_key_are_put_back_under_our_etcd_lease(etcd,
         for n, write in enumerate(writes, 1):
             await write()
             m.check_soon()  # the agent does this on every watch event for its own key
-            await wait_until(restored)
+            await until(restored, 10)
             assert m.takeovers == n and m.losses == 0
         assert m.lease.etcd_lease == lease.etcd_lease and m.lease.key == lease.key
     finally:
@@ -227,7 +221,7 @@ async def test_a_foreign_rewrite_of_our_reservation_is_put_back_as_a_reservation
             kv = await etcd.get(paths.subnet(str(key)))
             return kv.value == lease.attrs.encode() and kv.lease == 0
 
-        await wait_until(restored)
+        await until(restored, 10)
         assert m.takeovers == 1
     finally:
         task.cancel()

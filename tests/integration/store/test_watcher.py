@@ -1,6 +1,7 @@
 import asyncio
 import ipaddress as ipa
 
+from tests.waiting import until
 from vxnet.store.lease import LeaseAttrs
 from vxnet.store.watcher import EventKind, LeaseWatcher, list_leases
 
@@ -14,13 +15,6 @@ async def collect(watcher, out: list, stop: asyncio.Event):
         out.append(ev)
         if stop.is_set():
             return
-
-
-async def wait_for(pred, timeout=15.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def test_snapshot_then_typed_events(etcd, paths):
@@ -37,7 +31,7 @@ async def test_snapshot_then_typed_events(etcd, paths):
         await etcd.put(paths.subnet("10.244.2.0-24"), value(3))
         await etcd.put(paths.subnet("10.244.1.0-24"), b"[]")  # valid -> garbage
         await etcd.delete(paths.subnet("10.244.2.0-24"))
-        await wait_for(lambda: len(got) >= 5)
+        await until(lambda: len(got) >= 5, 15)
     finally:
         task.cancel()
     assert [(e.kind, e.key) for e in got] == [
@@ -59,7 +53,7 @@ async def test_etcd_restart_mid_watch_loses_and_repeats_nothing(etcd_server, etc
     task = asyncio.create_task(collect(w, got, asyncio.Event()))
     try:
         await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
-        await wait_for(lambda: len(got) == 1)
+        await until(lambda: len(got) == 1, 15)
         await asyncio.to_thread(etcd_server.stop)
         await asyncio.sleep(1.5)  # the watch notices the outage and starts retrying
         await asyncio.to_thread(etcd_server.start)
@@ -71,7 +65,7 @@ async def test_etcd_restart_mid_watch_loses_and_repeats_nothing(etcd_server, etc
                 except Exception:
                     await asyncio.sleep(0.1)
         await etcd.delete(paths.subnet("10.244.1.0-24"))
-        await wait_for(lambda: len(got) >= 12)
+        await until(lambda: len(got) >= 12, 15)
         await asyncio.sleep(0.5)  # anything duplicated would arrive now
     finally:
         task.cancel()
@@ -97,9 +91,9 @@ async def test_compaction_past_the_watcher_is_recovered_by_relisting(etcd, paths
     got: list = []
     task = asyncio.create_task(collect(w, got, asyncio.Event()))
     try:
-        await wait_for(lambda: len(got) >= 3)
+        await until(lambda: len(got) >= 3, 15)
         await etcd.put(paths.subnet("10.244.5.0-24"), value(5))  # and the watch goes on
-        await wait_for(lambda: len(got) >= 4)
+        await until(lambda: len(got) >= 4, 15)
     finally:
         task.cancel()
     assert sorted((e.kind.value, e.key) for e in got[:3]) == [
@@ -140,6 +134,6 @@ async def test_a_frozen_member_is_noticed_and_the_watch_resumes_after(etcd_serve
     task = asyncio.create_task(collect(w, got, asyncio.Event()))
     try:
         await etcd.put(paths.subnet("10.244.2.0-24"), value(2))
-        await wait_for(lambda: [e.key for e in got] == ["10.244.2.0-24"])
+        await until(lambda: [e.key for e in got] == ["10.244.2.0-24"], 15)
     finally:
         task.cancel()

@@ -5,6 +5,7 @@ the checker."""
 import asyncio
 import ipaddress as ipa
 
+from tests.waiting import until
 from vxnet.health.checker import LOG_PER_MINUTE, MTU_EVERY, HealthChecker, Target, diagnose
 from vxnet.health.pinger import Reply
 
@@ -102,10 +103,7 @@ async def test_many_peers_going_down_at_once_do_not_flood_the_log(caplog):
                             pinger=lambda v: FakePinger(v, lambda dst, size: None))
     task = asyncio.ensure_future(checker.run())
     try:
-        for _ in range(200):  # until every peer has its verdict (deadline: 10 s)
-            if checker.counts().get("unhealthy") == 100:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: checker.counts().get("unhealthy") == 100, 10, "every verdict")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -12,6 +12,7 @@ import pytest
 
 from tests.unit.kernel.fakekernel import FakeKernel
 from tests.unit.kernel.test_dataplane import peer, plane
+from tests.waiting import until
 from vxnet.kernel import dataplane
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.overlay import Overlay
@@ -32,13 +33,6 @@ class Seen:
 def overlay(kernel, **spec) -> Overlay:
     dp = plane(kernel, **spec)
     return Overlay(device=None, plane=dp, ensured=None)  # the device is not the subject here
-
-
-async def until(pred, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "not in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
