@@ -18,7 +18,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str = "condition") -
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not true after {timeout}s")
-        time.sleep(0.02)
+        time.sleep(0.02)  # the poll interval; the deadline above bounds the wait
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -33,4 +33,4 @@ async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "cond
             return value
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what} not true after {timeout}s")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the poll interval; the deadline above bounds it

@@ -48,7 +48,7 @@ def targets(n):
 
 async def run_for(checker, seconds):
     task = asyncio.ensure_future(checker.run())
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # what is tested is a schedule over time: run it until then
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
