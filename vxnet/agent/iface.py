@@ -9,9 +9,9 @@ import socket
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import IPAddress
+from vxnet.ip import IPAddress, IPInterface
 from vxnet.kernel.device import interface_networks
-from vxnet.kernel.links import IPInterface, Links
+from vxnet.kernel.links import Links
 from vxnet.kernel.netlink import NetlinkError
 
 

@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import IPAddress, IPNetwork
+from vxnet.ip import IPAddress, IPInterface, IPNetwork
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.ethtool import set_tx_checksum, tx_checksum
-from vxnet.kernel.links import IPInterface, Link, Links
+from vxnet.kernel.links import Link, Links
 from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class DeviceSpec:
     app_solicit: bool = False  # neighbour misses asked of us (on-demand neighbours), not ARP/NDP
 
     @property
-    def address(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    def address(self) -> IPInterface:
         return ipaddress.ip_interface((self.subnet.network_address, self.subnet.max_prefixlen))
 
 
@@ -114,21 +114,22 @@ def ensure_device(links: Links, spec: DeviceSpec, netns: str | None = None) -> E
 
 
 def _fix_in_place(links: Links, link: Link, spec: DeviceSpec) -> list[str]:
+    mac = spec.mac if link.mac != spec.mac else None
+    mtu = spec.mtu if link.mtu != spec.mtu else None
+    learning = spec.learning if (link.vxlan is not None and link.vxlan.learning) != spec.learning \
+        else None
+    up = None if link.up else True
     changes = []
-    if link.mac != spec.mac:
-        changes.append(f"MAC {link.mac} -> {spec.mac}")
-    if link.mtu != spec.mtu:
-        changes.append(f"MTU {link.mtu} -> {spec.mtu}")
-    learning = link.vxlan is not None and link.vxlan.learning
-    if learning != spec.learning:
-        changes.append(f"learning {'on' if spec.learning else 'off'}")
-    if not link.up:
+    if mac:
+        changes.append(f"MAC {link.mac} -> {mac}")
+    if mtu:
+        changes.append(f"MTU {link.mtu} -> {mtu}")
+    if learning is not None:
+        changes.append(f"learning {'on' if learning else 'off'}")
+    if up:
         changes.append("up")
-    if changes:
-        links.set(link.index, mac=spec.mac if link.mac != spec.mac else None,
-                  mtu=spec.mtu if link.mtu != spec.mtu else None,
-                  vxlan_learning=spec.learning if learning != spec.learning else None,
-                  up=True if not link.up else None)
+    if changes:  # one call: it sends what is given, the VXLAN attribute on its own
+        links.set(link.index, mac=mac, mtu=mtu, vxlan_learning=learning, up=up)
     want = spec.address
     have = interface_networks(links, link.index, want.version)
     for addr in have:

@@ -13,11 +13,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vxnet.ip import IPAddress
+from vxnet.ip import IPAddress, IPInterface
 from vxnet.kernel import netlink as nl
 from vxnet.nsenter import in_netns
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # linux/rtnetlink.h, if_link.h, if_addr.h
 RTM_GETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 18, 20, 21, 22
