@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ipam, state
+from tests.e2e.conftest import LAB_CONFIG, ipam, state
 from tests.waiting import wait_for
 from vxnet.lab.cluster import API_PORT, PREFIX, Cluster
 from vxnet.store.lease import LeaseAttrs
@@ -94,6 +94,7 @@ class HealthWatch:
 
 
 def fake_peer(i: int) -> tuple[str, str, str]:
+    # at 10.244.200 and up: the cluster's agents draw from LAB_CONFIG's 10.244.1-99
     key = f"10.244.{200 + i}.0-24"
     value = LeaseAttrs(ipaddress.ip_address(f"198.51.100.{150 + i}"),
                        f"0e:00:00:00:01:{i:02x}").encode().decode()
@@ -117,7 +118,7 @@ def propagation(cluster, nodes, i: int, since: float) -> float:
 
 
 def test_etcd_cluster_faults_never_stop_an_agent_nor_a_ping(tmp_path):
-    c = Cluster("res", workdir=tmp_path / "lab", etcd_members=3,
+    c = Cluster("res", config=LAB_CONFIG, workdir=tmp_path / "lab", etcd_members=3,
                 agent_args=("--resync-interval", "5"))
     with c:
         c.start()
