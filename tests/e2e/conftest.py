@@ -9,8 +9,6 @@ import pytest
 
 from vxnet.lab.cluster import Cluster
 
-pytestmark = pytest.mark.netns
-
 # The lab's network, with agents drawing their subnets from 10.244.1-99 only: leases a test
 # writes itself (a flanneld peer, garbage, impossible or fake peers) sit at 10.244.200 and up,
 # where no agent can have drawn the same subnet (with the whole /16 to draw from, one run in

@@ -19,7 +19,6 @@ from vxnet.kernel.reconciler import Reconciler
 from vxnet.lab.topology import Lab, Node
 from vxnet.nsenter import in_netns
 
-pytestmark = pytest.mark.netns
 NET4, NET6 = ipa.ip_network("10.244.0.0/16"), ipa.ip_network("fd00:10:244::/48")
 
 
