@@ -12,7 +12,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
-_FAMILY = {4: (socket.AF_INET, ipaddress.IPv4Address), 6: (socket.AF_INET6, ipaddress.IPv6Address)}
+_FAMILY: dict[int, tuple[socket.AddressFamily,
+                          type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]]] = {
+    4: (socket.AF_INET, ipaddress.IPv4Address), 6: (socket.AF_INET6, ipaddress.IPv6Address)}
 
 
 def parse_ip(text: str, version: int) -> IPAddress:
@@ -23,9 +25,6 @@ def parse_ip(text: str, version: int) -> IPAddress:
         return cls(socket.inet_pton(family, text))
     except (OSError, UnicodeEncodeError, ValueError):
         raise ValueError(f"{text!r} is not an IPv{version} address") from None
-
-
-_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 
 _V4_BY_FIRST_OCTET = {0: "unspecified", 127: "loopback"}
@@ -46,17 +45,16 @@ def unsendable(ip: IPAddress) -> str | None:
         if x >> 16 == 0xA9FE:
             return "link-local"
         return "reserved" if x >> 28 == 15 else None
-    if ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK):
+    # IPv6 from here on: every IPv4 address was answered above
+    if ip.is_unspecified:
         return "unspecified"
     if ip.is_loopback:
         return "loopback"
     if ip.is_multicast:
         return "multicast"
-    if ip.version == 4 and int(ip) == 0xFFFFFFFF:
-        return "broadcast"
     if ip.is_link_local:
         return "link-local"
-    if ip.is_reserved:  # IPv4 class E; IPv6 ::/8 (mapped and compatible forms) and friends
+    if ip.is_reserved:  # ::/8 (mapped and compatible forms) and friends
         return "reserved"
     return None
 
