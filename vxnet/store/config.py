@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from vxnet.errors import ConfigError
 from vxnet.ip import IPNetwork, contains, subnet_count
@@ -67,8 +67,10 @@ class Pool:
         return (
             self.contains(subnet)
             and subnet.prefixlen == self.subnet_len
-            and self.subnet_min.network_address <= subnet.network_address
-            <= self.subnet_max.network_address
+            # as integers: the addresses are of one family (contains() checked), which the
+            # IPv4-or-IPv6 union cannot say, and the order is the same
+            and int(self.subnet_min.network_address) <= int(subnet.network_address)
+            <= int(self.subnet_max.network_address)
         )
 
 
@@ -191,7 +193,7 @@ def _pool(top: _Fields, pfx: str, version: int) -> Pool:
     last = ipaddress.ip_network((int(net.broadcast_address) + 1 - size, slen))
     smin = _bound(top, f"{pfx}SubnetMin", net, slen, first)
     smax = _bound(top, f"{pfx}SubnetMax", net, slen, last)
-    if smin.network_address > smax.network_address:
+    if int(smin.network_address) > int(smax.network_address):  # one family: both in net
         raise ConfigError(f"{pfx}SubnetMin", f"{smin.network_address} is above "
                           f"{pfx}SubnetMax {smax.network_address}")
     return Pool(net, slen, smin, smax)
@@ -213,6 +215,10 @@ def _bound(top: _Fields, key: str, net: IPNetwork, slen: int, default: IPNetwork
     return sub
 
 
+_T = TypeVar("_T")  # the JSON type a key must have
+_D = TypeVar("_D")  # the caller's default when the key is absent or null
+
+
 class _Fields:
     """Case-insensitive, type-checked access to one JSON object's keys."""
 
@@ -223,7 +229,7 @@ class _Fields:
             f"{path}{k}: unknown key, ignored" for k in doc if k.lower() not in known
         ]
 
-    def get(self, key: str, kind: type, default: Any) -> Any:
+    def get(self, key: str, kind: type[_T], default: _D) -> _T | _D:
         if key.lower() not in self.doc:
             return default
         _, value = self.doc[key.lower()]
