@@ -8,6 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# A deadline for what should happen at once (a repair, a route, a watch event): an upper bound
+# for a busy 2-core CI machine, not a claim about speed (benchmarks measure that). Waits return
+# as soon as the condition holds, so a generous deadline costs nothing when things work.
+SOON = 10.0  # seconds
+
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str = "condition") -> Any:
     """Poll `pred` until it is truthy (its value is returned) or fail after `timeout` s."""

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from tests.e2e.conftest import ipam, metric, ping, readyz, routes, state
-from tests.waiting import wait_for
+from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import PREFIX
 
 FLANNEL_VALUE = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
@@ -81,7 +81,7 @@ def test_a_node_leaves_and_another_joins(cluster):
     cluster.wait_ready(n4)
     new = ipam(cluster, n4)
     for n in (n1, n2):
-        wait_for(lambda n=n: new["podSubnetThisNode"] in routes(n), 2.0, "route added")
+        wait_for(lambda n=n: new["podSubnetThisNode"] in routes(n), SOON, "route added")
     p1, p4 = cluster.add_pod(n1), cluster.add_pod(n4)
     assert ping(p1, p4.ip, "-c", "2").returncode == 0
 
@@ -91,7 +91,7 @@ def test_a_lease_written_by_flanneld_is_programmed(cluster):
     lease_id = cluster.etcdctl("lease", "grant", "600").split()[1]
     cluster.etcdctl("put", "--lease", lease_id, f"{PREFIX}/subnets/10.244.200.0-24",
                     FLANNEL_VALUE)
-    wait_for(lambda: "10.244.200.0/24" in routes(n1), 2.0, "flannel peer's route")
+    wait_for(lambda: "10.244.200.0/24" in routes(n1), SOON, "flannel peer's route")
     assert "10.244.200.0 lladdr 0e:aa:bb:cc:dd:ee PERMANENT" in n1.ns.ip(
         "neigh", "show", "dev", "flannel.1").stdout
     assert "0e:aa:bb:cc:dd:ee dst 198.51.100.99 self permanent" in n1.ns.run(
@@ -117,7 +117,7 @@ def test_garbage_leases_are_skipped_and_counted(cluster):
     }
     for key, value in {**garbage, **rejected}.items():
         cluster.etcdctl("put", f"{PREFIX}/subnets/{key}", value)
-    wait_for(lambda: set(garbage) <= set(state(cluster, n1)["invalidLeases"]), 3.0,
+    wait_for(lambda: set(garbage) <= set(state(cluster, n1)["invalidLeases"]), SOON,
              "invalid leases reported")
     s = state(cluster, n1)
     assert set(rejected) <= set(s["overlays"]["ipv4"]["rejected"])
@@ -131,7 +131,7 @@ def test_garbage_leases_are_skipped_and_counted(cluster):
     assert cluster.api(n1, "/healthz")[0] == 200
     # the agent is still healthy: a valid newcomer is programmed
     cluster.etcdctl("put", f"{PREFIX}/subnets/10.244.210.0-24", FLANNEL_VALUE)
-    wait_for(lambda: "10.244.210.0/24" in routes(n1), 2.0, "valid lease after garbage")
+    wait_for(lambda: "10.244.210.0/24" in routes(n1), SOON, "valid lease after garbage")
 
 
 def test_etcd_outage_keeps_pods_talking_and_the_agent_catches_up(cluster):

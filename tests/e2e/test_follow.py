@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import ipam, metric, ping, state
-from tests.waiting import wait_for
+from tests.waiting import SOON, wait_for
 from vxnet.kernel.ethtool import tx_checksum
 from vxnet.lab.cluster import PREFIX, Cluster
 
@@ -142,7 +142,7 @@ def test_device_attributes_changed_by_hand_are_put_back(cluster, change):
                 "UP" in now["flags"]) == (before["mtu"], before["address"],
                                           before["linkinfo"]["info_data"].get("learning"), True)
 
-    wait_for(back, 1.0, f"flannel.1 back after {change}")
+    wait_for(back, SOON, f"flannel.1 back after {change}")
     print(f"\n{change[0]}: put back in {time.monotonic() - t0:.3f} s")
     wait_for(lambda: ping(n1.pods[0], n2.pods[0].ip).returncode == 0, 5, "pods talk")
     assert metric(cluster, n1, "vxnet_device_drift_repairs_total") >= 1
@@ -155,9 +155,10 @@ def test_checksum_offload_off_survives_recreation_and_restart(cluster):
     assert tx_checksum("flannel.1", node.ns.name) is False
     assert state(cluster, node)["overlays"]["ipv4"]["txChecksumOffload"] is False
     node.ns.ip("link", "del", "flannel.1")
-    wait_for(lambda: node.ns.ip("link", "show", "flannel.1", check=False).returncode == 0, 2,
+    wait_for(lambda: node.ns.ip("link", "show", "flannel.1", check=False).returncode == 0, SOON,
              "recreated")
-    wait_for(lambda: tx_checksum("flannel.1", node.ns.name) is False, 2, "off after recreation")
+    wait_for(lambda: tx_checksum("flannel.1", node.ns.name) is False, SOON,
+             "off after recreation")
     cluster.stop_agent(node)
     # a restart with the setting in the network config instead of the flag
     cluster.etcdctl("put", f"{PREFIX}/config", json.dumps(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import LAB_CONFIG, ipam, state
-from tests.waiting import wait_for
+from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import API_PORT, PREFIX, Cluster
 from vxnet.store.lease import LeaseAttrs
 
@@ -206,7 +206,7 @@ def test_a_burst_of_20000_changes_against_5000_peers(tmp_path):
             victim = "10.0.6.0/24"  # a peer every round keeps (changed, never deleted)
             node.ns.ip("route", "del", victim)
             t0 = time.monotonic()
-            wait_for(lambda: victim in node.ns.ip("route", "show", victim).stdout, 1.0,
+            wait_for(lambda: victim in node.ns.ip("route", "show", victim).stdout, SOON,
                      "the deleted route repaired")
             repaired = time.monotonic() - t0
             assert burst.wait(timeout=180) == 0

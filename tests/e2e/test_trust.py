@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from tests.e2e.conftest import ipam, metric, ping, state
-from tests.waiting import wait_for
+from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
 FOREIGN = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
@@ -65,7 +65,7 @@ def test_a_foreign_takeover_of_a_nodes_lease_is_put_back(cluster):
         cluster.etcdctl(*args)
         wait_for(lambda: kv(cluster, key) == ours, 5, f"our value back after put {n}")
         for peer in nodes[1:]:
-            wait_for(lambda p=peer: f"{info['vtepMAC']} dst {a.ip}" in fdb(p), 1.0,
+            wait_for(lambda p=peer: f"{info['vtepMAC']} dst {a.ip}" in fdb(p), SOON,
                      f"{peer.name} points at {a.name} again")
         print(f"put {n}: repaired and peers re-pointed in {time.monotonic() - t0:.2f}s")
         assert "198.51.100.99" not in fdb(nodes[1]) + fdb(nodes[2])
@@ -200,7 +200,7 @@ def test_vxlan_only_from_cluster_members(cluster):
     gone = ipam(cluster, n3)
     cluster.stop_agent(n3)
     cluster.etcdctl("del", f"{PREFIX}/subnets/{gone['leaseKey']}")
-    wait_for(lambda: str(n3.ip) not in allowed(n1), 2, "a removed peer leaves the allow-list")
+    wait_for(lambda: str(n3.ip) not in allowed(n1), SOON, "a removed peer leaves the allow-list")
     send_from(n3.ns, n1.ip, frame)
     assert listener.drain() == 0
 
@@ -208,7 +208,7 @@ def test_vxlan_only_from_cluster_members(cluster):
                    ("delete", "table", "inet", "vxnet-vxlan")):
         n1.ns.run("nft", *tamper)
         t0 = time.monotonic()
-        wait_for(lambda: str(n2.ip) in allowed(n1), 1.0, f"repaired after {tamper[:2]}")
+        wait_for(lambda: str(n2.ip) in allowed(n1), SOON, f"repaired after {tamper[:2]}")
         print(f"{' '.join(tamper[:2])}: repaired in {time.monotonic() - t0:.3f}s")
         send_from(n2.ns, n1.ip, frame)
         assert listener.drain() == 20

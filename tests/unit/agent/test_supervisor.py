@@ -6,6 +6,7 @@ import gc
 
 import pytest
 
+from tests.waiting import SOON
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.startup import start, wait_for
 from vxnet.agent.state import AgentState
@@ -62,7 +63,7 @@ async def test_only_a_configuration_error_gets_through():
     sup = Supervisor()
     sup.start("config", bad)
     with pytest.raises(ConfigError):
-        await asyncio.wait_for(sup.wait(), 2)
+        await asyncio.wait_for(sup.wait(), SOON)
     await sup.stop()
 
 
