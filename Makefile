@@ -7,11 +7,18 @@ APT_PKGS := etcd-server etcd-client containernetworking-plugins iproute2 iputils
             podman runc jq
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup apt venv lint bench clean install uninstall
+.PHONY: test demo setup apt venv lint bench clean install uninstall chaos
 
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The chaos test over several seeds and longer fault sequences (make test runs one seed).
+SEED ?= 1 2 3 4 5
+FAULTS ?= 30
+chaos: setup
+	for s in $(SEED); do CHAOS_SEED=$$s CHAOS_FAULTS=$(FAULTS) $(PY) -m pytest -q -s \
+	    -p no:cacheprovider --timeout 1800 tests/e2e/test_chaos.py || exit 1; done
 
 demo: setup
 	$(VENV)/bin/vxnet demo

@@ -73,7 +73,7 @@ def run_cni(netns: str, command: str, pod_ns: str, stdin: bytes, plugin: Path | 
 class Cluster:
     def __init__(self, stem: str = "lab", *, config: dict[str, Any] | None = None,
                  workdir: str | Path | None = None, agent_args: tuple[str, ...] = (),
-                 etcd_members: int = 1, etcd_args: tuple[str, ...] = (),
+                 etcd_members: int = 1, etcd_args: tuple[str, ...] = (), segments: int = 1,
                  vxnet: tuple[str, ...] = (sys.executable, "-m", "vxnet")) -> None:
         """vxnet: the command that runs `vxnet` (an installed console script, say)."""
         self.stem, self.config = stem, config or DEFAULT_CONFIG
@@ -81,6 +81,7 @@ class Cluster:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-lab-"))
         self.agent_args = agent_args
         self.etcd_members, self.etcd_args = etcd_members, etcd_args
+        self.segments = segments
         self.vxnet = vxnet
         self.lab: Lab | None = None
         self.etcd: EtcdServer | EtcdCluster | None = None
@@ -93,7 +94,7 @@ class Cluster:
         return f"http://{UNDERLAY4[254]}:2379"
 
     def start(self, nodes: int = 0) -> Cluster:
-        self.lab = Lab(self.stem)
+        self.lab = Lab(self.stem, self.segments)
         if self.etcd_members == 1:
             self.etcd = EtcdServer(str(UNDERLAY4[254]), client_port=2379, peer_port=2380,
                                    netns=self.lab.fabric.name, workdir=self.workdir / "etcd",
@@ -123,9 +124,9 @@ class Cluster:
     def node(self, index: int) -> Node:
         return next(n for n in self.nodes if n.index == index)
 
-    def add_node(self, index: int, start_agent: bool = True) -> Node:
+    def add_node(self, index: int, start_agent: bool = True, segment: int = 0) -> Node:
         assert self.lab is not None
-        node = self.lab.add_node(index)
+        node = self.lab.add_node(index, segment=segment)
         (self.workdir / node.name).mkdir(parents=True, exist_ok=True)
         if start_agent:
             self.start_agent(node)

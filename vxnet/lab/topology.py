@@ -17,6 +17,9 @@ from vxnet.lab.netns import Netns
 
 UNDERLAY4 = ipaddress.ip_network("198.51.100.0/24")
 UNDERLAY6 = ipaddress.ip_network("2001:db8:100::/64")
+# the second segment, behind the router namespace (cross-subnet tests)
+UNDERLAY4B = ipaddress.ip_network("203.0.113.0/24")
+UNDERLAY6B = ipaddress.ip_network("2001:db8:101::/64")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Node:
     ns: Netns
     ip: ipaddress.IPv4Address
     ip6: ipaddress.IPv6Address
+    segment: int = 0  # 0: on the fabric's bridge; 1: behind the router
     pods: list[Pod] = field(default_factory=list)
 
     @property
@@ -53,7 +57,9 @@ def _unwind_on_sigterm() -> None:
 
 
 class Lab:
-    def __init__(self, stem: str = "lab") -> None:
+    def __init__(self, stem: str = "lab", segments: int = 1) -> None:
+        """segments=2: a router namespace joins a second underlay segment (203.0.113.0/24,
+        2001:db8:101::/64, its own bridge) to the fabric's, for nodes on another subnet."""
         _unwind_on_sigterm()
         self.stem = stem
         self.nodes: list[Node] = []
@@ -64,22 +70,47 @@ class Lab:
         self.fabric.ip("link", "add", "br0", "address", "02:00:00:00:00:fe", "type", "bridge")
         self.fabric.ip("addr", "add", f"{UNDERLAY4[254]}/24", "dev", "br0")
         self.fabric.ip("link", "set", "br0", "up")
+        self.router: Netns | None = self._add_router() if segments > 1 else None
+
+    def _add_router(self) -> Netns:
+        """.1 on both segments, forwarding between them; segment 1's switch is its br1."""
+        rt = self.new_ns("rt")
+        self.fabric.ip("link", "add", "rt", "type", "veth", "peer", "name", "eth0", "netns",
+                       rt.name)
+        self.fabric.ip("link", "set", "rt", "master", "br0", "up")
+        rt.ip("link", "add", "br1", "address", "02:00:00:00:01:fe", "type", "bridge")
+        for dev, net4, net6 in (("eth0", UNDERLAY4, UNDERLAY6), ("br1", UNDERLAY4B, UNDERLAY6B)):
+            rt.ip("addr", "add", f"{net4[1]}/{net4.prefixlen}", "dev", dev)
+            rt.ip("addr", "add", f"{net6[1]}/{net6.prefixlen}", "dev", dev, "nodad")
+            rt.ip("link", "set", dev, "up")
+        rt.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        # etcd on the fabric (IPv4 only) answers nodes behind the router
+        self.fabric.ip("route", "add", str(UNDERLAY4B), "via", str(UNDERLAY4[1]))
+        return rt
 
     def new_ns(self, role: str) -> Netns:
         ns = Netns.create(f"{self.stem}-{role}")
         self._all.append(ns)
         return ns
 
-    def add_node(self, index: int, mtu: int = 1500) -> Node:
+    def add_node(self, index: int, mtu: int = 1500, segment: int = 0) -> Node:
         ns = self.new_ns(f"n{index}")
-        node = Node(index, ns, UNDERLAY4[10 + index], UNDERLAY6[10 + index])
+        net4, net6 = (UNDERLAY4, UNDERLAY6) if segment == 0 else (UNDERLAY4B, UNDERLAY6B)
+        node = Node(index, ns, net4[10 + index], net6[10 + index], segment)
         port = f"n{index}"
-        self.fabric.ip("link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "name",
-                       "eth0", "mtu", str(mtu), "netns", ns.name)
-        self.fabric.ip("link", "set", port, "master", "br0", "up")
+        switch, bridge = (self.fabric, "br0") if segment == 0 else (self.router, "br1")
+        if switch is None:
+            raise ValueError("segment 1 needs a lab with segments=2")
+        switch.ip("link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "name",
+                  "eth0", "mtu", str(mtu), "netns", ns.name)
+        switch.ip("link", "set", port, "master", bridge, "up")
         ns.ip("addr", "add", f"{node.ip}/24", "dev", "eth0")
         ns.ip("addr", "add", f"{node.ip6}/64", "dev", "eth0", "nodad")
         ns.ip("link", "set", "eth0", "up")
+        if self.router is not None:  # the other segment is reached through the router
+            other4, other6 = (UNDERLAY4B, UNDERLAY6B) if segment == 0 else (UNDERLAY4, UNDERLAY6)
+            ns.ip("route", "add", str(other4), "via", str(net4[1]))
+            ns.ip("-6", "route", "add", str(other6), "via", str(net6[1]))
         # forwarding inside the node's own namespace: it routes for its pods
         ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         self.nodes.append(node)
