@@ -64,13 +64,18 @@ class Lab:
         self.stem = stem
         self.nodes: list[Node] = []
         self._all: list[Netns] = []
-        self.fabric = self.new_ns("fab")
-        # A fixed MAC: a bridge otherwise takes its lowest port's, so replacing a node's uplink
-        # (tests do) would change the router's MAC under the nodes' ARP caches.
-        self.fabric.ip("link", "add", "br0", "address", "02:00:00:00:00:fe", "type", "bridge")
-        self.fabric.ip("addr", "add", f"{UNDERLAY4[254]}/24", "dev", "br0")
-        self.fabric.ip("link", "set", "br0", "up")
-        self.router: Netns | None = self._add_router() if segments > 1 else None
+        try:  # a half-built lab is no one's to close: remove what it made
+            self.fabric = self.new_ns("fab")
+            # A fixed MAC: a bridge otherwise takes its lowest port's, so replacing a node's
+            # uplink (tests do) would change the router's MAC under the nodes' ARP caches.
+            self.fabric.ip("link", "add", "br0", "address", "02:00:00:00:00:fe", "type",
+                           "bridge")
+            self.fabric.ip("addr", "add", f"{UNDERLAY4[254]}/24", "dev", "br0")
+            self.fabric.ip("link", "set", "br0", "up")
+            self.router: Netns | None = self._add_router() if segments > 1 else None
+        except BaseException:
+            self.close()
+            raise
 
     def _add_router(self) -> Netns:
         """.1 on both segments, forwarding between them; segment 1's switch is its br1."""
