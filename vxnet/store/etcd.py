@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -23,6 +23,85 @@ from vxnet.errors import StoreAuthError, StoreUnavailable, VxnetError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+# -- aetcd, typed: the library ships no type information, so these Protocols say what vxnet
+# -- calls on its client and reads from its answers (aetcd's rtypes and etcd's protobufs).
+
+class KeyValue(Protocol):
+    """One key as etcd answers it: aetcd's rtypes.KeyValue and Get, a watch event's kv."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def create_revision(self) -> int: ...
+    @property
+    def mod_revision(self) -> int: ...
+    @property
+    def lease(self) -> int: ...
+
+
+class WatchEvent(Protocol):
+    """mvccpb.Event: `type` is PUT (0) or DELETE (1), `kv` the key after the change."""
+
+    @property
+    def type(self) -> int: ...
+    @property
+    def kv(self) -> KeyValue: ...
+
+
+class _Header(Protocol):
+    @property
+    def revision(self) -> int: ...
+
+
+class _Response(Protocol):  # rtypes.Put
+    @property
+    def header(self) -> _Header: ...
+
+
+class _Range(_Response, Protocol):  # rtypes.GetRange
+    def __iter__(self) -> Iterator[KeyValue]: ...
+
+
+class _Deleted(Protocol):  # rtypes.Delete
+    @property
+    def deleted(self) -> int: ...
+
+
+class _Granted(Protocol):  # aetcd.leases.Lease
+    @property
+    def id(self) -> int: ...
+
+
+class _KeepAlive(Protocol):  # rpc.LeaseKeepAliveResponse
+    @property
+    def TTL(self) -> int: ...
+
+
+class AetcdClient(Protocol):
+    """The part of aetcd.Client that vxnet uses."""
+
+    @property
+    def channel(self) -> grpc.aio.Channel: ...
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None: ...
+    async def close(self) -> None: ...
+    async def get(self, key: bytes) -> KeyValue | None: ...
+    async def get_prefix(self, key_prefix: bytes) -> _Range: ...
+    async def put(self, key: bytes, value: bytes, lease: int | None = None) -> _Response: ...
+    async def delete(self, key: bytes) -> _Deleted | None: ...
+    # compare and ops: aetcd.transactions objects; answers: a protobuf per put or delete, a
+    # list of (value, rtypes.Get) per get
+    async def transaction(self, compare: list[Any], success: list[Any] | None = None,
+                          failure: list[Any] | None = None) -> tuple[bool, list[Any]]: ...
+    async def lease(self, ttl: int) -> _Granted: ...
+    async def refresh_lease(self, lease_id: int) -> _KeepAlive | None: ...
+    async def revoke_lease(self, lease_id: int) -> None: ...
+    async def compact(self, revision: int, physical: bool = False) -> None: ...
+
 
 # Errors that mean "this endpoint is not answering now": rotate, report, retry later.
 TRANSIENT = (aexc.ConnectionFailedError, aexc.ConnectionTimeoutError, aexc.InternalError,
@@ -104,13 +183,13 @@ _AUTH_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECON
                  grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
-class _Client(aetcd.Client):
+class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd.Client is untyped (Any) to mypy
     """aetcd's client with TLS and authentication over either channel: aetcd alone has no TLS,
     and its own connect() would authenticate only over plain gRPC."""
 
     def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float,
                  auth: Credentials | None) -> None:
-        super().__init__(ep.host, ep.port, timeout=timeout,  # type: ignore[arg-type]
+        super().__init__(ep.host, ep.port, timeout=timeout,
                          options=CHANNEL_OPTIONS)
         self._endpoint, self._auth = ep, auth
         self._creds = tls.credentials() if ep.tls or tls.cafile else None
@@ -166,7 +245,7 @@ class Etcd:
     def endpoint(self) -> Endpoint:
         return self.endpoints[self._index]
 
-    async def client(self) -> aetcd.Client:
+    async def client(self) -> AetcdClient:
         if self._client is None:
             self._client = _Client(self.endpoint, self.tls, self.timeout, self.auth)
             await self._client.connect()
@@ -186,7 +265,7 @@ class Etcd:
         await self.close()
         self.reconnects += 1
 
-    async def failover(self, failed: aetcd.Client | None = None) -> None:
+    async def failover(self, failed: AetcdClient | None = None) -> None:
         """Drop the current connection and move to the next endpoint -- unless the connection
         that failed (`failed`) was already replaced by another task's failover."""
         if failed is not None and failed is not self._client:
@@ -195,7 +274,7 @@ class Etcd:
         self._index = (self._index + 1) % len(self.endpoints)
         self.reconnects += 1
 
-    async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[AetcdClient], Awaitable[T]]) -> T:
         """Run one request; on a transport failure rotate endpoints and raise StoreUnavailable."""
         client = None
         try:
@@ -226,14 +305,14 @@ class Etcd:
 
     # Thin typed helpers over call(): the only operations the store needs.
 
-    async def connected(self) -> aetcd.Client:
+    async def connected(self) -> AetcdClient:
         """A connected client, connecting (and failing over) as call() does."""
         return await self.call(_itself)
 
-    async def get(self, key: bytes) -> aetcd.rtypes.Get | None:
+    async def get(self, key: bytes) -> KeyValue | None:
         return await self.call(lambda c: c.get(key))
 
-    async def get_prefix(self, prefix: bytes) -> tuple[list[aetcd.rtypes.KeyValue], int]:
+    async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         r = await self.call(lambda c: c.get_prefix(prefix))
         return list(r), r.header.revision
 
@@ -266,7 +345,7 @@ class Etcd:
 
     async def watch_prefix(self, prefix: bytes, start_revision: int, *,
                            progress_every: float = 5.0
-                           ) -> AsyncIterator[list[Any]]:
+                           ) -> AsyncIterator[list[WatchEvent]]:
         """Batches of events under prefix from start_revision on, one batch per etcd response
         (a transaction's events arrive together). Our own stream rather than aetcd's watcher:
         it requires a leader (a member cut off from quorum ends the stream instead of keeping
@@ -328,9 +407,10 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def _itself(client: aetcd.Client) -> aetcd.Client:
+async def _itself(client: AetcdClient) -> AetcdClient:
     return client
 
 
 def prefix_end(prefix: bytes) -> bytes:
-    return aetcd.utils.prefix_range_end(prefix)
+    end: bytes = aetcd.utils.prefix_range_end(prefix)  # aetcd is untyped (Any) to mypy
+    return end

@@ -14,13 +14,12 @@ import enum
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aetcd.exceptions as aexc
 
 from vxnet.backoff import Backoff
 from vxnet.errors import LeaseDecodeError, StoreUnavailable
-from vxnet.store.etcd import Etcd
+from vxnet.store.etcd import Etcd, WatchEvent
 from vxnet.store.lease import Lease, SubnetKey, decode_lease
 from vxnet.store.paths import Paths
 
@@ -149,7 +148,7 @@ class LeaseWatcher:
             for ev in batch:
                 yield ev
 
-    def _apply(self, ev: Any) -> list[LeaseEvent]:
+    def _apply(self, ev: WatchEvent) -> list[LeaseEvent]:
         """One mvccpb.Event (type PUT or DELETE, kv) folded into the state."""
         s = self._s
         key, rev = self._name(ev.kv.key), ev.kv.mod_revision
