@@ -6,10 +6,13 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterator
+from typing import TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+# One network of either family, where what comes back is of the same family as what went in
+NetworkT = TypeVar("NetworkT", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 _FAMILY: dict[int, tuple[socket.AddressFamily,
@@ -79,13 +82,13 @@ def subnet_count(lo: IPNetwork, hi: IPNetwork) -> int:
     return (int(hi.network_address) - int(lo.network_address)) // size + 1
 
 
-def nth_subnet(lo: IPNetwork, n: int) -> IPNetwork:
+def nth_subnet(lo: NetworkT, n: int) -> NetworkT:
     """The n-th subnet of lo's size counting from lo."""
     base = int(lo.network_address) + n * lo.num_addresses
-    return ipaddress.ip_network((base, lo.prefixlen))
+    return type(lo)((base, lo.prefixlen))  # lo's family: ip_network() would guess from base
 
 
-def subnets_between(lo: IPNetwork, hi: IPNetwork) -> Iterator[IPNetwork]:
+def subnets_between(lo: NetworkT, hi: NetworkT) -> Iterator[NetworkT]:
     for i in range(subnet_count(lo, hi)):
         yield nth_subnet(lo, i)
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Iterable
 
 from vxnet.errors import ExhaustedError
-from vxnet.ip import IPNetwork, nth_subnet, subnets_between
+from vxnet.ip import IPNetwork, NetworkT, nth_subnet, subnets_between
 from vxnet.store.config import Pool
 
 _ENUMERATE_LIMIT = 1 << 16  # pools up to this size are listed; larger ones are sampled
 
 
-def taken_in_pool(pool: Pool, subnets: Iterable[IPNetwork]) -> set[IPNetwork]:
+def taken_in_pool(pool: Pool[NetworkT], subnets: Iterable[IPNetwork]) -> set[NetworkT]:
     """The pool-sized subnets that any existing subnet overlaps (whatever its length)."""
-    taken: set[IPNetwork] = set()
+    taken: set[NetworkT] = set()
+    family = type(pool.network)
     for s in subnets:
-        if s.version != pool.network.version or not s.overlaps(pool.network):  # type: ignore[arg-type]
+        if not isinstance(s, family) or not s.overlaps(pool.network):
             continue
         if s.prefixlen >= pool.subnet_len:
             taken.add(s.supernet(new_prefix=pool.subnet_len))
@@ -26,13 +26,13 @@ def taken_in_pool(pool: Pool, subnets: Iterable[IPNetwork]) -> set[IPNetwork]:
             if parts <= 16:
                 taken.update(s.subnets(new_prefix=pool.subnet_len))
             else:
-                lo = ipaddress.ip_network((s.network_address, pool.subnet_len))
+                lo = family((s.network_address, pool.subnet_len))
                 taken.update(nth_subnet(lo, i) for i in range(_ENUMERATE_LIMIT))
     return taken
 
 
-def choose(pool: Pool, taken: set[IPNetwork], prefer: Iterable[IPNetwork | None] = (),
-           rng: random.Random | None = None) -> IPNetwork:
+def choose(pool: Pool[NetworkT], taken: set[NetworkT], prefer: Iterable[NetworkT | None] = (),
+           rng: random.Random | None = None) -> NetworkT:
     """The first preferred subnet that is in range and free, else a random free one."""
     for p in prefer:
         if p is not None and pool.in_range(p) and p not in taken:
@@ -56,7 +56,7 @@ def choose(pool: Pool, taken: set[IPNetwork], prefer: Iterable[IPNetwork | None]
     )
 
 
-def node_subnet(pool: Pool, node_id: int) -> IPNetwork:
+def node_subnet(pool: Pool[NetworkT], node_id: int) -> NetworkT:
     """The "node-id" policy: node n gets the n-th subnet of the range, counted from SubnetMin
     (node 1 gets SubnetMin itself)."""
     if not 1 <= node_id <= pool.size:

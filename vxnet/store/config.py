@@ -9,10 +9,11 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any, Generic, TypeVar
 
 from vxnet.errors import ConfigError
-from vxnet.ip import IPNetwork, contains, subnet_count
+from vxnet.ip import IPNetwork, NetworkT, contains, subnet_count
 
 DEFAULT_VXLAN_PORT = 8472  # the Linux kernel's default, which flannel uses too
 MAX_VNI = (1 << 24) - 1
@@ -48,13 +49,13 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Pool:
+class Pool(Generic[NetworkT]):
     """One address family's part of the config: the network and the range subnets come from."""
 
-    network: IPNetwork
+    network: NetworkT
     subnet_len: int
-    subnet_min: IPNetwork
-    subnet_max: IPNetwork
+    subnet_min: NetworkT
+    subnet_max: NetworkT
 
     @property
     def size(self) -> int:
@@ -63,21 +64,19 @@ class Pool:
     def contains(self, subnet: IPNetwork) -> bool:
         return contains(self.network, subnet)
 
-    def in_range(self, subnet: IPNetwork) -> bool:
+    def in_range(self, subnet: NetworkT) -> bool:
         return (
             self.contains(subnet)
             and subnet.prefixlen == self.subnet_len
-            # as integers: the addresses are of one family (contains() checked), which the
-            # IPv4-or-IPv6 union cannot say, and the order is the same
-            and int(self.subnet_min.network_address) <= int(subnet.network_address)
-            <= int(self.subnet_max.network_address)
+            and self.subnet_min.network_address <= subnet.network_address
+            <= self.subnet_max.network_address
         )
 
 
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
-    ipv4: Pool | None
-    ipv6: Pool | None
+    ipv4: Pool[IPv4Network] | None
+    ipv6: Pool[IPv6Network] | None
     backend: BackendConfig = BackendConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
     # "random" (flannel's: a free subnet at random) or "node-id" (contiv's: subnet number =
@@ -111,8 +110,8 @@ def config_from_dict(doc: dict[str, Any]) -> NetworkConfig:
     if not enable4 and not enable6:
         raise ConfigError("EnableIPv4", "IPv4 and IPv6 are both disabled; enable at least one")
 
-    ipv4 = _pool(top, "", 4) if enable4 else None
-    ipv6 = _pool(top, "IPv6", 6) if enable6 else None
+    ipv4 = _pool(top, "", IPv4Network) if enable4 else None
+    ipv6 = _pool(top, "IPv6", IPv6Network) if enable6 else None
 
     backend_doc = top.get("Backend", dict, {})
     be = _Fields(backend_doc, "Backend.", _BACKEND_KEYS)
@@ -158,7 +157,8 @@ def _resolution(be: _Fields, key: str) -> bool:
     return value.lower() == "on-demand"
 
 
-def _pool(top: _Fields, pfx: str, version: int) -> Pool:
+def _pool(top: _Fields, pfx: str, family: type[NetworkT]) -> Pool[NetworkT]:
+    version = 4 if family is IPv4Network else 6
     key = f"{pfx}Network"
     text = top.get(key, str, None)
     if text is None:
@@ -168,7 +168,7 @@ def _pool(top: _Fields, pfx: str, version: int) -> Pool:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ConfigError(key, f"{text!r} is not a CIDR network") from None
-    if net.version != version:
+    if not isinstance(net, family):
         raise ConfigError(key, f"{text!r} is not an IPv{version} network")
     if str(net) != text.strip():
         top.warnings.append(f"{key}: {text!r} has host bits set; using {net}")
@@ -189,17 +189,17 @@ def _pool(top: _Fields, pfx: str, version: int) -> Pool:
         )
 
     size = 1 << (net.max_prefixlen - slen)
-    first = ipaddress.ip_network((int(net.network_address) + size, slen))
-    last = ipaddress.ip_network((int(net.broadcast_address) + 1 - size, slen))
+    first = family((int(net.network_address) + size, slen))
+    last = family((int(net.broadcast_address) + 1 - size, slen))
     smin = _bound(top, f"{pfx}SubnetMin", net, slen, first)
     smax = _bound(top, f"{pfx}SubnetMax", net, slen, last)
-    if int(smin.network_address) > int(smax.network_address):  # one family: both in net
+    if smin.network_address > smax.network_address:
         raise ConfigError(f"{pfx}SubnetMin", f"{smin.network_address} is above "
                           f"{pfx}SubnetMax {smax.network_address}")
     return Pool(net, slen, smin, smax)
 
 
-def _bound(top: _Fields, key: str, net: IPNetwork, slen: int, default: IPNetwork) -> IPNetwork:
+def _bound(top: _Fields, key: str, net: NetworkT, slen: int, default: NetworkT) -> NetworkT:
     text = top.get(key, str, None)
     if text is None:
         return default
@@ -209,7 +209,7 @@ def _bound(top: _Fields, key: str, net: IPNetwork, slen: int, default: IPNetwork
         raise ConfigError(key, f"{text!r} is not an IP address") from None
     if addr.version != net.version or addr not in net:
         raise ConfigError(key, f"{addr} is outside Network {net}")
-    sub = ipaddress.ip_network((addr, slen), strict=False)
+    sub = type(net)((addr, slen), strict=False)
     if sub.network_address != addr:
         raise ConfigError(key, f"{addr} is not on a /{slen} subnet boundary")
     return sub

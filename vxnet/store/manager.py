@@ -12,6 +12,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from aetcd import transactions as tx
 
@@ -23,7 +24,7 @@ from vxnet.errors import (
     SubnetTaken,
     VxnetError,
 )
-from vxnet.ip import IPNetwork
+from vxnet.ip import NetworkT
 from vxnet.store.allocator import choose, taken_in_pool
 from vxnet.store.config import NetworkConfig, Pool, parse_config
 from vxnet.store.etcd import Etcd, prefix_end
@@ -129,7 +130,7 @@ class LeaseManager:
         return snap
 
     def _fits(self, cfg: NetworkConfig, key: SubnetKey) -> bool:
-        def ok(pool: Pool | None, net: IPNetwork | None) -> bool:
+        def ok(pool: Pool[NetworkT] | None, net: NetworkT | None) -> bool:
             if pool is None or net is None:
                 return pool is None and net is None
             return pool.contains(net) and net.prefixlen == pool.subnet_len
@@ -192,14 +193,14 @@ class LeaseManager:
             return await self._create_fixed(cfg, listing, self.fixed)
         sub4 = sub6 = None
         if cfg.ipv4:
-            taken = taken_in_pool(cfg.ipv4, (k.subnet for k in listing.snap.keys.values()
-                                             if k.subnet))
-            sub4 = choose(cfg.ipv4, taken, [prefer and prefer.subnet], self.rng)
+            taken4 = taken_in_pool(cfg.ipv4, (k.subnet for k in listing.snap.keys.values()
+                                              if k.subnet))
+            sub4 = choose(cfg.ipv4, taken4, [prefer.subnet if prefer else None], self.rng)
         if cfg.ipv6:
-            taken = taken_in_pool(cfg.ipv6, (k.subnet6 for k in listing.snap.keys.values()
-                                             if k.subnet6))
-            sub6 = choose(cfg.ipv6, taken, [prefer and prefer.subnet6], self.rng)
-        key = SubnetKey(sub4, sub6)  # type: ignore[arg-type]
+            taken6 = taken_in_pool(cfg.ipv6, (k.subnet6 for k in listing.snap.keys.values()
+                                              if k.subnet6))
+            sub6 = choose(cfg.ipv6, taken6, [prefer.subnet6 if prefer else None], self.rng)
+        key = SubnetKey(sub4, sub6)
         name = str(key)
         attrs = self.attrs_for(key)
         lease_id = await self.etcd.grant(self.ttl)
@@ -244,7 +245,7 @@ class LeaseManager:
         log.info("acquired lease %s (SubnetAllocation node-id)", name)
         return Lease(key, self.attrs_for(key), lease_id, revision)
 
-    async def _write(self, compare: list, key: str, attrs: LeaseAttrs, lease_id: int
+    async def _write(self, compare: list[Any], key: str, attrs: LeaseAttrs, lease_id: int
                      ) -> int | None:
         """Put the subnet key and its owner record if `compare` holds; the key's new revision."""
         ok, resp = await self.etcd.txn(compare, [
@@ -350,10 +351,10 @@ class LeaseManager:
             if kv is None:
                 found, compare = "deleted", tx.Version(self.paths.subnet(key)) == 0
             else:
-                found = _foreign(key, kv.value, kv.lease, lease)
-                if found is None:
+                foreign = _foreign(key, kv.value, kv.lease, lease)
+                if foreign is None:
                     return None
-                compare = tx.Mod(self.paths.subnet(key)) == kv.mod_revision
+                found, compare = foreign, tx.Mod(self.paths.subnet(key)) == kv.mod_revision
             self.takeovers += 1
             log.warning("lease %s: another writer changed our key (%s); putting back our value "
                         "under our etcd lease %s", key, found, lease.etcd_lease or "(reserved)")
