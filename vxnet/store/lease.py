@@ -10,10 +10,10 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, Literal, overload
 
 from vxnet.errors import LeaseDecodeError
-from vxnet.ip import normalize_mac, parse_ip
+from vxnet.ip import IPAddress, NetworkT, normalize_mac, parse_ip
 
 BACKEND_TYPE = "vxlan"
 _NO_V4 = "0.0.0.0-0"  # what flanneld writes as the IPv4 half of an IPv6-only key
@@ -40,9 +40,9 @@ class SubnetKey:
         if v4text == _NO_V4 and not amp:
             raise LeaseDecodeError(text, "not a subnet key: names no subnet")
         try:
-            subnet = None if v4text == _NO_V4 and amp else _parse_net(v4text, 4)
-            subnet6 = _parse_net(v6text, 6) if amp else None
-            return cls(subnet, subnet6)  # type: ignore[arg-type]
+            subnet = None if v4text == _NO_V4 and amp else _parse_net(v4text, IPv4Network)
+            subnet6 = _parse_net(v6text, IPv6Network) if amp else None
+            return cls(subnet, subnet6)
         except ValueError as e:
             raise LeaseDecodeError(text, f"not a subnet key: {e}") from None
 
@@ -51,7 +51,8 @@ def _sep(net: IPv4Network | IPv6Network) -> str:
     return f"{net.network_address}-{net.prefixlen}"
 
 
-def _parse_net(text: str, version: int) -> IPv4Network | IPv6Network:
+def _parse_net(text: str, family: type[NetworkT]) -> NetworkT:
+    version = 4 if family is IPv4Network else 6
     addr, dash, plen = text.rpartition("-")
     if not dash or not plen.isdigit() or not plen.isascii():
         raise ValueError(f"{text!r} is not ADDRESS-PREFIXLEN")
@@ -60,8 +61,7 @@ def _parse_net(text: str, version: int) -> IPv4Network | IPv6Network:
     except ValueError:
         raise ValueError(f"{text!r} is not IPv{version}") from None
     # from an int with the explicit class: given an address object, ipaddress re-parses its str
-    cls = IPv4Network if version == 4 else IPv6Network
-    return cls((int(ip), int(plen)), strict=True)
+    return family((int(ip), int(plen)), strict=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +122,27 @@ def decode_value(key: str, raw: bytes | str) -> LeaseAttrs:
     pub6 = _addr(key, "PublicIPv6", f.get("publicipv6"), 6)
     if pub is not None and pub.is_unspecified:
         pub = None
-    mac, vni = _backend(key, "BackendData", f.get("backenddata"))
-    mac6, vni6 = _backend(key, "BackendV6Data", f.get("backendv6data"))
-    if mac is None and mac6 is None:
+    v4 = _backend(key, "BackendData", f.get("backenddata"))
+    v6 = _backend(key, "BackendV6Data", f.get("backendv6data"))
+    if v4 is not None:
+        vni = v4[1]
+        if v6 is not None and v6[1] != vni:
+            raise LeaseDecodeError(key, f"BackendData.VNI {vni} differs from BackendV6Data.VNI "
+                                   f"{v6[1]}")
+    elif v6 is not None:
+        vni = v6[1]
+    else:
         raise LeaseDecodeError(key, "neither BackendData nor BackendV6Data carries a VtepMAC")
-    if mac is not None and mac6 is not None and vni != vni6:
-        raise LeaseDecodeError(key, f"BackendData.VNI {vni} differs from BackendV6Data.VNI {vni6}")
-    return LeaseAttrs(pub, mac, vni if mac is not None else vni6, pub6, mac6)  # type: ignore[arg-type]
+    return LeaseAttrs(pub, v4[0] if v4 is not None else None, vni, pub6,
+                      v6[0] if v6 is not None else None)
 
 
-def _addr(key: str, name: str, value: Any, version: int) -> Any:
+@overload
+def _addr(key: str, name: str, value: Any, version: Literal[4]) -> IPv4Address | None: ...
+@overload
+def _addr(key: str, name: str, value: Any, version: Literal[6]) -> IPv6Address | None: ...
+def _addr(key: str, name: str, value: Any, version: int) -> IPAddress | None:
+    """The IPv<version> address in `value`, None for JSON null; the overloads name its class."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -147,9 +158,10 @@ def _addr(key: str, name: str, value: Any, version: int) -> Any:
     raise LeaseDecodeError(key, f"{name} {other} is not IPv{version}")
 
 
-def _backend(key: str, name: str, value: Any) -> tuple[str | None, int | None]:
+def _backend(key: str, name: str, value: Any) -> tuple[str, int] | None:
+    """(VtepMAC, VNI) of a BackendData or BackendV6Data object; None if it is absent."""
     if value is None:
-        return None, None
+        return None
     if not isinstance(value, dict):
         raise LeaseDecodeError(key, f"{name} is not a JSON object")
     f = {k.lower(): v for k, v in value.items()}
