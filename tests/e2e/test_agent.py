@@ -23,6 +23,18 @@ def start(cluster, n):
     return nodes
 
 
+def replies(pinger, n: int, what: str) -> None:
+    """Read a running ping's output until `n` more echo replies came back (its summary is left
+    for communicate())."""
+    got = 0
+
+    def one_more() -> bool:
+        nonlocal got
+        got += "bytes from" in pinger.stdout.readline()
+        return got >= n
+    wait_for(one_more, SOON, what)
+
+
 def test_three_nodes_every_pod_reaches_every_other(cluster):
     nodes = start(cluster, 3)
     pods = {n.index: cluster.add_pod(n) for n in nodes}
@@ -49,9 +61,9 @@ def test_sigkill_restart_under_traffic_loses_nothing(cluster):
     pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01", "-c",
                                "600", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1)
-        cluster.stop_agent(n1, signal.SIGKILL)
-        time.sleep(0.5)
+        replies(pinger, 1, "pods talking before the kill")
+        cluster.stop_agent(n1, signal.SIGKILL)  # returns once the agent is gone
+        replies(pinger, 50, "pods talking with no agent on node1")
         cluster.start_agent(n1)
         cluster.wait_ready(n1)
         out = pinger.communicate(timeout=60)[0]
@@ -140,9 +152,9 @@ def test_etcd_outage_keeps_pods_talking_and_the_agent_catches_up(cluster):
     pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.1", "-c",
                                "360", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1)
+        replies(pinger, 1, "pods talking before the outage")
         cluster.etcd.stop()
-        time.sleep(30)
+        time.sleep(30)  # what is tested: pods keep talking through 30 s without etcd
         cluster.etcd.start()
         cluster.etcdctl("put", f"{PREFIX}/subnets/10.244.220.0-24", FLANNEL_VALUE)
         wait_for(lambda: "10.244.220.0/24" in routes(n1), 20.0, "change after etcd restart")

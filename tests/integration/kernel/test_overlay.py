@@ -1,6 +1,5 @@
 """Two node namespaces programmed by vxnet.kernel: traffic, idempotence, ownership, bad peers."""
 
-import asyncio
 import ipaddress as ipa
 import json
 import logging
@@ -161,9 +160,8 @@ async def test_entries_deleted_by_hand_are_put_back(two_nodes, what):
                      ).stdout, n1.ns.run("bridge", "fdb", "show", "dev", "flannel.1").stdout,
                      n1.ns.ip("nexthop").stdout)
     good = state()
-    _, task = k1.keep(resync_interval=3600)
+    _, task = k1.keep(resync_interval=3600)  # subscribed when it returns: nothing goes unseen
     try:
-        await asyncio.sleep(0.1)
         nhid = next(iter(k1.plane().nexthop.desired))
         args = [a.replace("MAC", peer_of(n2).vtep_mac).replace("NHID", str(nhid)) for a in what]
         (n1.ns.run if args[0] == "bridge" else n1.ns.ip)(*args)
@@ -180,9 +178,8 @@ async def test_deleted_device_is_put_back_with_same_mac(two_nodes):
     before = (n1.ns.ip("route", "show", "proto", str(PROTO_VXNET)).stdout,
               n1.ns.ip("-j", "link", "show", "flannel.1").stdout)
     mac = json.loads(before[1])[0]["address"]
-    mon, task = k1.keep(resync_interval=3600)
+    mon, task = k1.keep(resync_interval=3600)  # subscribed when it returns: nothing goes unseen
     try:
-        await asyncio.sleep(0.1)
         n1.ns.ip("link", "del", "flannel.1")
 
         def back():

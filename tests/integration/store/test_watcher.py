@@ -1,7 +1,7 @@
 import asyncio
 import ipaddress as ipa
 
-from tests.waiting import until
+from tests.waiting import SOON, until
 from vxnet.store.lease import LeaseAttrs
 from vxnet.store.watcher import EventKind, LeaseWatcher, list_leases
 
@@ -55,24 +55,29 @@ async def test_etcd_restart_mid_watch_loses_and_repeats_nothing(etcd_server, etc
         await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
         await until(lambda: len(got) == 1, 15)
         await asyncio.to_thread(etcd_server.stop)
-        await asyncio.sleep(1.5)  # the watch notices the outage and starts retrying
+        await until(lambda: w.rewatches >= 1, SOON, "the watch noticing the outage")
         await asyncio.to_thread(etcd_server.start)
+
+        async def put(i: int) -> bool:  # the test's own client may need to reconnect too
+            try:
+                await etcd.put(paths.subnet(f"10.244.{i}.0-24"), value(i))
+            except Exception:
+                return False
+            return True
+
         for i in range(2, 12):
-            for _ in range(50):  # the test's own client may need a moment to reconnect too
-                try:
-                    await etcd.put(paths.subnet(f"10.244.{i}.0-24"), value(i))
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
+            await until(lambda i=i: put(i), SOON, f"etcd taking put {i}")
         await etcd.delete(paths.subnet("10.244.1.0-24"))
-        await until(lambda: len(got) >= 12, 15)
-        await asyncio.sleep(0.5)  # anything duplicated would arrive now
+        # a last write: events come in revision order, so any repeat of those above would
+        # arrive before it
+        await etcd.put(paths.subnet("10.244.99.0-24"), value(99))
+        await until(lambda: got and got[-1].key == "10.244.99.0-24", 15, "the last write")
     finally:
         task.cancel()
     assert [(e.kind, e.key) for e in got] == (
         [(EventKind.ADDED, "10.244.1.0-24")]
         + [(EventKind.ADDED, f"10.244.{i}.0-24") for i in range(2, 12)]
-        + [(EventKind.REMOVED, "10.244.1.0-24")])
+        + [(EventKind.REMOVED, "10.244.1.0-24"), (EventKind.ADDED, "10.244.99.0-24")])
     assert w.rewatches >= 1
 
 

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from tests.waiting import SOON
+from tests.waiting import SOON, until
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.startup import start, wait_for
 from vxnet.agent.state import AgentState
@@ -44,11 +44,8 @@ async def test_failing_and_returning_tasks_are_restarted_and_counted():
     sup.start("keepalive", keepalive)
     sup.start("watch", watch)
     waiting = asyncio.create_task(sup.wait())
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if sup.restarts["keepalive"] == 2 and sup.restarts["watch"] >= 4:
-            break
-    assert sup.restarts["keepalive"] == 2 and sup.restarts["watch"] >= 4
+    await until(lambda: sup.restarts["keepalive"] == 2 and sup.restarts["watch"] >= 4, SOON,
+                "both restarted until they stopped failing")
     assert sup.last_error["keepalive"] == "failed: ExhaustedError: no free subnet"
     assert sup.last_error["watch"] == "returned"  # a loop that ends is restarted too
     assert not waiting.done()  # still running: nothing ended the agent
@@ -89,11 +86,8 @@ async def test_the_cyclic_gc_runs_while_start_up_waits_for_etcd():
                         node_name="n1")
     task = asyncio.create_task(start(opts, state, observer=None))
     try:
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if "reading the network config:" in state.phase:
-                break
-        assert "reading the network config:" in state.phase  # waiting, with the reason
+        await until(lambda: "reading the network config:" in state.phase, SOON,
+                    "start-up saying it waits for etcd, and why")
         assert gc.isenabled()
     finally:
         task.cancel()
@@ -105,14 +99,18 @@ async def test_the_masquerade_keeper_survives_nft_failing_to_run(monkeypatch):
 
     from vxnet.kernel.masq import MasqRules, Masquerade
 
+    tries = 0
+
     async def no_nft(*a, **kw):
+        nonlocal tries
+        tries += 1
         raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr("vxnet.kernel.nft.asyncio.create_subprocess_exec", no_nft)
     m = Masquerade([MasqRules(ipaddress.ip_network("10.244.0.0/16"),
                               ipaddress.ip_network("10.244.1.0/24"))])
     keeper = asyncio.create_task(m.keep(0.01))
-    await asyncio.sleep(0.1)
+    await until(lambda: tries >= 3 or keeper.done(), SOON, "nft failing, again and again")
     assert not keeper.done()  # it logged and keeps trying
     keeper.cancel()
 
@@ -133,10 +131,7 @@ async def test_a_task_cancelled_by_what_it_awaited_is_restarted_not_lost():
 
     sup = Supervisor()
     sup.start("watch", watch)
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if runs == 2:
-            break
+    await until(lambda: runs == 2, SOON, "the watch started again")
     assert runs == 2 and sup.restarts["watch"] == 1
     assert "cancelled by something it awaited" in sup.last_error["watch"]
     await sup.stop()  # and a real stop still stops
