@@ -110,7 +110,8 @@ class HealthChecker:
         known: list[Target] | None = None
         try:
             while True:
-                if time.monotonic() - refreshed >= 1.0:  # the peer list, once a second at most
+                # the peer list, once a second at most
+                if targets is None or time.monotonic() - refreshed >= 1.0:
                     refreshed = time.monotonic()
                     targets = self.targets()
                 if targets is not known:  # the same list object: nothing changed

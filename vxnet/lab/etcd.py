@@ -19,7 +19,8 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # typeshed: a socket address is Any (its family's tuple)
+        return port
 
 
 class EtcdServer:
