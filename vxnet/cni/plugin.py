@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from vxnet.cni.netconf import bridge_config
 from vxnet.errors import SubnetEnvError
@@ -28,6 +28,19 @@ DEFAULT_DATA_DIR = "/var/lib/cni/vxnet"
 # CNI error codes (spec section "Error")
 E_VERSION, E_ENV, E_DECODE, E_CONFIG, E_TRY_LATER = 1, 4, 6, 7, 11
 E_DELEGATE = 100  # plugin-specific: the delegate failed
+
+
+class NetConf(TypedDict):
+    """The network config on stdin, as parse_config() checked it: the keys vxnet-cni reads (a
+    runtime may send others; they are kept but not read)."""
+
+    cniVersion: str
+    name: str
+    type: str
+    subnetFile: NotRequired[str]
+    dataDir: NotRequired[str]
+    delegate: NotRequired[dict[str, Any]]  # overrides of the bridge plugin's config
+    prevResult: NotRequired[Any]  # CHECK: the ADD's result, handed on as it came
 
 
 class CniError(Exception):
@@ -43,7 +56,7 @@ def _env(name: str, required: bool = True) -> str:
     return value
 
 
-def parse_config(raw: bytes) -> dict[str, Any]:
+def parse_config(raw: bytes) -> NetConf:
     try:
         conf = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -61,10 +74,10 @@ def parse_config(raw: bytes) -> dict[str, Any]:
             raise CniError(E_CONFIG, f"network config: {key!r} must be a string")
     if not isinstance(conf.get("delegate", {}), dict):
         raise CniError(E_CONFIG, "network config: 'delegate' must be an object")
-    return conf
+    return cast(NetConf, conf)  # json.loads' dict, now checked key by key
 
 
-def delegate_config(conf: dict[str, Any], env: SubnetEnv) -> dict[str, Any]:
+def delegate_config(conf: NetConf, env: SubnetEnv) -> dict[str, Any]:
     """What flannel's plugin hands the bridge plugin, built from subnet.env (and the network
     config's own `delegate` overrides)."""
     delegate = bridge_config(env, conf["name"], conf["cniVersion"], conf.get("dataDir"))
@@ -96,14 +109,14 @@ def _delegate(command: str, conf: dict[str, Any]) -> bytes:
     return res.stdout
 
 
-def _state_path(conf: dict[str, Any]) -> Path:
+def _state_path(conf: NetConf) -> Path:
     cid, ifname = _env("CNI_CONTAINERID"), _env("CNI_IFNAME")
     if "/" in cid or cid.startswith("."):
         raise CniError(E_ENV, f"CNI_CONTAINERID {cid!r} is not a valid container ID")
     return Path(conf.get("dataDir") or DEFAULT_DATA_DIR) / f"{cid}-{ifname}.json"
 
 
-def cmd_add(conf: dict[str, Any]) -> bytes:
+def cmd_add(conf: NetConf) -> bytes:
     _env("CNI_NETNS")
     subnet_file = conf.get("subnetFile", DEFAULT_SUBNET_FILE)
     try:
@@ -124,7 +137,7 @@ def cmd_add(conf: dict[str, Any]) -> bytes:
         raise
 
 
-def cmd_del(conf: dict[str, Any]) -> bytes:
+def cmd_del(conf: NetConf) -> bytes:
     state = _state_path(conf)
     try:
         delegate = json.loads(state.read_text())
@@ -137,7 +150,7 @@ def cmd_del(conf: dict[str, Any]) -> bytes:
     return b""
 
 
-def cmd_check(conf: dict[str, Any]) -> bytes:
+def cmd_check(conf: NetConf) -> bytes:
     _env("CNI_NETNS")
     state = _state_path(conf)
     try:
