@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ from vxnet import __version__
 from vxnet.errors import VxnetError
 
 if TYPE_CHECKING:
-    from vxnet.agent.options import AgentOptions
     from vxnet.store.etcd import Etcd
 
 
@@ -119,50 +117,15 @@ def agent(verbose: bool, **kw: object) -> None:
     """Run the node agent: lease a subnet, program the VXLAN overlay, keep it in step."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from vxnet.agent import main as agent_main
     from vxnet.agent.options import AgentOptions
 
     opts = AgentOptions(**{k.replace("-", "_"): v for k, v in kw.items()})  # type: ignore[arg-type]
     try:
-        asyncio.run(_run_agent(opts))
+        asyncio.run(agent_main.run(opts))
     except VxnetError as e:
         click.echo(f"vxnet agent: {e}", err=True)
         sys.exit(1)
-
-
-async def _run_agent(opts: AgentOptions) -> None:
-    from vxnet.agent.http import ApiServer
-    from vxnet.agent.metrics import AgentMetrics
-    from vxnet.agent.notify import Notifier
-    from vxnet.agent.startup import start
-    from vxnet.agent.state import AgentState
-
-    state = AgentState(opts.node_name)
-    notifier = Notifier()
-    notifying = asyncio.create_task(notifier.run(state.status_line))
-    metrics = AgentMetrics(state)
-    api = ApiServer(state, metrics)
-    main_task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly; kernel state and lease stay
-        loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
-    if opts.healthz_port:
-        host, port = opts.healthz_ip, opts.healthz_port
-        try:
-            await api.start(host, port)
-        except OSError as e:
-            raise VxnetError(f"--healthz-port: cannot listen on {host}:{port}: "
-                             f"{e.strerror}") from None
-    try:
-        state.runtime = await start(opts, state, metrics)
-        state.phase = "running"
-        notifier.send(READY="1", STATUS=state.status_line())  # subnet.env and first sync done
-        await state.runtime.run()
-    except asyncio.CancelledError:
-        logging.getLogger("vxnet").info("stopping; kernel state and lease are left in place")
-        notifier.send(STOPPING="1")
-    finally:
-        notifying.cancel()
-        await api.close()
 
 
 @main.command()
