@@ -7,18 +7,17 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import sys
+from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import click
 
 from vxnet import __version__
+from vxnet.agent.options import FLAG, AgentOptions, EtcdOptions, Flag
 from vxnet.errors import VxnetError
-
-if TYPE_CHECKING:
-    from vxnet.store.etcd import Etcd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,100 +26,52 @@ def main() -> None:
     """vxnet: a flannel-compatible VXLAN overlay network agent."""
 
 
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
 def _env(name: str) -> str:
     return "FLANNELD_" + name.upper().replace("-", "_")
 
 
-def flag(name: str, **kw):  # type: ignore[no-untyped-def]
-    return click.option(f"--{name}", envvar=_env(name), show_envvar=True, **kw)
+def flag(owner: type[EtcdOptions], name: str, **overrides: Any) -> Callable[[FC], FC]:
+    """The click option of the options field `name` (see vxnet.agent.options): --<name>,
+    FLANNELD_<NAME>, the field's default, its Flag; overrides are click.option's keywords, for a
+    command whose flag says or accepts something else (`help=None` for none)."""
+    fd = next(fd for fd in fields(owner) if fd.name == name)
+    spec: Flag = fd.metadata[FLAG]
+    opt = name.replace("_", "-")
+    default = fd.default_factory if fd.default is MISSING else fd.default  # click calls a factory
+    kw: dict[str, Any] = {"envvar": _env(opt), "show_envvar": True, "default": default,
+                          "show_default": spec.show_default, "help": spec.help}
+    if spec.type is not None:
+        kw["type"] = spec.type
+    if spec.multiple:
+        kw["multiple"] = True
+    if spec.is_flag:
+        kw["is_flag"] = True
+    decls = [f"--{opt}/--no-{opt}" if spec.negatable else f"--{opt}", name]
+    return click.option(*decls, **(kw | overrides))
 
 
-def etcd_flags(f):  # type: ignore[no-untyped-def]
-    """The flags every command that talks to etcd takes, with flanneld's names."""
-    for opt in reversed((
-        flag("etcd-endpoints", default="http://127.0.0.1:2379", show_default=True,
-             help="Comma-separated etcd endpoints."),
-        flag("etcd-prefix", default="/coreos.com/network", show_default=True,
-             help="etcd prefix holding config and subnets/."),
-        flag("etcd-cafile", type=click.Path(dir_okay=False), help="CA for etcd's TLS "
-             "certificate."),
-        flag("etcd-certfile", type=click.Path(dir_okay=False), help="Client certificate for "
-             "etcd."),
-        flag("etcd-keyfile", type=click.Path(dir_okay=False), help="Client key for etcd."),
-        flag("etcd-username", help="etcd user (etcd authentication)."),
-        flag("etcd-password", help="Password of --etcd-username (prefer "
-             "FLANNELD_ETCD_PASSWORD: flags show in ps)."),
-    )):
-        f = opt(f)
-    return f
-
-
-def etcd_client(kw: dict[str, Any], timeout: float = 5.0) -> Etcd:
-    """An etcd client from etcd_flags' values (which it takes out of kw)."""
-    from vxnet.store.etcd import Etcd, TLSFiles, credentials
-
-    return Etcd(kw.pop("etcd_endpoints"), timeout=timeout,
-                tls=TLSFiles(kw.pop("etcd_cafile"), kw.pop("etcd_certfile"),
-                             kw.pop("etcd_keyfile")),
-                auth=credentials(kw.pop("etcd_username"), kw.pop("etcd_password")))
+def flags(owner: type[EtcdOptions]) -> Callable[[FC], FC]:
+    """A click option for every field of owner, in the fields' order."""
+    def decorate(f: FC) -> FC:
+        for fd in reversed(fields(owner)):
+            f = flag(owner, fd.name)(f)
+        return f
+    return decorate
 
 
 @main.command()
-@etcd_flags
-@flag("iface", multiple=True, help="External interface, by name or IP; may be given several "
-      "times, the first present wins (default: the default route's).")
-@flag("iface-regex", multiple=True, help="Regex matched against interfaces' addresses, then "
-      "names; may be given several times (used when --iface is not).")
-@flag("iface-can-reach", help="Use the interface of the route to this address.")
-@flag("public-ip", help="IPv4 address other nodes reach this one at.")
-@flag("public-ipv6", help="IPv6 address other nodes reach this one at.")
-@flag("subnet-file", default="/run/flannel/subnet.env", show_default=True,
-      help="Where to write subnet.env.")
-@flag("cni-conf-file", help="Also keep this CNI conflist written (bridge + host-local, from "
-      "the lease; e.g. /etc/cni/net.d/10-vxnet.conflist): nodes then need only the standard CNI "
-      "plugins, not vxnet-cni.")
-@flag("cni-data-dir", help="host-local's state directory for that conflist is <dir>/ipam "
-      "(default: host-local's own).")
-@flag("ip-masq", is_flag=True, help="Masquerade pod traffic leaving the network.")
-@flag("healthz-ip", default="127.0.0.1", show_default=True, help="HTTP API address.")
-@flag("healthz-port", type=click.IntRange(0, 65535), default=10280, show_default=True,
-      help="HTTP API port (0: no API).")
-@flag("subnet-lease-renew-margin", type=click.IntRange(1, None), default=60, show_default=True,
-      help="Minutes before expiry to renew the lease.")
-@flag("subnet-lease-ttl", type=click.IntRange(3, None), default=86400, show_default=True,
-      help="Seconds a subnet lease lives without renewal.")
-@flag("node-name", default=socket.gethostname, show_default="hostname",
-      help="This node's name (owner of its lease, key of its node ID).")
-@flag("resync-interval", type=click.FloatRange(0.1, None), default=30.0, show_default=True,
-      help="Seconds between full kernel resyncs.")
-@flag("health-interval", type=click.FloatRange(0, None), default=60.0, show_default=True,
-      help="Seconds in which every peer is probed once (overlay, underlay, and every few "
-      "rounds a full-size packet), spread evenly; 0: no probes.")
-@click.option("--vxlan-allowlist/--no-vxlan-allowlist", envvar=_env("vxlan-allowlist"),
-              show_envvar=True, default=True, show_default=True,
-              help="Accept VXLAN only from cluster members' public IPs (nftables).")
-@click.option("--tx-checksum-offload/--no-tx-checksum-offload", envvar=_env("tx-checksum-offload"),
-              show_envvar=True, default=None,
-              help="Transmit checksum offload on the VXLAN device (off cures the kernels and "
-              "NICs that corrupt VXLAN checksums). Default: Backend.TxChecksumOffload, else "
-              "as the kernel has it.")
-@flag("neighbours", type=click.Choice(["up-front", "on-demand"]),
-      help="Remote pods' ARP/NDP entries programmed per peer up front, or answered when the "
-      "kernel asks (kopeio's design). Default: Backend.Neighbours, else up-front.")
-@flag("fdb", type=click.Choice(["up-front", "on-demand"]),
-      help="Peers' FDB entries up front, or answered when the kernel asks (flannel's first "
-      "vxlan backend). Default: Backend.FDB, else up-front.")
-@flag("etcd-timeout", type=click.FloatRange(0.1, None), default=5.0, show_default=True,
-      help="Seconds before an etcd request is given up (and retried).")
+@flags(AgentOptions)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def agent(verbose: bool, **kw: object) -> None:
+def agent(verbose: bool, **values: Any) -> None:
     """Run the node agent: lease a subnet, program the VXLAN overlay, keep it in step."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from vxnet.agent import main as agent_main
-    from vxnet.agent.options import AgentOptions
 
-    opts = AgentOptions(**{k.replace("-", "_"): v for k, v in kw.items()})  # type: ignore[arg-type]
+    opts = AgentOptions.from_flags(values)
     try:
         asyncio.run(agent_main.run(opts))
     except VxnetError as e:
@@ -140,8 +91,8 @@ def demo(nodes: int, pods: int) -> None:
 
 
 @main.command()
-@flag("healthz-ip", default="127.0.0.1", show_default=True, help="The agent's API address.")
-@flag("healthz-port", type=click.IntRange(1, 65535), default=10280, show_default=True)
+@flag(AgentOptions, "healthz_ip", help="The agent's API address.")
+@flag(AgentOptions, "healthz_port", type=click.IntRange(1, 65535), help=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(healthz_ip: str, healthz_port: int, as_json: bool) -> None:
     """This node's lease, device, peers and drift (from the running agent)."""
@@ -161,18 +112,20 @@ def status(healthz_ip: str, healthz_port: int, as_json: bool) -> None:
 
 
 @main.command()
-@etcd_flags
+@flags(EtcdOptions)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def leases(etcd_prefix: str, as_json: bool, **etcd: Any) -> None:
+def leases(as_json: bool, **values: Any) -> None:
     """The cluster's subnet leases, as etcd holds them."""
     from vxnet.status import LEASE_HEADERS, cluster_leases
     from vxnet.store.paths import Paths
     from vxnet.textui import table
 
+    etcd = EtcdOptions.from_flags(values)
+
     async def go() -> list[list[str]]:
-        etcd_ = etcd_client(etcd)
+        etcd_ = etcd.client()
         try:
-            return await cluster_leases(etcd_, Paths(etcd_prefix))
+            return await cluster_leases(etcd_, Paths(etcd.etcd_prefix))
         finally:
             await etcd_.close()
 
@@ -188,15 +141,15 @@ def leases(etcd_prefix: str, as_json: bool, **etcd: Any) -> None:
 
 
 @main.command()
-@flag("subnet-file", default="/run/flannel/subnet.env", show_default=True)
-@flag("healthz-ip", default="127.0.0.1", show_default=True, help="Where an agent would answer.")
-@flag("healthz-port", type=click.IntRange(1, 65535), default=10280, show_default=True)
-@flag("cni-conf-file", help="The CNI conflist the agent kept written, removed too.")
+@flag(AgentOptions, "subnet_file", help=None)
+@flag(AgentOptions, "healthz_ip", help="Where an agent would answer.")
+@flag(AgentOptions, "healthz_port", type=click.IntRange(1, 65535), help=None)
+@flag(AgentOptions, "cni_conf_file", help="The CNI conflist the agent kept written, removed too.")
 @click.option("--release", is_flag=True, help="Also give this node's lease back in etcd.")
-@etcd_flags
-@flag("node-name", default=socket.gethostname, show_default="hostname")
+@flags(EtcdOptions)
+@flag(AgentOptions, "node_name", help=None)
 def cleanup(subnet_file: str, cni_conf_file: str | None, healthz_ip: str, healthz_port: int,
-            release: bool, etcd_prefix: str, node_name: str, **etcd: Any) -> None:
+            release: bool, node_name: str, **values: Any) -> None:
     """Remove what vxnet put on this node: devices, routes, nexthops, neighbours, FDB entries,
     nftables tables, subnet.env, the CNI conflist (and with --release, the lease). The agent must
     be stopped."""
@@ -208,10 +161,12 @@ def cleanup(subnet_file: str, cni_conf_file: str | None, healthz_ip: str, health
                                    "first (a running agent would put everything back)")
     clean_node([subnet_file, cni_conf_file], click.echo)
     if release:
+        etcd = EtcdOptions.from_flags(values)
+
         async def give_back() -> None:
-            etcd_ = etcd_client(etcd)
+            etcd_ = etcd.client()
             try:
-                await release_lease(etcd_, Paths(etcd_prefix), node_name, click.echo)
+                await release_lease(etcd_, Paths(etcd.etcd_prefix), node_name, click.echo)
             finally:
                 await etcd_.close()
 
@@ -222,8 +177,7 @@ def cleanup(subnet_file: str, cni_conf_file: str | None, healthz_ip: str, health
 
 
 @main.command("docker-opts")
-@flag("subnet-file", default="/run/flannel/subnet.env", show_default=True,
-      help="The subnet.env the agent wrote.")
+@flag(AgentOptions, "subnet_file", help="The subnet.env the agent wrote.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Write here (atomically) instead of to stdout, e.g. /run/docker_opts.env.")
 def docker_opts_command(subnet_file: str, output: str | None) -> None:
