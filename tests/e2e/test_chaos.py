@@ -268,14 +268,16 @@ def entries_flush(ch: Chaos, n: Node) -> Iterator[float]:
     # one by one: `ip route flush` refuses routes through nexthop objects
     routes = json.loads(n.ns.ip("-j", "route", "show", "proto", "118").stdout)
     if routes:
-        n.ns.run("ip", "-batch", "-", input="".join(f"route del {r['dst']}\n" for r in routes))
-    n.ns.ip("nexthop", "flush", "dev", DEV)
-    n.ns.ip("neigh", "flush", "dev", DEV, "nud", "permanent")
+        n.ns.run("ip", "-force", "-batch", "-", check=False,
+                 input="".join(f"route del {r['dst']}\n" for r in routes))
+    # the agent puts entries back while these run: a flush that "did not complete" is fine
+    n.ns.ip("nexthop", "flush", "dev", DEV, check=False)
+    n.ns.ip("neigh", "flush", "dev", DEV, "nud", "permanent", check=False)
     fdb = json.loads(n.ns.run("bridge", "-j", "fdb", "show", "dev", DEV).stdout)
     lines = [f"fdb del {e['mac']} dev {DEV} dst {e['dst']} self" for e in fdb
              if e["mac"] != "00:00:00:00:00:00" and "dst" in e]
     if lines:
-        n.ns.run("bridge", "-batch", "-", input="\n".join(lines) + "\n")
+        n.ns.run("bridge", "-force", "-batch", "-", input="\n".join(lines) + "\n", check=False)
     yield 0.0
 
 
