@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.dataplane import PROTO_VXNET, Dataplane, PlaneSpec
+from vxnet.kernel.dataplane import Dataplane, PlaneSpec
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.peer import Peer
+from vxnet.kernel.routes import PROTO_VXNET
 from vxnet.lab.netns import Netns
 
 LOCAL = ipaddress.ip_network("10.0.0.0/24")

@@ -18,8 +18,8 @@ import aetcd.exceptions as aexc
 
 from vxnet.errors import VxnetError
 from vxnet.kernel.allowlist import TABLE as ALLOWLIST_TABLE
-from vxnet.kernel.dataplane import PROTO_VXNET
 from vxnet.kernel.masq import TABLE as MASQ_TABLE
+from vxnet.kernel.routes import PROTO_VXNET
 from vxnet.store.etcd import Etcd
 from vxnet.store.paths import Paths
 

@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vxnet.agent.state import AgentState
-from vxnet.kernel.dataplane import PassResult
+from vxnet.kernel.table import PassResult
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -70,10 +70,12 @@ class _AgentCollector(Collector):
             "vxnet_netlink_overflows": ("Netlink notification overflows (each a full resync)",
                                         a.monitor.overflows),
             "vxnet_device_repairs": ("VXLAN devices recreated (deleted, or changed in a way "
-                                     "the kernel cannot undo in place)", a.monitor.repairs),
+                                     "the kernel cannot undo in place)",
+                                     sum(ov.repairs for ov in a.overlays.values())),
             "vxnet_device_drift_repairs": ("VXLAN device attributes put back in place (MTU, "
                                            "MAC, learning, up, checksum offload)",
-                                           a.monitor.drift_repairs),
+                                           sum(ov.drift_repairs
+                                               for ov in a.overlays.values())),
             "vxnet_underlay_changes": ("External interface, address or MTU changes followed",
                                        a.underlay_changes),
             "vxnet_kernel_pass_errors": ("Kernel passes that raised (each retried after a full "

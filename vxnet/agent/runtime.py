@@ -22,19 +22,12 @@ from vxnet.health.checker import HealthChecker, Target
 from vxnet.ip import IPAddress
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.allowlist import AllowList
-from vxnet.kernel.device import (
-    DeviceSpec,
-    default_name,
-    device_mtu,
-    ensure_device,
-    interface_networks,
-    local_addresses,
-)
+from vxnet.kernel.device import DeviceSpec, default_name, device_mtu
 from vxnet.kernel.links import open_links
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.masq import MasqRules, Masquerade
 from vxnet.kernel.monitor import Monitor
-from vxnet.kernel.overlay import Overlay, open_overlay
+from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.peer import Peer
 from vxnet.kernel.reconciler import Observer, Reconciler
 from vxnet.store.config import NetworkConfig
@@ -85,29 +78,18 @@ async def setup_overlays(sock: nl.RtnlSocket, opts: AgentOptions, cfg: NetworkCo
     lease or underlay (address, interface, MTU). True if anything changed."""
     changed = False
     with open_links() as links:
-        own = local_addresses(links)
         for version, pool in ((4, cfg.ipv4), (6, cfg.ipv6)):
             if pool is None:
                 continue
             spec = device_spec(opts, cfg, ext, version, lease)
             ov = overlays.get(version)
             if ov is None:
-                overlays[version] = open_overlay(
+                overlays[version] = Overlay(
                     links, sock, spec, network=pool.network,
                     direct_routing=cfg.backend.direct_routing,
                     neigh_on_demand=spec.app_solicit, fdb_on_demand=spec.l2miss)
                 changed = True
-            elif ov.device != spec or ov.plane.spec.own_ips != own:
-                async with ov.repairing:  # not while the monitor puts the old spec back
-                    ov.device = spec
-                    ov.ensured = ensure_device(links, spec)
-                    parent = interface_networks(links, spec.parent_ifindex,
-                                                spec.local_ip.version)
-                    ov.plane.rebind(ov.ensured.ifindex, local_subnet=spec.subnet,
-                                    underlay_version=spec.local_ip.version,
-                                    parent_ifindex=spec.parent_ifindex,
-                                    parent_networks=tuple(a.network for a in parent),
-                                    own_ips=own)
+            elif await ov.follow(links, spec):
                 changed = True
     return changed
 

@@ -1,5 +1,9 @@
-"""Peer state for one overlay family on one VXLAN device: what the kernel must hold per peer,
-what of the kernel's is ours, and the order writes go in.
+"""Peer state for one overlay family on one VXLAN device: which entries each peer needs, and
+the passes that write them (sets L2 before L3, deletes the other way round).
+
+Who decides what lives elsewhere: admission (kernel/admission.py) says which peers may steer
+traffic, each table's owner (routes.py, neighbours.py, nexthops.py, the on-demand answers of
+resolver.py) holds its dump, its ownership rule and its cache, nhids.py hands out nexthop ids.
 
 Per remote peer: FDB `<peer VTEP MAC> -> <peer public IP>`, permanent neighbour `<peer .0> ->
 <peer VTEP MAC>`, and a route to the peer's subnet via its .0, onlink -- through a nexthop object
@@ -13,28 +17,25 @@ With on-demand FDB as well, even the per-peer FDB entry waits until the kernel a
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import logging
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vxnet.ip import IPAddress, IPNetwork
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.peer import Peer, PeerError, SubnetSpace, check_peer
+from vxnet.kernel.admission import Admission, Rules
+from vxnet.kernel.neighbours import FdbTable, L2Table, NeighTable, dump_l2, notify_l2
+from vxnet.kernel.nexthops import NexthopTable
+from vxnet.kernel.nhids import NexthopIds
+from vxnet.kernel.peer import Peer, PeerError
+from vxnet.kernel.port import Kernel
 from vxnet.kernel.resolver import MissResolver
-from vxnet.kernel.table import DeltaTable, Op
+from vxnet.kernel.routes import PROTO_VXNET, RouteTable
+from vxnet.kernel.table import DeviceTable, PassResult
 
-log = logging.getLogger(__name__)
-
-PROTO_VXNET = 118  # our route/nexthop protocol number (free in iproute2's rt_protos)
-_NH_BASE = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
-_NH_SPAN = 0x10000
 CHUNK = 1000  # requests (or peers built) per step: a few ms each, so the loop stays fair
-_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
+AnyTable = DeviceTable[Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,55 +58,42 @@ class PlaneSpec:
     def version(self) -> int:
         return 4 if self.family == nl.AF_INET else 6
 
-
-@dataclass(slots=True)
-class PassResult:
-    writes: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def total(self) -> int:
-        return sum(self.writes.values())
-
-
-def _hex(b: bytes) -> str:
-    return b.hex(":") if len(b) == 6 else str(ipaddress.ip_address(b))
+    def rules(self) -> Rules:
+        return Rules(self.version, self.underlay_version, self.local_subnet, self.network,
+                     self.vni, self.own_ips)
 
 
 class Dataplane:
-    def __init__(self, sock: nl.RtnlSocket, spec: PlaneSpec) -> None:
-        self.sock, self.spec = sock, spec
-        self.fdb: DeltaTable[nl.FdbKey, bytes] = DeltaTable(
-            "fdb", nl.fdb_set, nl.fdb_del, lambda k: k.mac.hex(":"))
-        self.neigh: DeltaTable[nl.NeighKey, bytes] = DeltaTable(
-            "neigh", nl.neigh_set, nl.neigh_del, lambda k: _hex(k.dst))
-        self.nexthop: DeltaTable[int, nl.Nexthop] = DeltaTable(
-            "nexthop", nl.nexthop_set, nl.nexthop_del, str)
-        self.route: DeltaTable[nl.RouteKey, nl.Route] = DeltaTable(
-            "route", nl.route_set, nl.route_del, lambda k: f"{_hex(k.dst)}/{k.dst_len}")
-        self.peers: dict[str, Peer] = {}
-        self.generation = 0  # counts changes to `peers`, for readers that cache a view of them
-        self.rejected: dict[str, str] = {}
-        self.parked = False
-        self._space = SubnetSpace()
-        self._macs: dict[str, str] = {}
-        # a peer's entries as a flat (table, key, table, key...) tuple: a list of pairs cost
-        # three times as much per peer (4 MiB at 20 000 peers)
-        self._entries: dict[str, tuple[Any, ...]] = {}
-        self._nh_ids: dict[bytes, int] = {}  # gateway -> nexthop id
-        self._adopt: dict[bytes, int] = {}  # ids found in the kernel, taken over on first build
-        self._foreign_nh: set[int] = set()
-        self._next_nh = _NH_BASE[spec.family]
-        self._built = False
-        self._failing: dict[tuple[str, Any], str] = {}  # (table, key) -> last error
+    def __init__(self, kernel: Kernel, spec: PlaneSpec) -> None:
+        self.kernel, self.spec = kernel, spec
+        self.admission = Admission(spec.rules())
+        self.fdb = FdbTable(spec.ifindex)
+        self.neigh = NeighTable(spec.family, spec.ifindex)
+        self.nexthop = NexthopTable(spec.ifindex)
+        self.route = RouteTable(spec.family, spec.ifindex)
+        self.nhids = NexthopIds(spec.family)
         self.resolver = MissResolver(
             spec.family, spec.ifindex, neighbours=spec.neigh_on_demand, fdb=spec.fdb_on_demand,
             owner_mac=self._owner_mac, mac_ip=self._mac_ip,
         ) if spec.neigh_on_demand or spec.fdb_on_demand else None
+        self.parked = False  # our device is gone or down: no passes until it is back
+        # a peer's entries as a flat (table, key, table, key...) tuple: a list of pairs cost
+        # three times as much per peer (4 MiB at 20 000 peers)
+        self._entries: dict[str, tuple[Any, ...]] = {}
+        self._built = False
 
     @property
-    def tables(self) -> tuple[DeltaTable[Any, Any], ...]:
+    def peers(self) -> dict[str, Peer]:
+        """Accepted peers by lease key (read only: change them through add/remove_peer)."""
+        return self.admission.peers
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """Lease key -> why that peer is not programmed."""
+        return self.admission.rejected
+
+    @property
+    def tables(self) -> tuple[AnyTable, ...]:
         # set order: L2 before L3, nexthop before the route using it; deletes go in reverse
         r = self.resolver
         if r is None:
@@ -113,26 +101,32 @@ class Dataplane:
         return tuple(t for t in (self.fdb, r.fdb, self.neigh, r.neigh, self.nexthop, self.route)
                      if t is not None)
 
+    @property
+    def _l2(self) -> tuple[L2Table[Any], ...]:
+        """Who claims a neighbour message: the on-demand answers first (they take only the
+        entries that are not permanent), then the permanent tables."""
+        return (*(self.resolver.tables if self.resolver else ()), self.fdb, self.neigh)
+
     # -- what the resolver asks ----------
 
-    def _peer_for(self, key: str | None) -> Peer | None:
-        p = self.peers.get(key) if key is not None else None
+    def _peer_for(self, p: Peer | None) -> Peer | None:
         return None if p is None or self._direct(p) else p  # direct peers are routed, not asked
 
     def _owner_mac(self, addr: bytes) -> bytes | None:
-        p = self._peer_for(self._space.owner(self.spec.version, int.from_bytes(addr)))
+        p = self._peer_for(self.admission.owner(addr))
         return p.mac_bytes if p is not None else None
 
     def _mac_ip(self, mac: bytes) -> bytes | None:
-        p = self._peer_for(self._macs.get(mac.hex(":")))
+        p = self._peer_for(self.admission.by_mac(mac))
         return p.public_ip.packed if p is not None else None
 
     # -- peers (desired state) ----------
 
     def set_peers(self, peers: Iterable[Peer]) -> None:
         new = {p.key: p for p in peers}
-        for key in [k for k in self.peers if k not in new] + [k for k in self.rejected
-                                                               if k not in new]:
+        gone = [k for k in self.peers if k not in new]
+        gone += [k for k in self.admission.rejected if k not in new]
+        for key in gone:
             self.remove_peer(key)
         for p in new.values():
             if self.peers.get(p.key) != p:
@@ -142,60 +136,36 @@ class Dataplane:
         """Accept (or replace) a peer; returns why it was rejected, if it was."""
         old = self.peers.get(peer.key)
         # a replaced peer keeps its nexthop id, so a changed MAC or IP rewrites nothing else
-        keep_nh = old and self._nh_ids.get(old.subnet.network_address.packed)
+        keep = self.nhids.held(_gw(old)) if old is not None and old.subnet == peer.subnet \
+            else None
         self.remove_peer(peer.key)
-        if keep_nh and old.subnet == peer.subnet:
-            self._nh_ids[peer.subnet.network_address.packed] = keep_nh
-        s = self.spec
-        try:
-            p = check_peer(peer, overlay_version=s.version, underlay_version=s.underlay_version,
-                           local=s.local_subnet, network=s.network, vni=s.vni,
-                          own_ips=s.own_ips)
-            other = self._space.conflict(p.subnet)
-            if other is not None:
-                raise PeerError(f"peer {p.key}: subnet {p.subnet} overlaps peer {other}")
-            if p.vtep_mac in self._macs:
-                raise PeerError(f"peer {p.key}: VTEP MAC {p.vtep_mac} is already peer "
-                                f"{self._macs[p.vtep_mac]}'s")
-        except PeerError as e:
-            return self._reject(peer.key, e)
-        self.peers[p.key] = p
-        self.generation += 1
-        self._space.add(p.subnet, p.key)
-        self._macs[p.vtep_mac] = p.key
+        if keep is not None:
+            self.nhids.keep(_gw(peer), keep)
+        got = self.admission.admit(peer)
+        if isinstance(got, str):
+            return got
         if self.resolver is not None:
-            self.resolver.peer_changed(p.mac_bytes)
-        return self._install_or_reject(p) if self._built else None
-
-    def _reject(self, key: str, e: PeerError) -> str:
-        if self.rejected.get(key) != str(e):
-            log.warning("skipping %s", e)
-        self.rejected[key] = str(e)
-        return str(e)
+            self.resolver.peer_changed(got.mac_bytes)
+        return self._install_or_reject(got) if self._built else None
 
     def _install_or_reject(self, p: Peer) -> str | None:
         try:
             self._install(p)
         except PeerError as e:  # no nexthop id left: this peer waits, the others do not
             self.remove_peer(p.key)
-            return self._reject(p.key, e)
+            return self.admission.reject(p.key, str(e))
         return None
 
     def remove_peer(self, key: str) -> None:
-        self.rejected.pop(key, None)
-        p = self.peers.pop(key, None)
+        p = self.admission.remove(key)
         if p is None:
             return
-        self.generation += 1
-        self._space.remove(p.subnet)
-        self._macs.pop(p.vtep_mac, None)
         if self.resolver is not None:
             self.resolver.peer_changed(p.mac_bytes)
         for table, k in _pairs(self._entries.pop(key, ())):
             table.delete_desired(k)
-            self._failing.pop((table.name, k), None)
             if table is self.nexthop:
-                self._nh_ids.pop(p.subnet.network_address.packed, None)
+                self.nhids.release(_gw(p))
 
     def _direct(self, p: Peer) -> bool:
         return self.spec.direct_routing and any(p.public_ip in n for n in
@@ -203,9 +173,9 @@ class Dataplane:
 
     def _install(self, p: Peer) -> None:
         s = self.spec
-        gw = p.subnet.network_address.packed
+        gw = _gw(p)
         rkey = nl.RouteKey(s.family, gw, p.subnet.prefixlen)
-        ents: list[tuple[DeltaTable[Any, Any], Any, Any]]
+        ents: list[tuple[AnyTable, Any, Any]]
         if self._direct(p):
             ents = [(self.route, rkey, nl.Route(PROTO_VXNET, oif=s.parent_ifindex,
                                                 gateway=p.public_ip.packed))]
@@ -218,7 +188,7 @@ class Dataplane:
                 (self.fdb, nl.FdbKey(s.ifindex, mac), p.public_ip.packed)]
             ents.append((self.neigh, nl.NeighKey(s.family, s.ifindex, gw), mac))
             if s.use_nexthops:
-                nhid = self._nh_id(gw)
+                nhid = self.nhids.get(gw, self.nexthop)
                 ents += [(self.nexthop, nhid, nl.Nexthop(s.family, s.ifindex, gw, True,
                                                          PROTO_VXNET)),
                          (self.route, rkey, nl.Route(PROTO_VXNET, nhid=nhid))]
@@ -228,22 +198,6 @@ class Dataplane:
         for table, k, v in ents:
             table.set_desired(k, v)
         self._entries[p.key] = tuple(x for t, k, _ in ents for x in (t, k))
-
-    def _nh_id(self, gw: bytes) -> int:
-        if gw in self._nh_ids:
-            return self._nh_ids[gw]
-        nhid = self._adopt.pop(gw, None)
-        if nhid is None or nhid in self.nexthop.desired:
-            base = _NH_BASE[self.spec.family]
-            for _ in range(_NH_SPAN):
-                nhid, self._next_nh = self._next_nh, base + (self._next_nh + 1 - base) % _NH_SPAN
-                if (nhid not in self.nexthop.desired and nhid not in self.nexthop.kernel
-                        and nhid not in self._foreign_nh):
-                    break
-            else:
-                raise PeerError(f"no free nexthop id left in {base:#x}+{_NH_SPAN}")
-        self._nh_ids[gw] = nhid
-        return nhid
 
     # -- the kernel ----------
 
@@ -269,34 +223,29 @@ class Dataplane:
         if self.parked:
             return
         t0 = time.perf_counter()
-        nexthops = self._dump_nexthops() if self.spec.use_nexthops else {}
+        s = self.spec
+        nexthops = self.nexthop.dump(self.kernel) if s.use_nexthops else {}
+        self.nhids.saw(nexthops, s.ifindex, adopt=not self._built)
         yield
         if not self._built:
-            self._adopt = {}
-            for nhid, nh in sorted(nexthops.items()):
-                self._adopt.setdefault(nh.gateway, nhid)
             self._built = True
-            if self.spec.neigh_on_demand and self.spec.network is not None:
-                net = self.spec.network
+            if s.neigh_on_demand and s.network is not None:
+                net = s.network
                 self.route.set_desired(
-                    nl.RouteKey(self.spec.family, net.network_address.packed, net.prefixlen),
-                    nl.Route(PROTO_VXNET, oif=self.spec.ifindex))
+                    nl.RouteKey(s.family, net.network_address.packed, net.prefixlen),
+                    nl.Route(PROTO_VXNET, oif=s.ifindex))
             for n, p in enumerate(list(self.peers.values()), 1):
                 if self.peers.get(p.key) is p:  # still wanted after the last yield
                     self._install_or_reject(p)
                 if n % chunk == 0:
                     yield
-            self._adopt = {}
-        self.nexthop.load_kernel(nexthops)
-        for family in (nl.AF_BRIDGE, self.spec.family):
+            self.nhids.adopted()
+        self.nexthop.load(nexthops)
+        for family in (nl.AF_BRIDGE, s.family):
             yield
-            for table, entries in self._dump_l2(family).items():
-                if self.resolver is not None and table in self.resolver.tables:
-                    self.resolver.load(table, entries)
-                else:
-                    table.load_kernel(entries)
+            dump_l2(self.kernel, family, s.ifindex, self._l2)
         yield
-        self.route.load_kernel(self._dump_routes())
+        self.route.resync(self.kernel)
         yield from self.apply_steps(result, chunk)
         result.seconds = time.perf_counter() - t0
 
@@ -313,9 +262,10 @@ class Dataplane:
         if self.resolver is not None:
             self.resolver.recheck()
         done = 0  # keys planned since the last step ended
-        for deleting, tables in ((False, self.tables), (True, self.tables[::-1])):
-            for table in tables:
-                keys = list(table.dirty)
+        tables = self.tables
+        for deleting, order in ((False, tables), (True, tables[::-1])):
+            for table in order:
+                keys = table.pending_keys()
                 for at in range(0, len(keys), chunk):
                     if done >= chunk:
                         yield
@@ -326,170 +276,45 @@ class Dataplane:
                     sets, dels = table.plan(keys[at:at + chunk])
                     ops = dels if deleting else sets
                     if ops:
-                        self._write(ops, result)
+                        table.write(self.kernel, ops, result)
         result.seconds += time.perf_counter() - t0
-
-    def _write(self, ops: list[Op[Any, Any]], result: PassResult) -> None:
-        """One table's planned ops (all sets or all deletes), written in one batch."""
-        table = ops[0].table
-        encode = table.encode_del if ops[0].delete else table.encode_set
-        failures = self.sock.batch((op, encode(op.key, op.value)) for op in ops)
-        if not failures:  # the common case, recorded in bulk
-            table.record_all(ops)
-            result.writes[table.name] += len(ops)
-            if self._failing:
-                for op in ops:
-                    self._failing.pop((table.name, op.key), None)
-            return
-        failed = {id(f.entry): f.error for f in failures}
-        for op in ops:
-            err = failed.get(id(op))
-            ok = err is None or (op.delete and err.errno in _GONE)
-            op.table.record(op, ok)
-            if ok:
-                result.writes[op.table.name] += 1
-                self._failing.pop((op.table.name, op.key), None)
-            else:
-                result.failures.append(str(err))
-                if self._failing.get((op.table.name, op.key)) != str(err):
-                    log.warning("kernel write failed: %s", err)  # once per entry and error
-                self._failing[(op.table.name, op.key)] = str(err)
 
     @property
     def pending(self) -> bool:
         """Work a pass could do now: keys not yet in step (failed writes, changes made during
         a pass). A parked or not yet built plane has none: its next full pass does it."""
-        return self._built and not self.parked and any(t.dirty for t in self.tables)
+        return self._built and not self.parked and any(t.pending for t in self.tables)
 
     def rebind(self, ifindex: int, **changes: Any) -> None:
         """Our device was recreated (new ifindex) or its surroundings changed: rebuild desired
-        state against it at the next resync."""
+        state against it at the next resync. Admitted peers stay (and are checked again by
+        whoever changed the rules)."""
         self.spec = replace(self.spec, ifindex=ifindex, **changes)
-        for t in self.tables:
-            t.desired, t.kernel, t.dirty = {}, {}, set()
+        self.admission.rules = self.spec.rules()
+        for t in (self.fdb, self.neigh, self.nexthop, self.route):
+            t.rebind(ifindex)
         if self.resolver is not None:
-            self.resolver.ifindex = ifindex
-        self._entries, self._nh_ids, self._built, self.parked = {}, {}, False, False
-        self._next_nh = _NH_BASE[self.spec.family]
-
-    # -- dumps, each keeping only what is ours ----------
-
-    def _owns_route(self, table: int, key: nl.RouteKey, r: nl.Route) -> bool:
-        return table == nl.RT_TABLE_MAIN and key.family == self.spec.family and (
-            r.protocol == PROTO_VXNET
-            or (r.oif == self.spec.ifindex and r.protocol == nl.RTPROT_BOOT))
-
-    def _dump_routes(self) -> dict[nl.RouteKey, nl.Route]:
-        out, owns, parse = {}, self._owns_route, nl.parse_route
-        for buf, off, end in self.sock.dump(nl.RTM_GETROUTE,
-                                            nl.route_dump_request(self.spec.family)):
-            r = parse(buf, off, end)
-            if r is not None and owns(r[0], r[1], r[2]):
-                out[r[1]] = r[2]
-        return out
-
-    def _neigh_value(self, fam: int, ifindex: int, state: int, flags: int, dst: bytes | None,
-                     mac: bytes | None) -> tuple[DeltaTable[Any, Any], Any, Any] | None:
-        """(table, key, value-or-None) for a neighbour message on our device, else None."""
-        if ifindex != self.spec.ifindex or dst is None:
-            return None
-        if fam == nl.AF_BRIDGE and (mac is None or mac == bytes(6)):
-            return None  # flood entries are not ours
-        r = self.resolver
-        if r is not None and (answered := r.table_for(fam, state)) is not None:
-            if fam == nl.AF_BRIDGE and mac is not None:
-                return answered, nl.FdbKey(ifindex, mac), r.value(state, dst)
-            return answered, nl.NeighKey(fam, ifindex, dst), r.value(state, mac)
-        permanent = state & nl.NUD_PERMANENT
-        if fam == nl.AF_BRIDGE:
-            ok = permanent and flags & nl.NTF_SELF
-            return self.fdb, nl.FdbKey(ifindex, mac), dst if ok else None
-        if fam == self.spec.family:
-            # a deleted neighbour is reported without its MAC (first as FAILED, then gone)
-            return self.neigh, nl.NeighKey(fam, ifindex, dst), mac if permanent and mac else None
-        return None
-
-    def _dump_l2(self, family: int) -> dict[DeltaTable[Any, Any], dict[Any, bytes]]:
-        """FDB (AF_BRIDGE) or neighbour entries on our device, per table that keeps them."""
-        r = self.resolver
-        ours = [self.fdb, r and r.fdb] if family == nl.AF_BRIDGE else [self.neigh, r and r.neigh]
-        out: dict[DeltaTable[Any, Any], dict[Any, bytes]] = {t: {} for t in ours if t}
-        for buf, off, end in self.sock.dump(nl.RTM_GETNEIGH,
-                                            nl.neigh_dump_request(family, self.spec.ifindex)):
-            got = self._neigh_value(*nl.parse_neigh(buf, off, end))
-            if got is not None and got[2] is not None and got[0] in out:
-                out[got[0]].setdefault(got[1], got[2])
-        return out
-
-    def _dump_nexthops(self) -> dict[int, nl.Nexthop]:
-        out, self._foreign_nh = {}, set()
-        for buf, off, end in self.sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
-            got = nl.parse_nexthop(buf, off, end)
-            if got is None:
-                continue
-            nhid, nh = got
-            if nh.protocol == PROTO_VXNET and nh.oif == self.spec.ifindex:
-                out[nhid] = nh
-            elif not (_NH_BASE[self.spec.family] <= nhid < _NH_BASE[self.spec.family] + _NH_SPAN
-                      and nh.protocol == PROTO_VXNET):
-                self._foreign_nh.add(nhid)
-        return out
+            self.resolver.rebind(ifindex)
+        self.nhids = NexthopIds(self.spec.family)
+        self._entries, self._built, self.parked = {}, False, False
 
     # -- notifications ----------
 
     def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> bool:
         """Fold one netlink notification into the kernel caches; True if it touched ours."""
         if mtype in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
-            r = nl.parse_route(buf, off, end)
-            if r is None or r[0] != nl.RT_TABLE_MAIN or r[1].family != self.spec.family:
-                return False
-            _, key, value = r
-            if mtype == nl.RTM_DELROUTE:
-                if self.route.kernel.get(key) != value:
-                    return False
-                self.route.kernel_changed(key, None)
-            elif self._owns_route(*r):
-                self.route.kernel_changed(key, value)
-            elif key in self.route.desired:  # someone else's route took our key
-                self.route.kernel_changed(key, None)
-            else:
-                return False
-            return True
+            return self.route.on_message(mtype, buf, off, end)
         if mtype == nl.RTM_GETNEIGH:  # the kernel asks (a miss)
             fam, ifindex, _, _, dst, ll = nl.parse_neigh(buf, off, end)
             return (self.resolver is not None and ifindex == self.spec.ifindex
                     and self.resolver.on_miss(fam, dst, ll))
         if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
-            got = self._neigh_value(*nl.parse_neigh(buf, off, end))
-            if got is None:
-                return False
-            table, key, value = got
-            if self.resolver is not None and table in self.resolver.tables:
-                self.resolver.seen(table, key, None if mtype == nl.RTM_DELNEIGH else value)
-                return True
-            if mtype == nl.RTM_DELNEIGH:
-                if table.kernel.get(key) != value and table is self.fdb:
-                    return False  # another remote of the same MAC went
-                value = None
-            table.kernel_changed(key, value)
-            return True
+            return notify_l2(self._l2, mtype == nl.RTM_DELNEIGH, buf, off, end)
         if mtype in (nl.RTM_NEWNEXTHOP, nl.RTM_DELNEXTHOP) and self.spec.use_nexthops:
-            got = nl.parse_nexthop(buf, off, end)
-            if got is None:
-                return False
-            nhid, nh = got
-            if nhid not in self.nexthop.desired and nhid not in self.nexthop.kernel:
-                return False
-            ours = nh.protocol == PROTO_VXNET and nh.oif == self.spec.ifindex
-            if mtype == nl.RTM_DELNEXTHOP or not ours:
-                self.nexthop.kernel_changed(nhid, None)
-                # the kernel drops routes using a deleted nexthop without telling anyone
-                for k, v in list(self.route.kernel.items()):
-                    if v.nhid == nhid:
-                        self.route.kernel_changed(k, None)
-            else:
-                self.nexthop.kernel_changed(nhid, nh)
-            return True
+            gone = self.nexthop.on_message(mtype, buf, off, end)
+            if gone:
+                self.route.nexthop_gone(gone)
+            return gone is not None
         return False
 
     # -- introspection ----------
@@ -497,23 +322,26 @@ class Dataplane:
     def drift(self) -> dict[str, dict[str, list[str]]]:
         out = {}
         for t in self.tables:
-            missing, wrong, extra = t.drift()
-            if missing or wrong or extra:
-                out[t.name] = {"missing": [t.show(k) for k in missing],
-                               "wrong": [t.show(k) for k in wrong],
-                               "extra": [t.show(k) for k in extra]}
+            d = t.drift()
+            if d:
+                out[t.name] = {"missing": d.missing, "wrong": d.wrong, "extra": d.extra}
         return out
 
     def programmed(self) -> set[str]:
         """Peers whose every entry the kernel holds as wanted (as far as the caches know)."""
         return {key for key, ents in self._entries.items()
-                if all(t.kernel.get(k) == t.desired.get(k) for t, k in _pairs(ents))}
+                if all(t.in_step(k) for t, k in _pairs(ents))}
 
     @property
     def writes(self) -> dict[str, int]:
         return {t.name: t.writes for t in self.tables}
 
 
-def _pairs(flat: tuple[Any, ...]) -> Iterator[tuple[Any, Any]]:
+def _gw(p: Peer) -> bytes:
+    """A peer's gateway on the overlay: its subnet's network address."""
+    return p.subnet.network_address.packed
+
+
+def _pairs(flat: tuple[Any, ...]) -> Iterator[tuple[AnyTable, Any]]:
     it = iter(flat)
     return zip(it, it, strict=True)

@@ -14,8 +14,6 @@ import logging
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.device import ensure_device
-from vxnet.kernel.links import open_links
 from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.reconciler import Reconciler
 from vxnet.nsenter import in_netns
@@ -38,8 +36,6 @@ class Monitor:
         self.resync_interval = resync_interval
         self.events = 0
         self.overflows = 0
-        self.repairs = 0  # devices recreated
-        self.drift_repairs = 0  # device attributes put back in place
         self._sock: nl.RtnlSocket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._again: set[Overlay] = set()  # a check is running; another is wanted after it
@@ -102,50 +98,32 @@ class Monitor:
 
     def _link_event(self, mtype: int, index: int, flags: int) -> None:
         for ov in self.overlays:
-            plane = ov.plane
-            if index != plane.spec.ifindex:
+            if index != ov.plane.spec.ifindex:
                 continue
             if mtype == nl.RTM_DELLINK or not flags & nl.IFF_UP:
-                if not plane.parked:
-                    log.warning("device %s is %s: parked until it is back", ov.device.name,
-                                "gone" if mtype == nl.RTM_DELLINK else "down")
-                plane.parked = True
+                ov.park("gone" if mtype == nl.RTM_DELLINK else "down")
             self._check(ov)
 
     def _check(self, ov: Overlay) -> None:
-        """Put our device back as specified, soon (one check at a time per device)."""
-        if ov.repairing.locked():
+        """Have the overlay put its device back as specified, soon (one check at a time per
+        device; one asked for during a check runs after it)."""
+        if ov.busy:
             self._again.add(ov)
             return
-        task = asyncio.ensure_future(self._ensure(ov))
+        task = asyncio.ensure_future(self._repair(ov))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _ensure(self, ov: Overlay) -> None:
+    async def _repair(self, ov: Overlay) -> None:
         backoff = Backoff(0.05, 5)
         while True:
-            async with ov.repairing:  # the device is ours alone while we look at it
-                self._again.discard(ov)
-                try:
-                    with open_links(self.netns) as links:
-                        res = ensure_device(links, ov.device, self.netns)
-                except Exception as e:  # parent gone, transient netlink error: retry
-                    res = None
-                    log.warning("putting %s back failed: %s", ov.device.name, e)
-                if res is not None:
-                    ov.ensured = res
-                    if res.action != "reused":
-                        self.repairs += 1
-                        ov.plane.rebind(res.ifindex)
-                    elif res.changes:
-                        self.drift_repairs += 1
-                    # down or gone, the kernel dropped our routes, nexthops and neighbours,
-                    # some without a word: only a full pass knows what is left
-                    resync = res.action != "reused" or ov.plane.parked
-                    ov.plane.parked = False
-            if res is None:
-                # not holding the device while we wait: a new spec (the parent replaced, say)
-                # may be set meanwhile, and the next try uses it
+            self._again.discard(ov)
+            try:
+                resync = await ov.repair()
+            except Exception as e:  # parent gone, transient netlink error: retry
+                # not holding the device while we wait: a new spec (the parent replaced,
+                # say) may be set meanwhile, and the next try uses it
+                log.warning("putting %s back failed: %s", ov.device.name, e)
                 await backoff.sleep()
                 continue
             if resync:  # asked with the device free, or the reconciler would skip it

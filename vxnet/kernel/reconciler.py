@@ -17,10 +17,21 @@ from typing import Protocol
 
 from vxnet.backoff import Backoff
 from vxnet.errors import VxnetError
-from vxnet.kernel.dataplane import PassResult
-from vxnet.kernel.overlay import Overlay
+from vxnet.kernel.dataplane import Dataplane
+from vxnet.kernel.table import PassResult
 
 log = logging.getLogger(__name__)
+
+
+class Overlay(Protocol):
+    """What a pass needs of an overlay (kernel/overlay.py's): its peer state, and whether its
+    device is being changed right now."""
+
+    @property
+    def plane(self) -> Dataplane: ...
+
+    @property
+    def busy(self) -> bool: ...
 
 
 class Observer(Protocol):
@@ -90,7 +101,7 @@ class Reconciler:
         failed = False
         self._skipped = False
         for ov in self.overlays:
-            if ov.repairing.locked():  # the device is being put back: try again shortly
+            if ov.busy:  # the device is being changed: try again shortly
                 self._skipped = True
                 continue
             why = self._resync.pop(ov, None)

@@ -14,14 +14,17 @@ A peer that goes or changes its MAC has every entry through its MAC rewritten or
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.table import DeltaTable
+from vxnet.kernel.neighbours import NO_MAC, Entry, L2Table, show_dst, show_mac
+
+K = TypeVar("K", bound=Hashable)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,76 @@ class TokenBucket:
 
 
 def _show(b: bytes) -> str:
-    import ipaddress
     return b.hex(":") if len(b) == 6 else str(ipaddress.ip_address(b))
+
+
+class Answers(L2Table[K]):
+    """Entries we answered: desire follows the kernel (an entry aged out is forgotten, not put
+    back), and every entry is checked against the peer that owns it now."""
+
+    def want(self, key: K) -> bytes | None:
+        """What the owner of this key says the entry should be (None: no node owns it)."""
+        raise NotImplementedError
+
+    def seen(self, deleted: bool, key: K, value: bytes | None) -> bool:
+        """An entry that went is forgotten unless an answer is on its way; one that is there
+        is checked against its owner now (put right or removed)."""
+        if deleted or value is None:
+            self.kernel_forgot(key)
+        else:
+            self.set_kernel(key, value)
+            self.settle(key, self.want(key))
+        return True
+
+    def load(self, entries: dict[K, bytes]) -> None:
+        """A fresh dump: what the kernel holds, each entry checked against its owner now.
+        Answers not yet written stay; what the kernel no longer has is forgotten."""
+        self.keep_only_pending()
+        for key, value in entries.items():
+            self.seen(False, key, value)
+
+    def recheck(self, through: Callable[[K, bytes], bool]) -> None:
+        """Entries (and answers on their way) matching `through`: rewritten to their owner
+        now, or removed if no node owns them."""
+        keys = [k for k, v in (*self.kernel_items(), *self.desired_items()) if through(k, v)]
+        for key in keys:
+            self.settle(key, self.want(key))
+
+
+class AnsweredNeighbours(Answers[nl.NeighKey]):
+    def __init__(self, family: int, ifindex: int, owner_mac: Callable[[bytes], bytes | None]
+                 ) -> None:
+        super().__init__("neigh-on-demand", family, ifindex,
+                         lambda k, v: nl.neigh_set(k, v, nl.NUD_REACHABLE), nl.neigh_del,
+                         show_dst)
+        self.owner_mac = owner_mac
+
+    def claim(self, entry: Entry) -> tuple[nl.NeighKey, bytes | None] | None:
+        fam, ifindex, state, _, dst, mac = entry
+        if fam != self.family or ifindex != self.ifindex or dst is None \
+                or state & nl.NUD_PERMANENT:
+            return None
+        return nl.NeighKey(fam, ifindex, dst), mac if mac and state & _USABLE else None
+
+    def want(self, key: nl.NeighKey) -> bytes | None:
+        return self.owner_mac(key.dst)
+
+
+class AnsweredFdb(Answers[nl.FdbKey]):
+    def __init__(self, ifindex: int, mac_ip: Callable[[bytes], bytes | None]) -> None:
+        super().__init__("fdb-on-demand", nl.AF_BRIDGE, ifindex,
+                         lambda k, v: nl.fdb_set(k, v, nl.NUD_REACHABLE), nl.fdb_del, show_mac)
+        self.mac_ip = mac_ip
+
+    def claim(self, entry: Entry) -> tuple[nl.FdbKey, bytes | None] | None:
+        fam, ifindex, state, _, dst, mac = entry
+        if fam != nl.AF_BRIDGE or ifindex != self.ifindex or dst is None or mac is None \
+                or mac == NO_MAC or state & nl.NUD_PERMANENT:
+            return None
+        return nl.FdbKey(ifindex, mac), dst if state & _USABLE else None
+
+    def want(self, key: nl.FdbKey) -> bytes | None:
+        return self.mac_ip(key.mac)
 
 
 class MissResolver:
@@ -60,22 +131,25 @@ class MissResolver:
                  owner_mac: Callable[[bytes], bytes | None],
                  mac_ip: Callable[[bytes], bytes | None],
                  limiter: TokenBucket | None = None) -> None:
-        self.family, self.ifindex = family, ifindex
+        self.family = family
         self.owner_mac, self.mac_ip = owner_mac, mac_ip
-        self.neigh: DeltaTable[nl.NeighKey, bytes] | None = DeltaTable(
-            "neigh-on-demand", lambda k, v: nl.neigh_set(k, v, nl.NUD_REACHABLE), nl.neigh_del,
-            lambda k: _show(k.dst)) if neighbours else None
-        self.fdb: DeltaTable[nl.FdbKey, bytes] | None = DeltaTable(
-            "fdb-on-demand", lambda k, v: nl.fdb_set(k, v, nl.NUD_REACHABLE), nl.fdb_del,
-            lambda k: k.mac.hex(":")) if fdb else None
+        self.ifindex = ifindex
+        self.neigh = AnsweredNeighbours(family, ifindex, owner_mac) if neighbours else None
+        self.fdb = AnsweredFdb(ifindex, mac_ip) if fdb else None
         self.limiter = limiter or TokenBucket(RATE, BURST)
         self.misses: Counter[str] = Counter()  # "l3 answered", "l2 unknown", "l3 limited"...
         self.last_unknown: str | None = None
         self._unknown_logged = 0.0
         self._recheck: set[bytes] = set()  # peer MACs whose entries must be looked at again
 
+    def rebind(self, ifindex: int) -> None:
+        """Our device was replaced: nothing answered on the old one counts."""
+        self.ifindex = ifindex
+        for t in self.tables:
+            t.rebind(ifindex)
+
     @property
-    def tables(self) -> tuple[DeltaTable[Any, Any], ...]:
+    def tables(self) -> tuple[AnsweredFdb | AnsweredNeighbours, ...]:
         return tuple(t for t in (self.fdb, self.neigh) if t is not None)
 
     # -- the kernel asks ----------
@@ -97,7 +171,7 @@ class MissResolver:
             return False
         # with the FDB on demand too, its entry comes with the answer: the kernel would
         # otherwise drop the first packet on an L2 miss and ask again
-        if self.fdb is not None and nl.FdbKey(self.ifindex, mac) not in self.fdb.kernel:
+        if self.fdb is not None and not self.fdb.holds(nl.FdbKey(self.ifindex, mac)):
             self._l2(mac)
         return True
 
@@ -109,17 +183,15 @@ class MissResolver:
             return self._unknown("l2", mac)
         return self._answer("l2", self.fdb, nl.FdbKey(self.ifindex, mac), ip)
 
-    def _answer(self, kind: str, table: DeltaTable[Any, Any], key: Any, value: bytes) -> bool:
-        if key in table.dirty and table.desired.get(key) == value:
+    def _answer(self, kind: str, table: Answers[K], key: K, value: bytes) -> bool:
+        if table.is_dirty(key) and table.desired(key) == value:
             return True  # already on its way
         if not self.limiter.take():
             self.misses[f"{kind} limited"] += 1  # the kernel asks again (app_solicit probes)
             return False
         self.misses[f"{kind} answered"] += 1
         # a miss means the kernel cannot use what it has: write even if the cache says it's there
-        table.kernel.pop(key, None)
-        table.desired[key] = value
-        table.dirty.add(key)
+        table.rewrite(key, value)
         return True
 
     def _unknown(self, kind: str, what: bytes) -> bool:
@@ -132,49 +204,7 @@ class MissResolver:
                         kind.upper(), self.misses[f"{kind} unknown"], self.last_unknown)
         return False
 
-    # -- what the kernel holds ----------
-
-    def table_for(self, fam: int, state: int) -> DeltaTable[Any, Any] | None:
-        """Our table for a non-permanent entry on our device, if we answer that kind."""
-        if state & nl.NUD_PERMANENT:
-            return None
-        return self.fdb if fam == nl.AF_BRIDGE else self.neigh if fam == self.family else None
-
-    @staticmethod
-    def value(state: int, value: bytes | None) -> bytes | None:
-        return value if value and state & _USABLE else None
-
-    def _want(self, table: DeltaTable[Any, Any], key: Any) -> bytes | None:
-        return self.owner_mac(key.dst) if table is self.neigh else self.mac_ip(key.mac)
-
-    def seen(self, table: DeltaTable[Any, Any], key: Any, value: bytes | None) -> None:
-        """The kernel now holds `value` (None: nothing usable). An entry that went is
-        forgotten unless an answer is on its way; one that is there is checked against its
-        owner now (put right or removed)."""
-        if value is None:
-            table.kernel.pop(key, None)
-            if key not in table.dirty:
-                table.desired.pop(key, None)
-            return
-        table.kernel[key] = value
-        self._settle(table, key)
-
-    def _settle(self, table: DeltaTable[Any, Any], key: Any) -> None:
-        want = self._want(table, key)
-        if want is None:
-            table.desired.pop(key, None)
-        else:
-            table.desired[key] = want
-        if want != table.kernel.get(key):
-            table.dirty.add(key)
-
-    def load(self, table: DeltaTable[Any, Any], kernel: dict[Any, bytes]) -> None:
-        """A fresh dump: what the kernel holds, each entry checked against its owner now.
-        Answers not yet written stay; what the kernel no longer has is forgotten."""
-        pending = {k: table.desired[k] for k in table.dirty if k in table.desired}
-        table.kernel, table.desired, table.dirty = {}, pending, set(pending)
-        for key, value in kernel.items():
-            self.seen(table, key, value)
+    # -- peers ----------
 
     def peer_changed(self, mac: bytes) -> None:
         """A peer with this VTEP MAC went, came or changed: look at its entries again."""
@@ -186,11 +216,7 @@ class MissResolver:
         if not self._recheck:
             return
         macs, self._recheck = self._recheck, set()
-        for table, through in ((self.neigh, lambda k, v: v in macs),
-                               (self.fdb, lambda k, v: k.mac in macs)):
-            if table is None:
-                continue
-            keys = [k for d in (table.kernel, table.desired) for k, v in d.items()
-                    if through(k, v)]
-            for key in keys:
-                self._settle(table, key)
+        if self.neigh is not None:
+            self.neigh.recheck(lambda k, v: v in macs)
+        if self.fdb is not None:
+            self.fdb.recheck(lambda k, v: k.mac in macs)

@@ -13,7 +13,7 @@ from vxnet.kernel.device import DeviceSpec, default_name
 from vxnet.kernel.links import open_links
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.monitor import Monitor
-from vxnet.kernel.overlay import Overlay, open_overlay
+from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.peer import Peer
 from vxnet.kernel.reconciler import Reconciler
 from vxnet.lab.topology import Lab, Node
@@ -63,8 +63,8 @@ async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:
             sub = subnet(node, v)
             dev = DeviceSpec(default_name(1, v), 1, 8472, node.ip if v == 4 else node.ip6,
                              parent, vtep_mac(sub), 1450 if v == 4 else 1430, sub)
-            overlays[v] = open_overlay(links, sock, dev, network=NET4 if v == 4 else NET6,
-                                       **kw)
+            overlays[v] = Overlay(links, sock, dev, network=NET4 if v == 4 else NET6,
+                                  netns=node.ns.name, **kw)
     return NodeKernel(node, sock, overlays)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.kernel.conftest import open_node, peer_of, subnet
 from tests.waiting import SOON, until
-from vxnet.kernel.dataplane import PROTO_VXNET
+from vxnet.kernel.routes import PROTO_VXNET
 
 pytestmark = pytest.mark.netns
 
@@ -72,7 +72,7 @@ async def test_direct_routing_skips_encapsulation_on_a_shared_segment(lab):
     before = tx_packets(n1, "flannel.1")
     assert ping(p1, p2.ip, count=5).returncode == 0
     assert tx_packets(n1, "flannel.1") == before  # nothing went through the VXLAN device
-    assert k1.plane().fdb.desired == {} and k1.plane().neigh.desired == {}
+    assert k1.plane().fdb.size == 0 and k1.plane().neigh.size == 0
 
 
 async def test_same_state_twice_and_a_restart_make_no_writes(lab):
@@ -85,7 +85,7 @@ async def test_same_state_twice_and_a_restart_make_no_writes(lab):
     for v in (4, 6):
         again.plane(v).set_peers(k1.plane(v).peers.values())
         result = again.plane(v).resync()
-        assert (result.total, result.failures) == (0, [])
+        assert (result.total, result.failures) == (0, []), result
 
 
 async def test_stale_entries_go_and_foreign_ones_stay(lab):
@@ -162,7 +162,7 @@ async def test_entries_deleted_by_hand_are_put_back(two_nodes, what):
     good = state()
     _, task = k1.keep(resync_interval=3600)  # subscribed when it returns: nothing goes unseen
     try:
-        nhid = next(iter(k1.plane().nexthop.desired))
+        nhid, _ = next(k1.plane().nexthop.desired_items())
         args = [a.replace("MAC", peer_of(n2).vtep_mac).replace("NHID", str(nhid)) for a in what]
         (n1.ns.run if args[0] == "bridge" else n1.ns.ip)(*args)
         await until(lambda: state() == good, SOON, f"the kernel as before after {what}")
@@ -188,7 +188,7 @@ async def test_deleted_device_is_put_back_with_same_mac(two_nodes):
                 "route", "show", "proto", str(PROTO_VXNET)).stdout == before[0] and \
                 "PERMANENT" in n1.ns.ip("neigh", "show", "dev", "flannel.1").stdout
         await until(back, SOON, "flannel.1 back with its MAC, routes, neighbours")
-        assert mon.repairs == 1
+        assert k1.overlays[4].repairs == 1
         # and set down by hand: put back up at once, and what the kernel dropped with it
         # (IPv4 routes, nexthops, neighbours) fully resynced
         n1.ns.ip("link", "set", "flannel.1", "down")
@@ -196,6 +196,6 @@ async def test_deleted_device_is_put_back_with_same_mac(two_nodes):
             "-j", "link", "show", "flannel.1").stdout)[0]["flags"] and n1.ns.ip(
             "route", "show", "proto", str(PROTO_VXNET)).stdout == before[0], SOON,
             "flannel.1 up again, its routes resynced")
-        assert mon.drift_repairs >= 1 and not k1.plane().parked
+        assert k1.overlays[4].drift_repairs >= 1 and not k1.plane().parked
     finally:
         task.cancel()

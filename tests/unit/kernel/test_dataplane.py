@@ -79,7 +79,7 @@ def test_deleting_what_is_already_gone_counts_as_done():
     dp.set_peers([])
     result = dp.apply()
     assert result.failures == [] and result.writes["route"] == 1
-    assert dp.route.kernel == {}
+    assert dp.route.kernel_size == 0
 
 
 def test_changed_peer_rewrites_only_what_changed():
@@ -99,11 +99,11 @@ def test_direct_routing_uses_the_parent_for_peers_on_our_segment():
     dp = plane(direct_routing=True)
     dp.set_peers([peer(2), peer(3, ip=ipa.ip_address("203.0.113.3"))])
     dp.resync()
-    routes = dp.route.desired
+    routes = dict(dp.route.desired_items())
     direct = routes[next(k for k in routes if k.dst == ipa.ip_address("10.244.2.0").packed)]
     assert (direct.oif, direct.gateway, direct.nhid) == (2, ipa.ip_address(
         "198.51.100.2").packed, 0)
-    assert len(dp.fdb.desired) == 1  # only the peer across the router is encapsulated
+    assert dp.fdb.size == 1  # only the peer across the router is encapsulated
 
 
 def test_a_rejected_peer_can_come_back_valid():
@@ -128,7 +128,7 @@ def test_kernel_notifications_mark_only_their_key():
     dp = plane(k)
     dp.set_peers([peer(2), peer(3)])
     dp.resync()
-    key = next(iter(dp.neigh.kernel))
+    key, _ = next(dp.neigh.kernel_items())
     dp.neigh.kernel_changed(key, None)  # as the monitor does on RTM_DELNEIGH
     result = dp.apply()
     assert dict(result.writes) == {"neigh": 1}

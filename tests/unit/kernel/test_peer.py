@@ -81,4 +81,4 @@ def test_one_bad_lease_does_not_disturb_the_others():
     dp.set_peers([peer(2), *bad, peer(3)])
     dp.resync()
     assert set(dp.peers) == {"p2", "p3"} and set(dp.rejected) == {"lo", "vni"}
-    assert len(dp.fdb.kernel) == 2
+    assert dp.fdb.kernel_size == 2

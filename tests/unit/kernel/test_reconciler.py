@@ -7,15 +7,16 @@ import asyncio
 import errno
 import ipaddress as ipa
 import socket
+from dataclasses import dataclass
 
 import pytest
 
 from tests.unit.kernel.fakekernel import FakeKernel
 from tests.unit.kernel.test_dataplane import peer, plane
 from tests.waiting import until
-from vxnet.kernel import dataplane
+from vxnet.kernel import dataplane, nhids
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.overlay import Overlay
+from vxnet.kernel.dataplane import Dataplane
 from vxnet.kernel.reconciler import Reconciler
 
 
@@ -30,9 +31,16 @@ class Seen:
         self.latencies.append(seconds)
 
 
-def overlay(kernel, **spec) -> Overlay:
-    dp = plane(kernel, **spec)
-    return Overlay(device=None, plane=dp, ensured=None)  # the device is not the subject here
+@dataclass(eq=False)
+class Planes:
+    """An overlay as the reconciler sees it: the device is not the subject here."""
+
+    plane: Dataplane
+    busy: bool = False
+
+
+def overlay(kernel, **spec) -> Planes:
+    return Planes(plane(kernel, **spec))
 
 
 @pytest.fixture
@@ -96,7 +104,7 @@ async def test_the_kernel_changing_behind_our_back_is_repaired_from_the_notifica
 
 
 async def test_no_nexthop_id_left_rejects_that_peer_only(monkeypatch):
-    monkeypatch.setattr(dataplane, "_NH_SPAN", 3)
+    monkeypatch.setattr(nhids, "SPAN", 3)
     k = FakeKernel()
     ov = overlay(k)
     ov.plane.set_peers([peer(i) for i in range(2, 6)])  # four peers, three ids
@@ -113,9 +121,9 @@ async def test_a_failing_entry_is_forgotten_with_its_peer():
     ov = overlay(k)
     ov.plane.set_peers([peer(2)])
     await Reconciler([ov]).resync_now("first")
-    assert ov.plane._failing
+    assert sum(t.failing for t in ov.plane.tables) == 1
     ov.plane.remove_peer("p2")
-    assert ov.plane._failing == {}
+    assert sum(t.failing for t in ov.plane.tables) == 0
 
 
 async def test_a_big_first_sync_lets_the_event_loop_in_between_steps():

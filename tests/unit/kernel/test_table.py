@@ -15,7 +15,7 @@ def test_plan_is_the_difference_only():
     t.load_kernel({"a": 1, "b": 2, "stale": 9})
     t.replace_desired({"a": 1, "b": 3, "c": 4})
     assert plan(t) == ([("b", 3), ("c", 4)], [("stale", 9)])
-    assert t.dirty == {"b", "c", "stale"}  # "a" is in step and cleaned
+    assert set(t.pending_keys()) == {"b", "c", "stale"}  # "a" is in step and cleaned
 
 
 def test_work_planned_but_never_done_is_planned_again():
@@ -25,7 +25,7 @@ def test_work_planned_but_never_done_is_planned_again():
     assert plan(t) == ([("a", 1), ("b", 2)], [])
     for op in sets:
         t.record(op, ok=True)
-    assert plan(t) == ([], []) and not t.dirty
+    assert plan(t) == ([], []) and not t.pending
 
 
 def test_a_desire_changed_while_its_write_was_in_flight_stays_dirty():
@@ -34,7 +34,7 @@ def test_a_desire_changed_while_its_write_was_in_flight_stays_dirty():
     sets, _ = t.plan()
     t.set_desired("a", 2)
     t.record(sets[0], ok=True)
-    assert t.kernel == {"a": 1} and plan(t) == ([("a", 2)], [])
+    assert dict(t.kernel_items()) == {"a": 1} and plan(t) == ([("a", 2)], [])
 
 
 def test_record_follows_success_and_keeps_failures_dirty():
@@ -42,10 +42,10 @@ def test_record_follows_success_and_keeps_failures_dirty():
     t.set_desired("a", 1)
     sets, _ = t.plan()
     t.record(sets[0], ok=False)
-    assert t.kernel == {} and t.dirty == {"a"}
+    assert dict(t.kernel_items()) == {} and set(t.pending_keys()) == {"a"}
     sets, _ = t.plan()
     t.record(sets[0], ok=True)
-    assert t.kernel == {"a": 1} and t.writes == 1 and t.drift() == ([], [], [])
+    assert dict(t.kernel_items()) == {"a": 1} and t.writes == 1 and not t.drift()
 
 
 def test_kernel_changed_only_dirties_on_real_change():
@@ -54,11 +54,11 @@ def test_kernel_changed_only_dirties_on_real_change():
     t.set_desired("a", 1)
     assert plan(t) == ([], [])
     t.kernel_changed("a", 1)
-    assert not t.dirty
+    assert not t.pending
     t.kernel_changed("a", 2)
     assert plan(t) == ([("a", 1)], [])
     t.kernel_changed("zzz", None)
-    assert t.dirty == {"a"}  # still to be written; nothing new
+    assert set(t.pending_keys()) == {"a"}  # still to be written; nothing new
 
 
 def test_setting_the_same_value_is_not_work():
@@ -68,7 +68,7 @@ def test_setting_the_same_value_is_not_work():
     t.plan()
     t.set_desired("a", 0)
     t.delete_desired("missing")
-    assert not t.dirty
+    assert not t.pending
 
 
 def test_a_dump_equal_to_desire_keeps_desire_s_objects_not_copies():
@@ -77,10 +77,10 @@ def test_a_dump_equal_to_desire_keeps_desire_s_objects_not_copies():
     t.replace_desired({key: value})
     dumped = {("k", bytes([1, 2])): ("v", bytes([3]))}  # equal, but other objects
     t.load_kernel(dumped)
-    (k, v), = t.kernel.items()
-    assert k is key and v is value and t.kernel is not t.desired
+    (k, v), = t.kernel_items()
+    assert k is key and v is value and t._kernel is not t._desired
     t.delete_desired(key)  # the two stay separate dicts
-    assert t.kernel == {key: value}
+    assert dict(t.kernel_items()) == {key: value}
 
 
 def test_recording_a_whole_batch_is_recording_each_op():
@@ -95,8 +95,9 @@ def test_recording_a_whole_batch_is_recording_each_op():
         sets, dels = each.plan()
         for op in dels if deleting else sets:
             each.record(op, ok=True)
-    assert (bulk.kernel, bulk.dirty, bulk.writes) == (each.kernel, each.dirty, each.writes)
-    assert bulk.kernel == {"a": 1, "b": 2, "old": 3} and not bulk.dirty
+    assert [(dict(x.kernel_items()), set(x.pending_keys()), x.writes) for x in (bulk, each)] == \
+        [(dict(each.kernel_items()), set(each.pending_keys()), each.writes)] * 2
+    assert dict(bulk.kernel_items()) == {"a": 1, "b": 2, "old": 3} and not bulk.pending
 
 
 def test_a_desire_changed_during_a_bulk_write_stays_dirty():
@@ -105,4 +106,4 @@ def test_a_desire_changed_during_a_bulk_write_stays_dirty():
     sets, _ = t.plan()
     t.set_desired("a", 9)  # while the batch was out
     t.record_all(sets)
-    assert t.dirty == {"a"} and t.kernel == {"a": 1, "b": 2}
+    assert set(t.pending_keys()) == {"a"} and dict(t.kernel_items()) == {"a": 1, "b": 2}

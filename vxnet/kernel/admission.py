@@ -1,0 +1,83 @@
+"""Peer admission for one overlay family: which peers may steer this node's traffic. A peer
+is accepted only if it passes check_peer (kernel/peer.py) and claims nothing another accepted
+peer holds (an overlapping subnet, the same VTEP MAC); every other peer gets a reason."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from vxnet.ip import IPAddress, IPNetwork
+from vxnet.kernel.peer import Peer, PeerError, SubnetSpace, check_peer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a peer is checked against: our side of the overlay."""
+
+    overlay_version: int
+    underlay_version: int
+    local: IPNetwork | None = None  # our own subnet
+    network: IPNetwork | None = None  # the cluster's
+    vni: int | None = None  # peers must carry ours
+    own_ips: frozenset[IPAddress] = frozenset()  # this node's addresses: never a peer's
+
+
+class Admission:
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.peers: dict[str, Peer] = {}  # accepted, by lease key (read-only for others)
+        self.rejected: dict[str, str] = {}  # lease key -> why
+        self.generation = 0  # counts changes to `peers`, for readers that cache a view of them
+        self._space = SubnetSpace()
+        self._macs: dict[str, str] = {}  # VTEP MAC -> lease key
+
+    def admit(self, peer: Peer) -> Peer | str:
+        """The peer as accepted (MAC normalised), or why not. The caller removed any earlier
+        peer at the same key first."""
+        r = self.rules
+        try:
+            p = check_peer(peer, overlay_version=r.overlay_version,
+                           underlay_version=r.underlay_version, local=r.local,
+                           network=r.network, vni=r.vni, own_ips=r.own_ips)
+            other = self._space.conflict(p.subnet)
+            if other is not None:
+                raise PeerError(f"peer {p.key}: subnet {p.subnet} overlaps peer {other}")
+            if p.vtep_mac in self._macs:
+                raise PeerError(f"peer {p.key}: VTEP MAC {p.vtep_mac} is already peer "
+                                f"{self._macs[p.vtep_mac]}'s")
+        except PeerError as e:
+            return self.reject(peer.key, str(e))
+        self.peers[p.key] = p
+        self.generation += 1
+        self._space.add(p.subnet, p.key)
+        self._macs[p.vtep_mac] = p.key
+        return p
+
+    def reject(self, key: str, why: str) -> str:
+        """Not (or no longer) accepted; logged once per reason."""
+        if self.rejected.get(key) != why:
+            log.warning("skipping %s", why)
+        self.rejected[key] = why
+        return why
+
+    def remove(self, key: str) -> Peer | None:
+        """Forget the peer at `key` (accepted or rejected); the accepted one it was, if any."""
+        self.rejected.pop(key, None)
+        p = self.peers.pop(key, None)
+        if p is not None:
+            self.generation += 1
+            self._space.remove(p.subnet)
+            self._macs.pop(p.vtep_mac, None)
+        return p
+
+    def owner(self, addr: bytes) -> Peer | None:
+        """The accepted peer whose subnet holds this address."""
+        key = self._space.owner(self.rules.overlay_version, int.from_bytes(addr))
+        return self.peers.get(key) if key is not None else None
+
+    def by_mac(self, mac: bytes) -> Peer | None:
+        key = self._macs.get(mac.hex(":"))
+        return self.peers.get(key) if key is not None else None

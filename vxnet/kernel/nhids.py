@@ -1,0 +1,66 @@
+"""Nexthop ids for one overlay family: one per peer gateway, from a range of our own, the same
+ones across restarts (adopted from the kernel), never one another program uses."""
+
+from __future__ import annotations
+
+from vxnet.kernel import netlink as nl
+from vxnet.kernel.nexthops import NexthopTable
+from vxnet.kernel.peer import PeerError
+from vxnet.kernel.routes import PROTO_VXNET
+
+BASE = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
+SPAN = 0x10000
+
+
+class NexthopIds:
+    def __init__(self, family: int) -> None:
+        self.base = BASE[family]
+        self._ids: dict[bytes, int] = {}  # gateway -> id
+        self._adopt: dict[bytes, int] = {}  # ids an earlier run left, taken over on first use
+        self._foreign: set[int] = set()  # ids in the kernel that are not ours to give
+        self._next = self.base
+
+    def _ours(self, nhid: int) -> bool:
+        return self.base <= nhid < self.base + SPAN
+
+    def saw(self, dumped: dict[int, nl.Nexthop], ifindex: int, adopt: bool) -> None:
+        """A fresh dump of every nexthop: note the ids taken by others, and (before the first
+        build) the ids an earlier run gave our device's gateways."""
+        self._foreign = {i for i, nh in dumped.items()
+                         if not (nh.protocol == PROTO_VXNET and (nh.oif == ifindex
+                                                                 or self._ours(i)))}
+        if adopt:
+            self._adopt = {}
+            for nhid, nh in sorted(dumped.items()):
+                if nh.protocol == PROTO_VXNET and nh.oif == ifindex:
+                    self._adopt.setdefault(nh.gateway, nhid)
+
+    def adopted(self) -> None:
+        """The first build is over: what was not taken over is not ours to keep."""
+        self._adopt = {}
+
+    def get(self, gw: bytes, table: NexthopTable) -> int:
+        """The id for this gateway: its own, an adopted one, or the next free in our range."""
+        nhid = self._ids.get(gw)
+        if nhid is not None:
+            return nhid
+        nhid = self._adopt.pop(gw, None)
+        if nhid is None or table.wants(nhid):
+            for _ in range(SPAN):
+                nhid, self._next = self._next, self.base + (self._next + 1 - self.base) % SPAN
+                if not (table.wants(nhid) or table.holds(nhid) or nhid in self._foreign):
+                    break
+            else:
+                raise PeerError(f"no free nexthop id left in {self.base:#x}+{SPAN}")
+        self._ids[gw] = nhid
+        return nhid
+
+    def keep(self, gw: bytes, nhid: int) -> None:
+        """A replaced peer keeps its id, so a changed MAC or IP rewrites nothing else."""
+        self._ids[gw] = nhid
+
+    def release(self, gw: bytes) -> int | None:
+        return self._ids.pop(gw, None)
+
+    def held(self, gw: bytes) -> int | None:
+        return self._ids.get(gw)
