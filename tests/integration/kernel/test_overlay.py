@@ -178,7 +178,7 @@ async def test_deleted_device_is_put_back_with_same_mac(two_nodes):
     before = (n1.ns.ip("route", "show", "proto", str(PROTO_VXNET)).stdout,
               n1.ns.ip("-j", "link", "show", "flannel.1").stdout)
     mac = json.loads(before[1])[0]["address"]
-    mon, task = k1.keep(resync_interval=3600)  # subscribed when it returns: nothing goes unseen
+    _, task = k1.keep(resync_interval=3600)  # subscribed when it returns: nothing goes unseen
     try:
         n1.ns.ip("link", "del", "flannel.1")
 
