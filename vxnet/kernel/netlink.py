@@ -19,7 +19,7 @@ from typing import NamedTuple
 from vxnet.errors import VxnetError
 
 # --- constants (linux/netlink.h, rtnetlink.h, neighbour.h, nexthop.h) ----------
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSG_ERROR, NLMSG_DONE, NLMSG_MIN_TYPE = 2, 3, 0x10  # below MIN_TYPE: control messages
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
 NLM_F_DUMP, NLM_F_REPLACE, NLM_F_CREATE = 0x300, 0x100, 0x400
 SOL_NETLINK = 270
@@ -303,6 +303,14 @@ def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
 
 # --- the socket ----------
 
+Request = tuple[int, int, bytes]  # (message type, flags, body): what the encoders above make
+Reply = tuple[bytes, int, int]  # (buffer, payload offset, payload end) of one message
+Event = tuple[int, bytes, int, int]  # (message type, buffer, payload offset, payload end)
+
+_NOTIFICATIONS = -1  # a "sequence number" no request has (theirs are u32): nothing is a reply
+_NOBODY = -1  # a port no socket has: no notification is left out
+
+
 @dataclass(slots=True)
 class Failure:
     entry: object
@@ -343,7 +351,53 @@ class RtnlSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         return self._seq
 
-    def batch(self, requests: Iterable[tuple[object, tuple[int, int, bytes]]]) -> list[Failure]:
+    def _send(self, mtype: int, flags: int, body: bytes) -> int:
+        """One request; its sequence number."""
+        seq = self._next_seq()
+        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, flags | NLM_F_REQUEST, seq, 0)
+                       + body)
+        return seq
+
+    def _receive(self, seq: int, replies: list[Reply],
+                 errors: list[tuple[int, bytes, int, int]] | None = None,
+                 events: list[Event] | None = None, skip_portid: int = _NOBODY,
+                 once: bool = False) -> tuple[int, int, bytes, int, int] | None:
+        """The one receive loop and header walk of every exchange with the kernel.
+
+        Reads until the message that ends request `seq` -- its ACK or error, or a dump's
+        NLMSG_DONE -- and returns it as (type, flags, buffer, payload offset, payload end).
+        On the way, the payloads of the other replies to `seq` go to `replies`; errors
+        answering other requests (a batch's earlier ones) to `errors` as (seq, buffer, payload
+        offset, payload end); everything else, unless it carries `skip_portid`, to `events`.
+        `once`: read one datagram only, without blocking (BlockingIOError when none is queued),
+        and return None.
+
+        The walk is inline, not a generator per message: it is the whole Python cost of a
+        20 000-entry dump beyond the parsers.
+        """
+        recv, hdr_at = self.sock.recv, _HDR.unpack_from
+        error, done, control = NLMSG_ERROR, NLMSG_DONE, NLMSG_MIN_TYPE
+        add = replies.append
+        while True:
+            data = recv(1 << 20, socket.MSG_DONTWAIT) if once else recv(1 << 20)
+            off, size = 0, len(data)
+            while off + 16 <= size:
+                n, t, flags, s, pid = hdr_at(data, off)
+                if n < 16:
+                    break
+                if s == seq:
+                    if t < control and t in (error, done):
+                        return t, flags, data, off + 16, off + n
+                    add((data, off + 16, off + n))
+                elif t == error and errors is not None:
+                    errors.append((s, data, off + 16, off + n))
+                elif events is not None and pid != skip_portid:
+                    events.append((t, data, off + 16, off + n))
+                off += (n + 3) & ~3
+            if once:
+                return None
+
+    def batch(self, requests: Iterable[tuple[object, Request]]) -> list[Failure]:
         """Send (entry, (type, flags, body)) requests, many per send. Returns the failures, each
         mapped back to its entry; the kernel goes on past a failed request.
 
@@ -375,70 +429,45 @@ class RtnlSocket:
         _TYPE_FLAGS.pack_into(buf, last_at + 4, mtype, flags | NLM_F_ACK)
         self.sock.send(buf)
         self.requests += len(pending)
-        while True:
-            data = self.sock.recv(1 << 20)
-            for mtype, _, seq, _, off, end in _messages(data):
-                if mtype != NLMSG_ERROR or seq not in pending:
-                    continue
-                code = -_ERR.unpack_from(data, off)[0]
-                if code:
-                    entry = pending[seq]
-                    failures.append(Failure(entry, NetlinkError(code, entry,
-                                                                _ext_ack(data, off, end))))
-                if seq == last_seq:
-                    return
+        errors: list[tuple[int, bytes, int, int]] = []
+        ack = self._receive(last_seq, [], errors)
+        assert ack is not None
+        _, _, data, off, end = ack
+        errors.append((last_seq, data, off, end))
+        for seq, data, off, end in errors:
+            code = -_ERR.unpack_from(data, off)[0]
+            if code and seq in pending:
+                entry = pending[seq]
+                failures.append(Failure(entry, NetlinkError(code, entry,
+                                                            _ext_ack(data, off, end))))
 
     def request(self, mtype: int, flags: int, body: bytes, entry: object = None
-                ) -> list[tuple[bytes, int, int]]:
+                ) -> list[Reply]:
         """One request, acknowledged: (buffer, payload offset, payload end) of its replies
         (a get's answer; nothing for a write). A refusal raises NetlinkError naming `entry`."""
-        seq = self._next_seq()
-        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, flags | NLM_F_REQUEST | NLM_F_ACK,
-                                 seq, 0) + body)
+        seq = self._send(mtype, flags | NLM_F_ACK, body)
         self.requests += 1
-        out: list[tuple[bytes, int, int]] = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            for t, _, s, _, off, end in _messages(data):
-                if s != seq:
-                    continue
-                if t != NLMSG_ERROR:
-                    out.append((data, off, end))
-                    continue
-                code = -_ERR.unpack_from(data, off)[0]
-                if code:
-                    raise NetlinkError(code, entry, _ext_ack(data, off, end))
-                return out
+        out: list[Reply] = []
+        ack = self._receive(seq, out)
+        assert ack is not None
+        t, _, data, off, end = ack
+        code = -_ERR.unpack_from(data, off)[0] if t == NLMSG_ERROR else 0
+        if code:
+            raise NetlinkError(code, entry, _ext_ack(data, off, end))
+        return out
 
-    def dump(self, mtype: int, body: bytes) -> list[tuple[bytes, int, int]]:
+    def dump(self, mtype: int, body: bytes) -> list[Reply]:
         """(buffer, payload offset, payload end) of every message of a dump. Restarts the dump
         if the kernel says a concurrent change interrupted it (flagged on NLMSG_DONE)."""
-        hdr_at = _HDR.unpack_from
         for _ in range(5):
-            seq = self._next_seq()
-            self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP,
-                                     seq, 0) + body)
-            out: list[tuple[bytes, int, int]] = []
-            while True:
-                data = self.sock.recv(1 << 20)
-                off, size, done = 0, len(data), False
-                while off + 16 <= size:
-                    n, t, flags, s, _ = hdr_at(data, off)
-                    if n < 16:
-                        break
-                    if s == seq:
-                        if t == NLMSG_DONE:
-                            done, interrupted = True, bool(flags & NLM_F_DUMP_INTR)
-                            break
-                        if t == NLMSG_ERROR:
-                            code = -_ERR.unpack_from(data, off + 16)[0]
-                            raise NetlinkError(code, f"dump {mtype}",
-                                               _ext_ack(data, off + 16, off + n))
-                        out.append((data, off + 16, off + n))
-                    off += (n + 3) & ~3
-                if done:
-                    break
-            if not interrupted:
+            out: list[Reply] = []
+            last = self._receive(self._send(mtype, NLM_F_DUMP, body), out)
+            assert last is not None
+            t, flags, data, off, end = last
+            if t == NLMSG_ERROR:
+                raise NetlinkError(-_ERR.unpack_from(data, off)[0], f"dump {mtype}",
+                                   _ext_ack(data, off, end))
+            if not flags & NLM_F_DUMP_INTR:
                 return out
         raise NetlinkError(errno.EINTR, f"dump {mtype}", "interrupted five times")
 
@@ -447,31 +476,20 @@ class RtnlSocket:
         """The socket's netlink port: what the kernel's notifications of its requests carry."""
         return int(self.sock.getsockname()[0])
 
-    def recv_events(self, datagrams: int = 1000, skip_portid: int = 0
-                    ) -> Iterator[tuple[int, bytes, int, int]]:
+    def recv_events(self, datagrams: int = 1000, skip_portid: int = 0) -> Iterator[Event]:
         """Queued notifications, without blocking, at most `datagrams` reads' worth (the rest
         stays queued for the next call, so a flood of them never holds the event loop long).
         Those carrying `skip_portid` (the echo of that socket's own requests) are left out.
         ENOBUFS (events lost) propagates."""
+        events: list[Event] = []
+        skip = skip_portid or _NOBODY
         for _ in range(datagrams):
             try:
-                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                self._receive(_NOTIFICATIONS, [], events=events, skip_portid=skip, once=True)
             except BlockingIOError:
                 return
-            for t, _, _, pid, off, end in _messages(data):
-                if not skip_portid or pid != skip_portid:
-                    yield t, data, off, end
-
-
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
-    """(type, flags, seq, portid, payload offset, payload end) of each message."""
-    off = 0
-    while off + _HDR.size <= len(data):
-        n, mtype, flags, seq, pid = _HDR.unpack_from(data, off)
-        if n < _HDR.size:
-            return
-        yield mtype, flags, seq, pid, off + _HDR.size, off + n
-        off += (n + 3) & ~3
+            yield from events
+            events.clear()
 
 
 def _ext_ack(data: bytes, off: int, end: int) -> str:

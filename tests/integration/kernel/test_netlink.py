@@ -1,5 +1,6 @@
 """The lean codec against iproute2's own view of the same namespace."""
 
+import errno
 import ipaddress as ipa
 import json
 import socket
@@ -54,9 +55,9 @@ async def test_dumps_agree_with_iproute2(lab):
         assert all_routes(k.sock, fam) == theirs
 
     ours_nh = {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
-               for nhid, v in k.plane(4).nexthop.dump(k.sock).items()}
+               for nhid, v in k.plane(4)._dump_nexthops().items()}
     ours_nh |= {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
-                for nhid, v in k.plane(6).nexthop.dump(k.sock).items()}
+                for nhid, v in k.plane(6)._dump_nexthops().items()}
     theirs_nh = {n["id"]: (n["gateway"], n1.ifindex(n["dev"]), "onlink" in n["flags"],
                            int(n["protocol"])) for n in ip_json(ns, "nexthop")}
     assert ours_nh == theirs_nh and len(ours_nh) == 3
@@ -65,12 +66,12 @@ async def test_dumps_agree_with_iproute2(lab):
         dev = "flannel.1" if v == 4 else "flannel-v6.1"
         theirs_neigh = {(n["dst"], n["lladdr"]) for n in ip_json(ns, "neigh", "show", "dev", dev)
                         if "PERMANENT" in n["state"]}
-        ours = plane.neigh.dump(k.sock)
+        ours = plane._dump_l2(plane.spec.family)[plane.neigh]
         assert {(addr(key.dst), mac.hex(":")) for key, mac in ours.items()} == theirs_neigh
         theirs_fdb = {(f["mac"], f["dst"]) for f in json.loads(
             ns.run("bridge", "-j", "fdb", "show", "dev", dev).stdout)
             if f.get("state") == "permanent" and "self" in f["flags"] and "dst" in f}
-        ours = plane.fdb.dump(k.sock)
+        ours = plane._dump_l2(nl.AF_BRIDGE)[plane.fdb]
         assert {(key.mac.hex(":"), addr(dst)) for key, dst in ours.items()} == theirs_fdb
         assert len(theirs_fdb) == (2 if v == 4 else 1)
 
@@ -108,7 +109,7 @@ async def test_batches_larger_than_one_send(two_nodes):
         f"10.250.{i >> 8}.{i & 255}").packed), bytes([14, 0, 0, 0, i >> 8, i & 255])))
             for i in range(3000)]
     assert k.sock.batch(reqs) == []
-    assert len(k.plane().neigh.dump(k.sock)) == 3000
+    assert len(k.plane()._dump_l2(socket.AF_INET)[k.plane().neigh]) == 3000
 
 
 async def test_dumps_hold_only_our_device_s_entries(two_nodes):
@@ -152,3 +153,29 @@ async def test_notifications_of_our_own_writes_can_be_left_out(two_nodes):
         assert seen == ["10.244.8.0"]
     finally:
         events.close()
+
+
+async def test_requests_and_dumps_share_one_socket_in_any_order(two_nodes):
+    """One receive loop for every exchange: a refused request, a get, a dump and a batch
+    one after another on one socket each see their own answers only."""
+    n1, _ = two_nodes
+    with n1.ns.entered():
+        sock = nl.RtnlSocket()
+    try:
+        eth0 = n1.ifindex("eth0")
+        key = nl.NeighKey(socket.AF_INET, eth0, bytes([10, 252, 0, 1]))
+        with pytest.raises(nl.NetlinkError) as refused:
+            sock.request(*nl.neigh_del(key, bytes(6)), entry="not there")
+        assert refused.value.errno == errno.ENOENT and refused.value.entry == "not there"
+        assert sock.request(*nl.neigh_set(key, bytes.fromhex("0e0000000001"))) == []
+        _, _, get = nl.neigh_del(key, b"")  # ndmsg with the device, and NDA_DST: a get's body
+        [(buf, off, end)] = sock.request(nl.RTM_GETNEIGH, 0, get)
+        assert nl.parse_neigh(buf, off, end)[4] == key.dst
+        dumped = sock.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(socket.AF_INET, eth0))
+        assert key.dst in {nl.parse_neigh(*m)[4] for m in dumped}
+        [failure] = sock.batch([("again", nl.neigh_del(key, bytes(6))),
+                                ("twice", nl.neigh_del(key, bytes(6)))])
+        assert failure.entry == "twice" and failure.error.errno == errno.ENOENT
+        assert sock.requests == 5  # three requests, a batch of two
+    finally:
+        sock.close()
