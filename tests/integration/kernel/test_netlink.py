@@ -55,9 +55,9 @@ async def test_dumps_agree_with_iproute2(lab):
         assert all_routes(k.sock, fam) == theirs
 
     ours_nh = {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
-               for nhid, v in k.plane(4)._dump_nexthops().items()}
+               for nhid, v in k.plane(4).nexthop.dump(k.sock).items()}
     ours_nh |= {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
-                for nhid, v in k.plane(6)._dump_nexthops().items()}
+                for nhid, v in k.plane(6).nexthop.dump(k.sock).items()}
     theirs_nh = {n["id"]: (n["gateway"], n1.ifindex(n["dev"]), "onlink" in n["flags"],
                            int(n["protocol"])) for n in ip_json(ns, "nexthop")}
     assert ours_nh == theirs_nh and len(ours_nh) == 3
@@ -66,12 +66,12 @@ async def test_dumps_agree_with_iproute2(lab):
         dev = "flannel.1" if v == 4 else "flannel-v6.1"
         theirs_neigh = {(n["dst"], n["lladdr"]) for n in ip_json(ns, "neigh", "show", "dev", dev)
                         if "PERMANENT" in n["state"]}
-        ours = plane._dump_l2(plane.spec.family)[plane.neigh]
+        ours = plane.neigh.dump(k.sock)
         assert {(addr(key.dst), mac.hex(":")) for key, mac in ours.items()} == theirs_neigh
         theirs_fdb = {(f["mac"], f["dst"]) for f in json.loads(
             ns.run("bridge", "-j", "fdb", "show", "dev", dev).stdout)
             if f.get("state") == "permanent" and "self" in f["flags"] and "dst" in f}
-        ours = plane._dump_l2(nl.AF_BRIDGE)[plane.fdb]
+        ours = plane.fdb.dump(k.sock)
         assert {(key.mac.hex(":"), addr(dst)) for key, dst in ours.items()} == theirs_fdb
         assert len(theirs_fdb) == (2 if v == 4 else 1)
 
@@ -109,7 +109,7 @@ async def test_batches_larger_than_one_send(two_nodes):
         f"10.250.{i >> 8}.{i & 255}").packed), bytes([14, 0, 0, 0, i >> 8, i & 255])))
             for i in range(3000)]
     assert k.sock.batch(reqs) == []
-    assert len(k.plane()._dump_l2(socket.AF_INET)[k.plane().neigh]) == 3000
+    assert len(k.plane().neigh.dump(k.sock)) == 3000
 
 
 async def test_dumps_hold_only_our_device_s_entries(two_nodes):
