@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -15,6 +14,7 @@ from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, Selection
 from vxnet.backoff import Backoff
 from vxnet.errors import StoreUnavailable
 from vxnet.kernel import netlink as nl
+from vxnet.kernel.events import EventSocket
 from vxnet.kernel.links import open_links
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ class UnderlayWatch:
         self.selection, self.want4, self.want6 = selection, want4, want6
         self.apply, self.interval = apply, interval
         self._wake = asyncio.Event()
-        self._broken: OSError | None = None
 
     async def select(self) -> tuple[ExternalInterface | None, str]:
         """The interface to use now, or None and why there is none."""
@@ -42,19 +41,18 @@ class UnderlayWatch:
             return None, str(e)
 
     async def run(self) -> None:
-        sock = nl.RtnlSocket((nl.RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR))
-        loop = asyncio.get_running_loop()
-        loop.add_reader(sock.fileno(), self._readable, sock)
+        events = EventSocket((nl.RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR),
+                             self._changed, self._changed, name="underlay notifications")
         backoff = Backoff(0.2, 5)
         wait = self.interval
-        try:
+        with events:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
                 await asyncio.sleep(SETTLE)
                 self._wake.clear()
-                if self._broken is not None:
-                    raise self._broken  # the supervisor restarts us with a new socket
+                if events.error is not None:
+                    raise events.error  # no new socket: the supervisor restarts us
                 ext, why = await self.select()
                 try:
                     await self.apply(ext, why)  # idempotent: compares with what is in place
@@ -64,16 +62,8 @@ class UnderlayWatch:
                     wait = backoff.next_delay()
                     log.warning("publishing the new underlay address: %s; again in %.1fs", e,
                                 wait)
-        finally:
-            loop.remove_reader(sock.fileno())
-            sock.close()
 
-    def _readable(self, sock: nl.RtnlSocket) -> None:
-        try:
-            for _ in sock.recv_events():
-                self._wake.set()
-        except OSError as e:  # ENOBUFS: changes were lost; look anyway
-            if e.errno != errno.ENOBUFS:
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-                self._broken = e
-            self._wake.set()
+    def _changed(self, _: object) -> None:
+        """A link or an address changed, or notifications of such were lost (and the socket
+        replaced): look again."""
+        self._wake.set()

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import json
 import logging
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -27,8 +25,8 @@ from vxnet.backoff import Backoff
 from vxnet.errors import VxnetError
 from vxnet.ip import IPAddress
 from vxnet.kernel import nft
-from vxnet.kernel.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK, parse_attrs
-from vxnet.nsenter import in_netns
+from vxnet.kernel.events import EventSocket
+from vxnet.kernel.netlink import Event, parse_attrs
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,10 @@ class AllowList:
         self._shape: list[Any] | None = None  # our table as listed right after we loaded it
         self._wake = asyncio.Event()
         self._tampered = False
-        self._sock: socket.socket | None = None
+        self._touched = False  # the transaction being notified changed our table
+        self._events = EventSocket((NFNLGRP_NFTABLES,), self._notified, self._lost,
+                                   netns=netns, protocol=NETLINK_NETFILTER, rcvbuf=1 << 20,
+                                   name="nftables notifications")
 
     # -- what the agent calls ----------
 
@@ -184,9 +185,10 @@ class AllowList:
         if rc != 0 or not out.strip():
             return {}
         try:
-            return json.loads(out)
+            doc: dict[str, Any] = json.loads(out)
         except ValueError:
             raise nft.NftError(f"nft -j {' '.join(args)}: not JSON: {out[:80]!r}") from None
+        return doc
 
     async def _check(self, want: set[IPAddress]) -> None:
         doc = await self._list()
@@ -198,7 +200,7 @@ class AllowList:
             await self._load(want)
             return
         self._read_stats(doc)
-        have = set()
+        have: set[IPAddress] = set()
         for obj in doc["nftables"]:
             s = obj.get("set")
             if s and s["name"] in ("peers4", "peers6"):
@@ -240,53 +242,31 @@ class AllowList:
     # -- notifications of ruleset changes ----------
 
     def _open(self) -> None:
-        with in_netns(self.netns):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
-                                 NETLINK_NETFILTER)
-        sock.bind((0, 0))
-        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-        self._sock, self._touched = sock, False
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        self._touched = False
+        self._events.open()
 
     def _close(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        self._events.close()
 
-    def _readable(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as e:  # ENOBUFS: notifications lost, so assume the worst
-                if e.errno != errno.ENOBUFS:
-                    raise
-                self._flag()
-                continue
-            self._parse(data)
-
-    def _parse(self, data: bytes) -> None:
+    def _notified(self, events: list[Event]) -> None:
         """A transaction's notifications end with NEWGEN naming the committing process: ours
         (an nft we ran) are expected; anyone else's that touched our table is tampering."""
-        off = 0
-        while off + 16 <= len(data):
-            n, mtype = struct.unpack_from("=IH", data, off)
-            if n < 16:
-                return
-            if mtype >> 8 == NFNL_SUBSYS_NFTABLES and off + 20 <= off + n:
-                attrs = parse_attrs(data, off + 20, off + n)
-                if mtype & 0xFF == NFT_MSG_NEWGEN:
-                    pid = attrs.get(NFTA_GEN_PROC_PID)
-                    if self._touched and not (pid and nft.ours(_BE32.unpack(pid[:4])[0])):
-                        self._flag()
-                    self._touched = False
-                elif data[off + 16] == NFPROTO_INET and \
-                        attrs.get(1, b"").rstrip(b"\0") == TABLE.encode():
-                    self._touched = True  # attribute 1 names the table in every nf_tables msg
-            off += (n + 3) & ~3
+        for mtype, buf, off, end in events:
+            if mtype >> 8 != NFNL_SUBSYS_NFTABLES or off + 4 > end:
+                continue
+            attrs = parse_attrs(buf, off + 4, end)  # after the nfgenmsg header
+            if mtype & 0xFF == NFT_MSG_NEWGEN:
+                pid = attrs.get(NFTA_GEN_PROC_PID)
+                if self._touched and not (pid and nft.ours(_BE32.unpack(pid[:4])[0])):
+                    self._flag()
+                self._touched = False
+            elif buf[off] == NFPROTO_INET and attrs.get(1, b"").rstrip(b"\0") == TABLE.encode():
+                self._touched = True  # attribute 1 names the table in every nf_tables msg
+
+    def _lost(self, _: OSError) -> None:
+        """Notifications lost (or the socket failed, and was replaced): assume the worst."""
+        self._touched = False
+        self._flag()
 
     def _flag(self) -> None:
         self._tampered = True

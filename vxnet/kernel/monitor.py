@@ -14,9 +14,9 @@ import logging
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
+from vxnet.kernel.events import EventSocket
 from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.reconciler import Reconciler
-from vxnet.nsenter import in_netns
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Monitor:
         self.resync_interval = resync_interval
         self.events = 0
         self.overflows = 0
-        self._sock: nl.RtnlSocket | None = None
+        self._sock: EventSocket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._again: set[Overlay] = set()  # a check is running; another is wanted after it
 
@@ -44,13 +44,12 @@ class Monitor:
 
     def open(self) -> None:
         """Subscribe. Done before the first sync, so no change after it goes unseen."""
-        with in_netns(self.netns):
-            self._sock = nl.RtnlSocket(GROUPS, rcvbuf=32 << 20)
-        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
+        self._sock = EventSocket(GROUPS, self._notified, self._lost, netns=self.netns,
+                                 rcvbuf=32 << 20, skip_portid=self.writer_portid)
+        self._sock.open()
 
     def _close(self) -> None:
         if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
 
@@ -73,28 +72,23 @@ class Monitor:
 
     # -- notifications ---------
 
-    def _readable(self) -> None:
-        assert self._sock is not None
+    def _notified(self, events: list[nl.Event]) -> None:
+        self.events += len(events)
         touched = False
-        try:
-            for mtype, buf, off, end in self._sock.recv_events(skip_portid=self.writer_portid):
-                self.events += 1
-                if mtype in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
-                    self._link_event(mtype, *nl.parse_link(buf, off, end))
-                    continue
-                for ov in self.overlays:
-                    touched = ov.plane.on_message(mtype, buf, off, end) or touched
-        except OSError as e:
-            # ENOBUFS: notifications were lost; anything else: the socket is unusable. Either
-            # way a new socket and a full resync put us back in step.
-            self.overflows += e.errno == errno.ENOBUFS
-            log.warning("netlink notifications: %s; new socket and full resync", e)
-            self._close()
-            self.open()
-            self.reconciler.request_resync("overflow")
-            return
+        for mtype, buf, off, end in events:
+            if mtype in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
+                self._link_event(mtype, *nl.parse_link(buf, off, end))
+                continue
+            for ov in self.overlays:
+                touched = ov.plane.on_message(mtype, buf, off, end) or touched
         if touched:
             self.reconciler.kick()
+
+    def _lost(self, e: OSError) -> None:
+        # ENOBUFS: notifications were lost; anything else: the socket was unusable. Either
+        # way, listening on a new socket, a full resync puts us back in step.
+        self.overflows += e.errno == errno.ENOBUFS
+        self.reconciler.request_resync("overflow")
 
     def _link_event(self, mtype: int, index: int, flags: int) -> None:
         for ov in self.overlays:

@@ -319,11 +319,13 @@ class Failure:
 
 class RtnlSocket:
     """A blocking NETLINK_ROUTE socket for batched requests and dumps (or, with groups, a
-    non-blocking event socket). Create it inside the target netns."""
+    non-blocking event socket; `protocol` picks another netlink family for those, such as
+    NETLINK_NETFILTER). Create it inside the target netns."""
 
     def __init__(self, groups: Iterable[int] = (), rcvbuf: int = 8 << 20,
-                 timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+                 timeout: float = 10.0, protocol: int = socket.NETLINK_ROUTE) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  protocol)
         # a kernel that never answers must not hang the agent: recv raises TimeoutError (an
         # OSError) and the pass is retried. Event sockets are non-blocking (read when ready).
         groups = tuple(groups)

@@ -8,7 +8,9 @@ import socket
 import pytest
 
 from tests.integration.kernel.conftest import open_node, peer_of
+from tests.waiting import until
 from vxnet.kernel import netlink as nl
+from vxnet.kernel.events import EventSocket
 
 pytestmark = pytest.mark.netns
 
@@ -179,3 +181,35 @@ async def test_requests_and_dumps_share_one_socket_in_any_order(two_nodes):
         assert sock.requests == 5  # three requests, a batch of two
     finally:
         sock.close()
+
+
+async def test_an_event_socket_that_overflows_listens_anew_and_says_so(lab):
+    """ENOBUFS for real: a tiny receive buffer and a burst of changes nobody reads in time.
+    The owner hears of the loss once a new socket listens, and that one hears what follows."""
+    n1 = lab.add_node(1)
+    eth0 = n1.ifindex("eth0")
+    seen: list[str] = []
+    lost: list[OSError] = []
+
+    def on_events(events: list[nl.Event]) -> None:
+        seen.extend(addr(nl.parse_neigh(b, o, e)[4]) for t, b, o, e in events
+                    if t == nl.RTM_NEWNEIGH)
+
+    with n1.ns.entered():
+        writer = nl.RtnlSocket()
+    try:
+        with EventSocket((nl.RTNLGRP_NEIGH,), on_events, lost.append, netns=n1.ns.name,
+                         rcvbuf=4096) as events:
+            burst = [(i, nl.neigh_set(nl.NeighKey(socket.AF_INET, eth0, bytes(
+                [10, 250, i >> 8, i & 255])), bytes([14, 0, 0, 0, i >> 8, i & 255])))
+                for i in range(2000)]
+            assert writer.batch(burst) == []  # the loop does not turn: nothing is read
+            await until(lambda: lost)
+            assert [e.errno for e in lost] == [errno.ENOBUFS] and events.overflows == 1
+            assert events.is_open and events.error is None
+            n1.ns.ip("neigh", "add", "10.251.0.1", "lladdr", "0e:00:00:00:00:01", "dev", "eth0",
+                     "nud", "permanent")
+            await until(lambda: "10.251.0.1" in seen)
+    finally:
+        writer.close()
+

@@ -175,10 +175,10 @@ async def test_lost_notifications_mean_a_new_socket_and_a_full_resync(monkeypatc
     from vxnet.kernel import monitor as monitor_mod
 
     class FakeEvents:
-        made = 0
+        made = []
 
         def __init__(self, *a, **kw):
-            FakeEvents.made += 1
+            FakeEvents.made.append(self)
             self.r, self.w = socket.socketpair()
 
         def fileno(self):
@@ -188,7 +188,7 @@ async def test_lost_notifications_mean_a_new_socket_and_a_full_resync(monkeypatc
             self.r.close()
             self.w.close()
 
-        def recv_events(self, skip_portid=0):
+        def recv_events(self, datagrams=1000, skip_portid=0):
             raise OSError(errno.ENOBUFS, "No buffer space available")
 
     monkeypatch.setattr(monitor_mod.nl, "RtnlSocket", FakeEvents)
@@ -197,6 +197,7 @@ async def test_lost_notifications_mean_a_new_socket_and_a_full_resync(monkeypatc
     mon = monitor_mod.Monitor([ov], r)
     mon.open()
     r._resync.clear()
-    mon._readable()  # the kernel told us the socket overflowed
-    assert mon.overflows == 1 and FakeEvents.made == 2 and r._resync == {ov: "overflow"}
+    FakeEvents.made[0].w.send(b"!")  # readable: the kernel tells us the socket overflowed
+    await until(lambda: mon.overflows)
+    assert mon.overflows == 1 and len(FakeEvents.made) == 2 and r._resync == {ov: "overflow"}
     mon._close()
