@@ -1,19 +1,31 @@
-"""The one kernel interface the reconciling code needs: RtnlSocket implements it, and so does
-the fake kernel of the unit tests."""
+"""The one kernel interface the reconciling code needs: RtnlSocket implements it (structurally,
+without naming it), and so does the fake kernel of the unit tests (tests/unit/kernel/
+fakekernel.py), which can make every call of it fail.
+
+Code that writes or dumps peer state takes a `Kernel`, never an RtnlSocket: what it may do to
+the kernel is exactly this, and a test can stand in for all of it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from vxnet.kernel.netlink import Failure
+from vxnet.kernel.netlink import Failure, NetlinkError, Reply, Request
+
+__all__ = ["Failure", "Kernel", "NetlinkError", "Reply", "Request"]
 
 
+@runtime_checkable
 class Kernel(Protocol):
-    def batch(self, requests: Iterable[tuple[object, tuple[int, int, bytes]]]) -> list[Failure]:
-        """Send every request; the ones that failed (with what they were sent for)."""
+    def batch(self, requests: Iterable[tuple[object, Request]]) -> list[Failure]:
+        """Send every (entry, (type, flags, body)) request, in order; the ones that failed,
+        each with its entry. The kernel goes on past a failed request. A socket error raises
+        (OSError): then nothing is known about what was written."""
         ...
 
-    def dump(self, mtype: int, body: bytes) -> list[tuple[bytes, int, int]]:
-        """A whole dump: (buffer, start, end) of each message."""
+    def dump(self, mtype: int, body: bytes) -> list[Reply]:
+        """A whole dump: (buffer, payload offset, payload end) of each message, parsed with
+        the codec's parsers. Raises NetlinkError (the kernel refused it, or a concurrent
+        change interrupted it five times) or OSError."""
         ...

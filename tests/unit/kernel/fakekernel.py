@@ -1,43 +1,59 @@
-"""An in-memory stand-in for RtnlSocket: keeps what was written, replays it as dumps, and fails
-the requests a test chooses. Bodies are the codec's own, so dumps parse exactly as real ones.
+"""An in-memory stand-in for the kernel (vxnet.kernel.port.Kernel, as RtnlSocket is): keeps what
+was written, replays it as dumps, and fails the calls a test chooses. Bodies are the codec's
+own, so dumps parse exactly as real ones.
 
-Fail flags, as Felix's mocknetlink has: `fail` picks an errno per entry; `batch_raises` makes a
-whole batch raise (a socket error: nothing is known to be written); `dump_raises` makes dumps
-raise (e.g. interrupted five times); `deleted_behind_our_back` removes an entry as another
-program would and returns the notification the kernel would send."""
+Fail flags, as Felix's mocknetlink has, one or more for every call of Kernel (each stays set
+until the test clears it):
+- `fail(entry)`: an errno to fail that entry of a batch with (0: written);
+- `batch_raises`: the whole batch raises (a socket error: nothing is known to be written);
+- `dump_raises`: every dump raises (e.g. interrupted five times);
+- `dump_fails[kind]`: dumps of one kind ("route", "neigh", "fdb", "nexthop") raise (a kernel
+  without nexthop objects refuses their dump).
+`deleted_behind_our_back` removes an entry as another program would and returns the
+notification the kernel would send."""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 
 from vxnet.kernel import netlink as nl
+from vxnet.kernel.port import Failure, Reply, Request
 
 _NEW = {nl.RTM_NEWROUTE: "route", nl.RTM_NEWNEIGH: "neigh", nl.RTM_NEWNEXTHOP: "nexthop"}
 _DEL = {nl.RTM_DELROUTE: "route", nl.RTM_DELNEIGH: "neigh", nl.RTM_DELNEXTHOP: "nexthop"}
 _DUMP = {nl.RTM_GETROUTE: "route", nl.RTM_GETNEIGH: "neigh", nl.RTM_GETNEXTHOP: "nexthop"}
 
 
-def _key(kind: str, body: bytes):
+def _key(kind: str, body: bytes) -> Hashable:
     if kind == "route":
-        return nl.parse_route(body, 0, len(body))[1]
+        route = nl.parse_route(body, 0, len(body))
+        assert route is not None, "only unicast routes are written"
+        return route[1]
     if kind == "nexthop":
         return nl.parse_attrs(body, 8, len(body))[nl.NHA_ID]
     fam, ifindex, _, _, dst, mac = nl.parse_neigh(body, 0, len(body))
     return fam, ifindex, mac if fam == nl.AF_BRIDGE else dst
 
 
+def _dump_kind(mtype: int, body: bytes) -> str:
+    """What a dump request asks for, in the names of `dump_fails`."""
+    kind = _DUMP[mtype]
+    return "fdb" if kind == "neigh" and body[:1] == bytes([nl.AF_BRIDGE]) else kind
+
+
 class FakeKernel:
     def __init__(self) -> None:
-        self.state: dict[str, dict] = {"route": {}, "neigh": {}, "nexthop": {}}
+        self.state: dict[str, dict[Hashable, bytes]] = {"route": {}, "neigh": {}, "nexthop": {}}
         self.fail: Callable[[object], int] = lambda entry: 0  # errno to fail an entry with
+        self.batch_raises: BaseException | None = None
+        self.dump_raises: BaseException | None = None
+        self.dump_fails: dict[str, BaseException] = {}
         self.log: list[str] = []
         self.requests = 0
-        self.batch_raises: Exception | None = None
-        self.dump_raises: Exception | None = None
         self.dumps = 0
 
-    def batch(self, requests):
+    def batch(self, requests: Iterable[tuple[object, Request]]) -> list[Failure]:
         if self.batch_raises is not None:
             raise self.batch_raises
         failures = []
@@ -53,15 +69,17 @@ class FakeKernel:
                 kind = _NEW[mtype]
                 self.state[kind][_key(kind, body)] = body
             if code:
-                failures.append(nl.Failure(entry, nl.NetlinkError(code, entry)))
+                failures.append(Failure(entry, nl.NetlinkError(code, entry)))
         return failures
 
-    def dump(self, mtype, body):
+    def dump(self, mtype: int, body: bytes) -> list[Reply]:
         self.dumps += 1
         if self.dump_raises is not None:
             raise self.dump_raises
-        kind = _DUMP[mtype]
-        return [(b, 0, len(b)) for b in self.state[kind].values()]
+        failed = self.dump_fails.get(_dump_kind(mtype, body))
+        if failed is not None:
+            raise failed
+        return [(b, 0, len(b)) for b in self.state[_DUMP[mtype]].values()]
 
     def deleted_behind_our_back(self, kind: str) -> tuple[int, bytes]:
         """Remove one entry of `kind` as someone else would: (message type, body) of the
