@@ -18,8 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vxnet.agent.metrics import AgentMetrics
-from vxnet.agent.runtime import peer_ips
-from vxnet.agent.state import AgentState
+from vxnet.agent.state import AgentState, AgentStatus
 from vxnet.kernel.ethtool import tx_checksum
 
 log = logging.getLogger(__name__)
@@ -29,75 +28,68 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 Response = tuple[int, str, bytes]
 
 
-def ipam_view(state: AgentState) -> dict[str, Any]:
-    rt = state.runtime
-    out: dict[str, Any] = {"nodeName": state.node_name, "nodeId": rt and rt.node_id,
-                           "ready": state.ready}
-    if rt is None:
+def ipam_view(status: AgentStatus) -> dict[str, Any]:
+    rs = status.running
+    out: dict[str, Any] = {"nodeName": status.node_name,
+                           "nodeId": rs.store.node_id if rs else None, "ready": status.ready}
+    if rs is None:
         return out
-    key, cfg, ext = rt.lease.key, rt.cfg, rt.ext
-    first = next(iter(rt.overlays.values()))
+    node = rs.node
+    first = next(iter(rs.overlays.values())).device
     out.update({
-        "nodeIP": str(ext.ip or ext.ip6),
-        "podSubnetThisNode": str(key.subnet or key.subnet6),
-        "network": str(cfg.ipv4.network if cfg.ipv4 else cfg.ipv6.network),  # type: ignore[union-attr]
-        "vtepMAC": first.device.mac, "mtu": first.device.mtu, "leaseKey": str(key),
-        "subnetAllocation": cfg.subnet_allocation,
+        "nodeIP": node.ip or node.ip6, "podSubnetThisNode": node.subnet or node.subnet6,
+        "network": node.network or node.network6, "vtepMAC": first.mac, "mtu": first.mtu,
+        "leaseKey": node.lease_key, "subnetAllocation": node.subnet_allocation,
     })
-    if key.subnet6 and 6 in rt.overlays:
-        out.update({"nodeIPv6": str(ext.ip6), "podSubnetThisNodeIPv6": str(key.subnet6),
-                    "vtepMACIPv6": rt.overlays[6].device.mac})
+    if node.subnet6 and 6 in rs.overlays:
+        out.update({"nodeIPv6": node.ip6, "podSubnetThisNodeIPv6": node.subnet6,
+                    "vtepMACIPv6": rs.overlays[6].device.mac})
     return out
 
 
-def state_view(state: AgentState) -> dict[str, Any]:
-    rt = state.runtime
-    out: dict[str, Any] = {"ready": state.ready, "phase": state.phase,
-                           "notReady": state.not_ready_reason or None}
-    if rt is None:
+def state_view(status: AgentStatus) -> dict[str, Any]:
+    rs = status.running
+    out: dict[str, Any] = {"ready": status.ready, "phase": status.phase,
+                           "notReady": status.not_ready or None}
+    if rs is None:
         return out
-    out.update({"firstSyncWrites": rt.first_sync_writes, "invalidLeases": dict(rt.invalid),
-                "etcdEndpoint": str(rt.etcd.endpoint), "loopLagMaxSeconds": rt.loop_lag_max,
-                "taskRestarts": dict(rt.supervisor.restarts),
-                "taskErrors": dict(rt.supervisor.last_error), "overlays": {}})
-    for version, ov in rt.overlays.items():
-        plane = ov.plane
-        programmed = plane.programmed()
-        out["overlays"][f"ipv{version}"] = {
-            "device": ov.device.name, "ifindex": plane.spec.ifindex, "parked": plane.parked,
-            "local": str(ov.device.local_ip), "mtu": ov.device.mtu,
-            "txChecksumOffload": _tx_checksum(ov.device.name),
-            "nexthops": plane.spec.use_nexthops,
-            "peers": {k: {"subnet": str(p.subnet), "publicIP": str(p.public_ip),
-                          "vtepMAC": p.vtep_mac, "programmed": k in programmed}
-                      for k, p in sorted(plane.peers.items())},
-            "rejected": dict(plane.rejected),
-            "drift": plane.drift(),
+    out.update({"firstSyncWrites": rs.first_sync_writes,
+                "invalidLeases": dict(rs.invalid_leases), "etcdEndpoint": rs.store.endpoint,
+                "loopLagMaxSeconds": rs.loop_lag_max, "taskRestarts": rs.tasks.restarts,
+                "taskErrors": rs.tasks.last_error, "overlays": {}})
+    for version, fam in rs.overlays.items():
+        dev, plane, detail = fam.device, fam.plane, fam.detail
+        view: dict[str, Any] = {
+            "device": dev.device, "ifindex": dev.ifindex, "parked": dev.parked,
+            "local": dev.local, "mtu": dev.mtu, "txChecksumOffload": _tx_checksum(dev.device),
+            "nexthops": dev.nexthops, "rejected": dict(plane.rejected),
             "kernelWrites": plane.writes,
         }
-        r = plane.resolver
-        if r is not None:
-            out["overlays"][f"ipv{version}"]["onDemand"] = {
-                "entries": {t.name: len(t.kernel) for t in r.tables},
-                "misses": dict(sorted(r.misses.items())), "lastUnknown": r.last_unknown}
-    if rt.allow is not None:
-        allow = rt.allow
-        out["vxlanAllowList"] = {
-            "port": allow.port, "peers": None if allow.kernel is None else len(allow.kernel),
-            "inStep": allow.kernel == peer_ips(rt.overlays), "repairs": allow.repairs,
-            "refusedPackets": allow.refused_packets,
-            "refusedSources": dict(sorted(allow.refused_sources.items()))}
+        if detail is not None:
+            view["peers"] = {k: {"subnet": str(p.subnet), "publicIP": str(p.public_ip),
+                                 "vtepMAC": p.vtep_mac, "programmed": k in detail.programmed}
+                             for k, p in sorted(detail.peers.items())}
+            view["drift"] = detail.drift
+        if plane.on_demand is not None:
+            od = plane.on_demand
+            view["onDemand"] = {"entries": od.entries, "misses": od.misses,
+                                "lastUnknown": od.last_unknown}
+        out["overlays"][f"ipv{version}"] = view
+    if rs.allow is not None:
+        a = rs.allow
+        out["vxlanAllowList"] = {"port": a.port, "peers": a.peers, "inStep": a.in_step,
+                                 "repairs": a.repairs, "refusedPackets": a.refused_packets,
+                                 "refusedSources": a.refused_sources}
     return out
 
 
-def health_view(state: AgentState) -> dict[str, Any]:
+def health_view(status: AgentStatus) -> dict[str, Any]:
     """Per peer: the verdict, since when, why, round trips (probes off: "enabled": false)."""
-    rt = state.runtime
-    health = rt.health if rt is not None else None
+    health = status.running.health if status.running is not None else None
     if health is None:
         return {"enabled": False}
     return {"enabled": True, "intervalSeconds": health.interval,
-            "summary": dict(health.counts()),
+            "summary": health.counts,
             "peers": {k: {"state": p.state, "diagnosis": p.diagnosis,
                           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.since)),
                           "vxlanIP": str(p.target.vxlan_ip), "publicIP": str(p.target.public_ip),
@@ -126,9 +118,9 @@ class ApiServer:
             "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.render()),
-            "/v1/ipam": lambda: _json(ipam_view(self.state)),
-            "/v1/state": lambda: _json(state_view(self.state)),
-            "/v1/health": lambda: _json(health_view(self.state)),
+            "/v1/ipam": lambda: _json(ipam_view(self.state.source.status())),
+            "/v1/state": lambda: _json(state_view(self.state.source.status(detail=True))),
+            "/v1/health": lambda: _json(health_view(self.state.source.status())),
         }
         self._local = {"/healthz", "/readyz"}
         self.beat = time.monotonic()  # the main loop's last heartbeat
@@ -145,9 +137,10 @@ class ApiServer:
         return 503, "text/plain", f"event loop stalled for {quiet:.0f}s\n".encode()
 
     def _readyz(self) -> Response:
-        if self.state.ready:
+        source = self.state.source
+        if source.ready:
             return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", f"not ready: {self.state.not_ready_reason}\n".encode()
+        return 503, "text/plain", f"not ready: {source.not_ready_reason}\n".encode()
 
     async def start(self, host: str, port: int) -> None:
         """Listen (OSError if the address cannot be bound), in the server thread."""

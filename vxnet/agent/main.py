@@ -12,21 +12,23 @@ from vxnet.agent.metrics import AgentMetrics
 from vxnet.agent.notify import Notifier
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.startup import start
-from vxnet.agent.state import AgentState
+from vxnet.agent.state import AgentState, Startup
 from vxnet.errors import VxnetError
 
 
 async def run(opts: AgentOptions) -> None:
     """Run the agent with these options until cancelled or a configuration error (VxnetError)."""
-    state = AgentState(opts.node_name)
+    startup = Startup(opts.node_name)
+    state = AgentState(startup)
     notifier = Notifier()
-    notifying = asyncio.create_task(notifier.run(state.status_line))
+    notifying = asyncio.create_task(notifier.run(lambda: state.source.status_line()))
     metrics = AgentMetrics(state)
     api = ApiServer(state, metrics)
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly; kernel state and lease stay
-        loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
+    if main_task is not None:  # stop cleanly on a signal; kernel state and lease stay
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, main_task.cancel)
     if opts.healthz_port:
         host, port = opts.healthz_ip, opts.healthz_port
         try:
@@ -35,10 +37,10 @@ async def run(opts: AgentOptions) -> None:
             raise VxnetError(f"--healthz-port: cannot listen on {host}:{port}: "
                              f"{e.strerror}") from None
     try:
-        state.runtime = await start(opts, state, metrics)
-        state.phase = "running"
-        notifier.send(READY="1", STATUS=state.status_line())  # subnet.env and first sync done
-        await state.runtime.run()
+        runtime = await start(opts, startup, metrics)
+        state.running(runtime)
+        notifier.send(READY="1", STATUS=runtime.status_line())  # subnet.env, first sync done
+        await runtime.run()
     except asyncio.CancelledError:
         logging.getLogger("vxnet").info("stopping; kernel state and lease are left in place")
         notifier.send(STOPPING="1")

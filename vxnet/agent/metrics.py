@@ -20,11 +20,12 @@ class _AgentCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
+        status = self.state.source.status()
         ready = GaugeMetricFamily("vxnet_ready", "1 once subnet.env is written and the first "
                                   "full sync is in the kernel")
-        ready.add_metric([], 1 if self.state.ready else 0)
+        ready.add_metric([], 1 if status.ready else 0)
         yield ready
-        a = self.state.runtime
+        a = status.running
         if a is None:
             return
         desired = GaugeMetricFamily("vxnet_peers_desired", "Peers the store says to program",
@@ -42,46 +43,44 @@ class _AgentCollector(Collector):
                                      labels=["family", "kind", "outcome"])
         answered = GaugeMetricFamily("vxnet_on_demand_entries", "Entries the kernel holds "
                                      "from answered misses", labels=["family", "table"])
-        for version, ov in a.overlays.items():
-            fam = f"ipv{version}"
-            desired.add_metric([fam], len(ov.plane.peers))
-            programmed.add_metric([fam], len(ov.plane.programmed()))
-            rejected.add_metric([fam], len(ov.plane.rejected))
-            for table, n in ov.plane.writes.items():
-                writes.add_metric([fam, table], n)
-            r = ov.plane.resolver
-            if r is not None:
-                for what, n in sorted(r.misses.items()):
-                    misses.add_metric([fam, *what.split()], n)
-                for t in r.tables:
-                    answered.add_metric([fam, t.name], len(t.kernel))
+        for version, fam in a.overlays.items():
+            label, plane = f"ipv{version}", fam.plane
+            desired.add_metric([label], plane.peers)
+            programmed.add_metric([label], plane.programmed)
+            rejected.add_metric([label], len(plane.rejected))
+            for table, n in plane.writes.items():
+                writes.add_metric([label, table], n)
+            if plane.on_demand is not None:
+                for what, n in plane.on_demand.misses.items():
+                    misses.add_metric([label, *what.split()], n)
+                for table, n in plane.on_demand.entries.items():
+                    answered.add_metric([label, table], n)
         yield from (desired, programmed, rejected, writes, misses, answered)
+        store, devices = a.store, [f.device for f in a.overlays.values()]
         counters = {
             "vxnet_leases_invalid": ("Invalid lease keys/values seen (each skipped)",
                                      a.invalid_total),
-            "vxnet_store_reconnects": ("etcd connections dropped and re-made", a.etcd.reconnects),
-            "vxnet_watch_restarts": ("Lease watches resumed or re-listed",
-                                     a.watcher.rewatches + a.watcher.relists),
-            "vxnet_lease_renewals": ("Subnet lease refreshes", a.mgr.renewals),
-            "vxnet_lease_losses": ("Subnet leases lost and re-acquired", a.mgr.losses),
+            "vxnet_store_reconnects": ("etcd connections dropped and re-made", store.reconnects),
+            "vxnet_watch_restarts": ("Lease watches resumed or re-listed", store.watch_restarts),
+            "vxnet_lease_renewals": ("Subnet lease refreshes", store.renewals),
+            "vxnet_lease_losses": ("Subnet leases lost and re-acquired", store.losses),
             "vxnet_lease_takeovers": ("Foreign writes to this node's lease key, each put back",
-                                      a.mgr.takeovers),
+                                      store.takeovers),
             "vxnet_netlink_events": ("Netlink notifications read", a.monitor.events),
             "vxnet_netlink_overflows": ("Netlink notification overflows (each a full resync)",
                                         a.monitor.overflows),
             "vxnet_device_repairs": ("VXLAN devices recreated (deleted, or changed in a way "
                                      "the kernel cannot undo in place)",
-                                     sum(ov.repairs for ov in a.overlays.values())),
+                                     sum(d.repairs for d in devices)),
             "vxnet_device_drift_repairs": ("VXLAN device attributes put back in place (MTU, "
                                            "MAC, learning, up, checksum offload)",
-                                           sum(ov.drift_repairs
-                                               for ov in a.overlays.values())),
+                                           sum(d.drift_repairs for d in devices)),
             "vxnet_underlay_changes": ("External interface, address or MTU changes followed",
-                                       a.underlay_changes),
+                                       a.node.underlay_changes),
             "vxnet_kernel_pass_errors": ("Kernel passes that raised (each retried after a full "
                                          "resync)", a.reconciler.errors),
             "vxnet_masquerade_repairs": ("Masquerade tables re-applied after drift",
-                                         a.masq.repairs if a.masq else 0),
+                                         a.masquerade_repairs),
         }
         if a.allow is not None:
             counters.update({
@@ -98,16 +97,15 @@ class _AgentCollector(Collector):
         restarts = CounterMetricFamily("vxnet_task_restarts", "Long-running tasks restarted "
                                        "after failing (the agent itself keeps running)",
                                        labels=["task"])
-        for task, n in sorted(a.supervisor.restarts.items()):
+        for task, n in sorted(a.tasks.restarts.items()):
             restarts.add_metric([task], n)
         yield restarts
         if a.health is not None:
             health = GaugeMetricFamily("vxnet_peer_health", "Peers by probe verdict: healthy, "
                                        "unhealthy (see /v1/health for why), unknown (not probed "
                                        "yet)", labels=["state"])
-            counts = a.health.counts()
             for state in ("healthy", "unhealthy", "unknown"):
-                health.add_metric([state], counts.get(state, 0))
+                health.add_metric([state], a.health.counts.get(state, 0))
             yield health
             sent = CounterMetricFamily("vxnet_probes_sent", "ICMP echo requests sent to peers")
             sent.add_metric([], a.health.sent)

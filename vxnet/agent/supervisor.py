@@ -9,6 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from vxnet.backoff import Backoff
 from vxnet.errors import ConfigError
@@ -19,12 +20,21 @@ Factory = Callable[[], Awaitable[None]]
 HEALTHY_AFTER = 60.0  # a task that ran this long before failing starts its backoff afresh
 
 
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    restarts: dict[str, int]  # every task, restarts since start (0 for those never restarted)
+    last_error: dict[str, str]  # why each restarted task last stopped
+
+
 class Supervisor:
     def __init__(self, max_backoff: float = 30.0) -> None:
         self.max_backoff = max_backoff
         self.restarts: Counter[str] = Counter()
         self.last_error: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
+
+    def status(self) -> TaskStatus:
+        return TaskStatus(dict(self.restarts), dict(self.last_error))
 
     def start(self, name: str, factory: Factory) -> None:
         self.restarts[name] += 0  # every task shows in the metric, at 0 until it restarts

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,6 +80,14 @@ def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: b
     return "healthy", None
 
 
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    interval: float  # seconds in which every peer is probed once
+    counts: dict[str, int]  # peers by verdict
+    sent: int  # echo requests sent
+    peers: Mapping[str, PeerHealth]  # per peer (read only)
+
+
 class HealthChecker:
     def __init__(self, targets: Callable[[], list[Target]], interval: float,
                  observer: Observer | None = None,
@@ -96,6 +104,9 @@ class HealthChecker:
         self._busy: set[str] = set()  # peers whose check is still running
         # a partition that takes thousands of peers away at once must not flood the log
         self._log_window, self._logged, self._unlogged = time.monotonic(), 0, 0
+
+    def status(self) -> HealthStatus:
+        return HealthStatus(self.interval, dict(self.counts()), self.sent, self.peers)
 
     def counts(self) -> Counter[str]:
         return Counter(p.state for p in self.peers.values())

@@ -19,6 +19,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from vxnet.backoff import Backoff
@@ -84,6 +85,16 @@ def _shape(doc: dict[str, Any]) -> list[Any]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class AllowStatus:
+    port: int
+    peers: int | None  # addresses in the kernel's set (None: not known yet)
+    in_step: bool  # the set holds exactly the peers' public IPs
+    repairs: int  # tampering found and undone
+    refused_packets: int
+    refused_sources: dict[str, int]  # source IP -> packets refused (last hour)
+
+
 class AllowList:
     def __init__(self, port: int, peers: Callable[[], set[IPAddress]], *,
                  netns: str | None = None) -> None:
@@ -99,6 +110,12 @@ class AllowList:
         self._events = EventSocket((NFNLGRP_NFTABLES,), self._notified, self._lost,
                                    netns=netns, protocol=NETLINK_NETFILTER, rcvbuf=1 << 20,
                                    name="nftables notifications")
+
+    def status(self) -> AllowStatus:
+        k = self.kernel
+        return AllowStatus(self.port, None if k is None else len(k), k == self.peers(),
+                           self.repairs, self.refused_packets,
+                           dict(sorted(self.refused_sources.items())))
 
     # -- what the agent calls ----------
 

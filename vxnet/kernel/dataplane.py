@@ -18,7 +18,7 @@ With on-demand FDB as well, even the per-peer FDB entry waits until the kernel a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,12 +30,32 @@ from vxnet.kernel.nexthops import NexthopTable
 from vxnet.kernel.nhids import NexthopIds
 from vxnet.kernel.peer import Peer, PeerError
 from vxnet.kernel.port import Kernel
-from vxnet.kernel.resolver import MissResolver
+from vxnet.kernel.resolver import MissResolver, OnDemandStatus
 from vxnet.kernel.routes import PROTO_VXNET, RouteTable
 from vxnet.kernel.table import DeviceTable, PassResult
 
 CHUNK = 1000  # requests (or peers built) per step: a few ms each, so the loop stays fair
 AnyTable = DeviceTable[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaneStatus:
+    """Counts, cheap enough for every scrape."""
+
+    peers: int
+    programmed: int
+    rejected: Mapping[str, str]  # lease key -> why
+    writes: dict[str, int]  # successful kernel writes per table since start
+    on_demand: OnDemandStatus | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlaneDetail:
+    """Per peer, for /v1/state."""
+
+    peers: Mapping[str, Peer]
+    programmed: frozenset[str]
+    drift: dict[str, dict[str, list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +106,11 @@ class Dataplane:
     def peers(self) -> dict[str, Peer]:
         """Accepted peers by lease key (read only: change them through add/remove_peer)."""
         return self.admission.peers
+
+    @property
+    def generation(self) -> int:
+        """Counts changes to `peers`, for readers that cache a view of them."""
+        return self.admission.generation
 
     @property
     def rejected(self) -> dict[str, str]:
@@ -335,6 +360,13 @@ class Dataplane:
     @property
     def writes(self) -> dict[str, int]:
         return {t.name: t.writes for t in self.tables}
+
+    def status(self) -> PlaneStatus:
+        return PlaneStatus(len(self.peers), len(self.programmed()), self.rejected, self.writes,
+                           self.resolver.status() if self.resolver is not None else None)
+
+    def detail(self) -> PlaneDetail:
+        return PlaneDetail(self.peers, frozenset(self.programmed()), self.drift())
 
 
 def _gw(p: Peer) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from dataclasses import dataclass
 
 from vxnet.backoff import Backoff
 from vxnet.kernel import netlink as nl
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 
 GROUPS = (nl.RTNLGRP_LINK, nl.RTNLGRP_NEIGH, nl.RTNLGRP_IPV4_ROUTE, nl.RTNLGRP_IPV6_ROUTE,
           nl.RTNLGRP_NEXTHOP)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorStatus:
+    events: int  # netlink notifications read
+    overflows: int  # notifications lost (each a full resync)
 
 
 class Monitor:
@@ -39,6 +46,9 @@ class Monitor:
         self._sock: EventSocket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._again: set[Overlay] = set()  # a check is running; another is wanted after it
+
+    def status(self) -> MonitorStatus:
+        return MonitorStatus(self.events, self.overflows)
 
     # -- lifecycle ---------
 

@@ -36,6 +36,7 @@ class OverlayStatus:
     ifindex: int
     parked: bool
     local: str
+    mac: str
     mtu: int
     port: int
     nexthops: bool
@@ -121,7 +122,7 @@ class Overlay:
     def status(self) -> OverlayStatus:
         d = self._device
         return OverlayStatus(d.name, self.plane.spec.ifindex, self.plane.parked,
-                             str(d.local_ip), d.mtu, d.port, self.plane.spec.use_nexthops,
+                             str(d.local_ip), d.mac, d.mtu, d.port, self.plane.spec.use_nexthops,
                              self.repairs, self.drift_repairs)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from vxnet.backoff import Backoff
@@ -42,6 +43,11 @@ class Observer(Protocol):
     def on_event_latency(self, seconds: float) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ReconcilerStatus:
+    errors: int  # passes that raised (each retried after a full resync)
+
+
 class Reconciler:
     def __init__(self, overlays: list[Overlay], observer: Observer | None = None) -> None:
         self.overlays = overlays
@@ -66,6 +72,9 @@ class Reconciler:
         for ov in [overlay] if overlay is not None else self.overlays:
             self._resync.setdefault(ov, why)
         self._wake.set()
+
+    def status(self) -> ReconcilerStatus:
+        return ReconcilerStatus(self.errors)
 
     @property
     def idle(self) -> bool:

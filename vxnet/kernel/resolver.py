@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from vxnet.kernel import netlink as nl
@@ -123,6 +124,13 @@ class AnsweredFdb(Answers[nl.FdbKey]):
         return self.mac_ip(key.mac)
 
 
+@dataclass(frozen=True, slots=True)
+class OnDemandStatus:
+    entries: dict[str, int]  # per table: entries the kernel holds from answered misses
+    misses: dict[str, int]  # "l3 answered", "l2 unknown", "l3 limited"...
+    last_unknown: str | None  # the last address or MAC no node owns
+
+
 class MissResolver:
     """Answers one device's misses from memory. `owner_mac(addr)`: the VTEP MAC of the peer
     whose subnet holds addr; `mac_ip(mac)`: the public IP of the peer with that VTEP MAC."""
@@ -203,6 +211,10 @@ class MissResolver:
             log.warning("ignoring %s misses for addresses no node owns (%d so far, last %s)",
                         kind.upper(), self.misses[f"{kind} unknown"], self.last_unknown)
         return False
+
+    def status(self) -> OnDemandStatus:
+        return OnDemandStatus({t.name: t.kernel_size for t in self.tables},
+                              dict(sorted(self.misses.items())), self.last_unknown)
 
     # -- peers ----------
 

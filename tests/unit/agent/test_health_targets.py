@@ -3,7 +3,7 @@
 import ipaddress as ipa
 from types import SimpleNamespace
 
-from vxnet.agent.runtime import HealthTargets
+from vxnet.agent.peers import HealthTargets
 from vxnet.kernel.peer import Peer
 
 

@@ -7,7 +7,7 @@ import time
 
 from vxnet.agent.http import ApiServer
 from vxnet.agent.metrics import AgentMetrics
-from vxnet.agent.state import AgentState
+from vxnet.agent.state import AgentState, Startup
 from vxnet.lab.etcd import free_port
 
 
@@ -21,7 +21,7 @@ async def get(port: int, path: str) -> tuple[int, str]:
 
 
 async def test_probes_answer_while_the_main_loop_is_busy_and_fail_when_it_stalls():
-    state = AgentState("n1", phase="reading the network config: etcd unreachable")
+    state = AgentState(Startup("n1", phase="reading the network config: etcd unreachable"))
     api = ApiServer(state, AgentMetrics(state))
     port = free_port()
     await api.start("127.0.0.1", port)

@@ -9,7 +9,7 @@ import pytest
 from tests.waiting import SOON, until
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.startup import start, wait_for
-from vxnet.agent.state import AgentState
+from vxnet.agent.state import Startup
 from vxnet.agent.supervisor import Supervisor
 from vxnet.errors import ConfigError, ExhaustedError, StoreUnavailable
 from vxnet.kernel.device import DeviceError
@@ -74,14 +74,14 @@ async def test_start_up_waits_for_a_free_subnet():
             raise ExhaustedError("no free subnet left in 10.244.0.0/16")
         return "lease"
 
-    state = AgentState("n1")
+    state = Startup("n1")
     got = await wait_for(state, "acquiring a subnet lease", acquire,
                          (StoreUnavailable, ExhaustedError))
     assert got == "lease" and calls == 3
 
 
 async def test_the_cyclic_gc_runs_while_start_up_waits_for_etcd():
-    state = AgentState("n1")
+    state = Startup("n1")
     opts = AgentOptions(etcd_endpoints=f"http://127.0.0.1:{free_port()}", etcd_timeout=0.2,
                         node_name="n1")
     task = asyncio.create_task(start(opts, state, observer=None))

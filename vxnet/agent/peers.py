@@ -1,0 +1,89 @@
+"""Everyone's leases as peers: lease events fold into every overlay's desired peers (memory
+only: the reconciler writes), leases that cannot be read are counted and named, and the probe
+targets follow the peers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from ipaddress import ip_address
+
+from vxnet.agent.overlays import Overlays
+from vxnet.health.checker import Target
+from vxnet.kernel.allowlist import AllowList
+from vxnet.kernel.peer import Peer
+from vxnet.store.lease import Lease
+from vxnet.store.watcher import EventKind, LeaseEvent
+
+log = logging.getLogger(__name__)
+
+
+def peer_of(lease: Lease, version: int) -> Peer | None:
+    a = lease.attrs
+    if version == 4 and lease.key.subnet and a.vtep_mac and a.public_ip:
+        return Peer(str(lease.key), lease.key.subnet, a.public_ip, a.vtep_mac, a.vni)
+    if version == 6 and lease.key.subnet6 and a.vtep_mac6 and a.public_ipv6:
+        return Peer(str(lease.key), lease.key.subnet6, a.public_ipv6, a.vtep_mac6, a.vni)
+    return None
+
+
+def peers_of(leases: Iterable[Lease], version: int, own: str) -> list[Peer]:
+    return [p for lease in leases if str(lease.key) != own
+            if (p := peer_of(lease, version)) is not None]
+
+
+class PeerFeed:
+    def __init__(self, overlays: Overlays) -> None:
+        self.overlays = overlays
+        self.invalid: dict[str, str] = {}  # lease key -> why it could not be read
+        self.invalid_total = 0
+
+    def note_invalid(self, key: str, reason: str) -> None:
+        self.invalid_total += 1
+        if self.invalid.get(key) != reason:
+            log.warning("skipping lease %s: %s", key, reason)
+        self.invalid[key] = reason
+
+    def apply(self, ev: LeaseEvent) -> None:
+        """One lease event (not our own key's) into every overlay's desired state."""
+        if ev.kind is EventKind.INVALID:
+            self.note_invalid(ev.key, ev.error.reason if ev.error else "invalid")
+        else:
+            self.invalid.pop(ev.key, None)
+        live = ev.lease is not None and ev.kind in (EventKind.ADDED, EventKind.CHANGED)
+        for version, ov in self.overlays.items():
+            p = peer_of(ev.lease, version) if live and ev.lease is not None else None
+            if p is None:
+                ov.plane.remove_peer(ev.key)
+            else:
+                ov.plane.add_peer(p)
+
+    def replan(self, leases: Iterable[Lease], own: str) -> None:
+        """Every peer checked again (the devices or our lease changed under them)."""
+        leases = list(leases)
+        for version, ov in self.overlays.items():
+            ov.plane.set_peers([])
+            ov.plane.set_peers(peers_of(leases, version, own))
+
+
+class HealthTargets:
+    """What the peer probes aim at: every accepted peer, per family (its VXLAN address is its
+    subnet's network address). The checker asks every second; the list is rebuilt only when a
+    peer, a device or the refused sources changed (at 5 000 peers a rebuild is ~10 ms)."""
+
+    def __init__(self, overlays: Overlays, allow: AllowList | None) -> None:
+        self.overlays, self.allow = overlays, allow
+        self._seen: object = None
+        self._targets: list[Target] = []
+
+    def __call__(self) -> list[Target]:
+        refused = frozenset(self.allow.refused_sources) if self.allow is not None else frozenset()
+        seen = (refused, tuple((v, id(ov.plane), ov.plane.generation, ov.device.mtu,
+                                ov.device.port) for v, ov in self.overlays.items()))
+        if seen != self._seen:
+            refused_ips = {ip_address(s) for s in refused}
+            self._targets = [Target(f"ipv{v} {p.key}", p.subnet.network_address, p.public_ip,
+                                    ov.device.mtu, ov.device.port, p.public_ip in refused_ips)
+                             for v, ov in self.overlays.items() for p in ov.plane.peers.values()]
+            self._seen = seen
+        return self._targets
