@@ -79,7 +79,10 @@ class FakeKernel:
         failed = self.dump_fails.get(_dump_kind(mtype, body))
         if failed is not None:
             raise failed
-        return [(b, 0, len(b)) for b in self.state[_DUMP[mtype]].values()]
+        kind = _DUMP[mtype]
+        if kind == "neigh":  # as the kernel does: only the family asked for (AF_BRIDGE: FDB)
+            return [(b, 0, len(b)) for b in self.state[kind].values() if b[:1] == body[:1]]
+        return [(b, 0, len(b)) for b in self.state[kind].values()]
 
     def deleted_behind_our_back(self, kind: str) -> tuple[int, bytes]:
         """Remove one entry of `kind` as someone else would: (message type, body) of the
