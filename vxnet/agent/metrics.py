@@ -36,6 +36,9 @@ class _AgentCollector(Collector):
                                      labels=["family"])
         writes = CounterMetricFamily("vxnet_kernel_writes", "Kernel writes made",
                                      labels=["family", "table"])
+        failing = GaugeMetricFamily("vxnet_kernel_writes_failing", "Kernel entries whose last "
+                                    "write failed (retried with backoff; the error is logged)",
+                                    labels=["family"])
         misses = CounterMetricFamily("vxnet_neighbour_misses", "Kernel misses on the VXLAN "
                                      "device (on-demand mode): l2 (FDB) or l3 (neighbour), "
                                      "answered, unknown (no node owns it) or limited (over the "
@@ -50,12 +53,13 @@ class _AgentCollector(Collector):
             rejected.add_metric([label], len(plane.rejected))
             for table, n in plane.writes.items():
                 writes.add_metric([label, table], n)
+            failing.add_metric([label], plane.failing)
             if plane.on_demand is not None:
                 for what, n in plane.on_demand.misses.items():
                     misses.add_metric([label, *what.split()], n)
                 for table, n in plane.on_demand.entries.items():
                     answered.add_metric([label, table], n)
-        yield from (desired, programmed, rejected, writes, misses, answered)
+        yield from (desired, programmed, rejected, writes, failing, misses, answered)
         store, devices = a.store, [f.device for f in a.overlays.values()]
         counters = {
             "vxnet_leases_invalid": ("Invalid lease keys/values seen (each skipped)",

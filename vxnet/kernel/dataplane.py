@@ -46,6 +46,7 @@ class PlaneStatus:
     programmed: int
     rejected: Mapping[str, str]  # lease key -> why
     writes: dict[str, int]  # successful kernel writes per table since start
+    failing: int  # entries whose last write failed (retried with backoff)
     on_demand: OnDemandStatus | None
 
 
@@ -363,6 +364,7 @@ class Dataplane:
 
     def status(self) -> PlaneStatus:
         return PlaneStatus(len(self.peers), len(self.programmed()), self.rejected, self.writes,
+                           sum(t.failing for t in self.tables),
                            self.resolver.status() if self.resolver is not None else None)
 
     def detail(self) -> PlaneDetail:

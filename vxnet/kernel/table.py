@@ -112,11 +112,6 @@ class DeltaTable(Generic[K, V]):
         return list(self._dirty)
 
     @property
-    def size(self) -> int:
-        """Entries wanted."""
-        return len(self._desired)
-
-    @property
     def kernel_size(self) -> int:
         return len(self._kernel)
 
@@ -129,6 +124,7 @@ class DeltaTable(Generic[K, V]):
 
     @property
     def failing(self) -> int:
+        """Entries whose last write failed (each retried, and logged once per error)."""
         return len(self._failing)
 
     def drift(self) -> Drift:
@@ -148,12 +144,6 @@ class DeltaTable(Generic[K, V]):
         self._failing.pop(key, None)
         if self._desired.pop(key, None) is not None:
             self._dirty.add(key)
-
-    def replace_desired(self, desired: dict[K, V]) -> None:
-        old = self._desired
-        self._dirty.update(k for k in old.keys() - desired.keys())
-        self._dirty.update(k for k, v in desired.items() if old.get(k, _ABSENT) != v)
-        self._desired = desired
 
     def rewrite(self, key: K, value: V) -> None:
         """Write `value` at the next pass even if the cache says the kernel has it (the kernel
