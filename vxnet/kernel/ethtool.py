@@ -24,7 +24,8 @@ def _ethtool(ifname: str, cmd: int, data: int = 0, netns: str | None = None) -> 
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         fcntl.ioctl(sock.fileno(), SIOCETHTOOL, req)  # OSError (ENODEV...) to the caller
-    return _VALUE.unpack(value.raw)[1]
+    result: int = _VALUE.unpack(value.raw)[1]  # struct hands back Any; "II" makes it an int
+    return result
 
 
 def tx_checksum(ifname: str, netns: str | None = None) -> bool:

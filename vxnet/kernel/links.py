@@ -209,7 +209,8 @@ class Links:
             attrs = nl.parse_attrs(buf, off + nl.RTMSG.size, end)
             table = nl.U32.unpack(attrs[nl.RTA_TABLE])[0] if nl.RTA_TABLE in attrs else buf[off + 4]
             if table == nl.RT_TABLE_MAIN and nl.RTA_OIF in attrs:
-                return nl.U32.unpack(attrs[nl.RTA_OIF])[0]
+                oif: int = nl.U32.unpack(attrs[nl.RTA_OIF])[0]  # struct's Any; "=I": an int
+                return oif
         return None
 
     def route_oif(self, dst: IPAddress) -> int | None:
@@ -219,9 +220,10 @@ class Links:
         body = nl.RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + nl.attr(
             nl.RTA_DST, dst.packed)
         for buf, off, end in self.sock.request(nl.RTM_GETROUTE, 0, body, f"route to {dst}"):
-            oif = nl.parse_attrs(buf, off + nl.RTMSG.size, end).get(nl.RTA_OIF)
-            if oif:
-                return nl.U32.unpack(oif)[0]
+            raw = nl.parse_attrs(buf, off + nl.RTMSG.size, end).get(nl.RTA_OIF)
+            if raw:
+                index: int = nl.U32.unpack(raw)[0]  # struct's Any; "=I": an int
+                return index
         return None
 
 

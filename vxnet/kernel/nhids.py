@@ -8,7 +8,7 @@ from vxnet.kernel.nexthops import NexthopTable
 from vxnet.kernel.peer import PeerError
 from vxnet.kernel.routes import PROTO_VXNET
 
-BASE = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
+BASE: dict[int, int] = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
 SPAN = 0x10000
 
 
