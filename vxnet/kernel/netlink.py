@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 from vxnet.errors import VxnetError
 
@@ -306,6 +306,8 @@ def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
 Request = tuple[int, int, bytes]  # (message type, flags, body): what the encoders above make
 Reply = tuple[bytes, int, int]  # (buffer, payload offset, payload end) of one message
 Event = tuple[int, bytes, int, int]  # (message type, buffer, payload offset, payload end)
+# the message that ends an exchange: (type, flags, buffer, payload offset, payload end)
+_Last = tuple[int, int, bytes, int, int]
 
 _NOTIFICATIONS = -1  # a "sequence number" no request has (theirs are u32): nothing is a reply
 _NOBODY = -1  # a port no socket has: no notification is left out
@@ -360,10 +362,24 @@ class RtnlSocket:
                        + body)
         return seq
 
+    # Reading to the end of a request returns its last message; once=True reads one datagram
+    # and returns None: the overloads say so, so callers need no "is not None" check.
+    @overload
+    def _receive(self, seq: int, replies: list[Reply],
+                 errors: list[tuple[int, bytes, int, int]] | None = ...,
+                 events: list[Event] | None = ..., skip_portid: int = ...,
+                 once: Literal[False] = ...) -> _Last: ...
+
+    @overload
+    def _receive(self, seq: int, replies: list[Reply],
+                 errors: list[tuple[int, bytes, int, int]] | None = ...,
+                 events: list[Event] | None = ..., skip_portid: int = ..., *,
+                 once: Literal[True]) -> None: ...
+
     def _receive(self, seq: int, replies: list[Reply],
                  errors: list[tuple[int, bytes, int, int]] | None = None,
                  events: list[Event] | None = None, skip_portid: int = _NOBODY,
-                 once: bool = False) -> tuple[int, int, bytes, int, int] | None:
+                 once: bool = False) -> _Last | None:
         """The one receive loop and header walk of every exchange with the kernel.
 
         Reads until the message that ends request `seq` -- its ACK or error, or a dump's
@@ -433,7 +449,6 @@ class RtnlSocket:
         self.requests += len(pending)
         errors: list[tuple[int, bytes, int, int]] = []
         ack = self._receive(last_seq, [], errors)
-        assert ack is not None
         _, _, data, off, end = ack
         errors.append((last_seq, data, off, end))
         for seq, data, off, end in errors:
@@ -451,7 +466,6 @@ class RtnlSocket:
         self.requests += 1
         out: list[Reply] = []
         ack = self._receive(seq, out)
-        assert ack is not None
         t, _, data, off, end = ack
         code = -_ERR.unpack_from(data, off)[0] if t == NLMSG_ERROR else 0
         if code:
@@ -464,7 +478,6 @@ class RtnlSocket:
         for _ in range(5):
             out: list[Reply] = []
             last = self._receive(self._send(mtype, NLM_F_DUMP, body), out)
-            assert last is not None
             t, flags, data, off, end = last
             if t == NLMSG_ERROR:
                 raise NetlinkError(-_ERR.unpack_from(data, off)[0], f"dump {mtype}",
