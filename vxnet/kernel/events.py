@@ -54,16 +54,16 @@ class EventSocket:
         self.lost = 0  # times notifications were lost or the socket failed
         self.overflows = 0  # of which ENOBUFS
         self.error: OSError | None = None  # a new socket could not be opened after a failure
-        self._sock: nl.RtnlSocket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # the open socket and the loop reading it: set, and cleared, together
+        self._reading: tuple[nl.RtnlSocket, asyncio.AbstractEventLoop] | None = None
 
     @property
     def is_open(self) -> bool:
-        return self._sock is not None
+        return self._reading is not None
 
     def open(self) -> None:
         """Subscribe, and read whenever something is queued. Idempotent."""
-        if self._sock is not None:
+        if self._reading is not None:
             return
         loop = asyncio.get_running_loop()
         with in_netns(self.netns):
@@ -73,14 +73,14 @@ class EventSocket:
         except BaseException:
             sock.close()
             raise
-        self._sock, self._loop, self.error = sock, loop, None
+        self._reading, self.error = (sock, loop), None
 
     def close(self) -> None:
         """Unsubscribe. Idempotent."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(sock.fileno())
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            sock, loop = reading
+            loop.remove_reader(sock.fileno())
             sock.close()
 
     def __enter__(self) -> EventSocket:
@@ -97,9 +97,10 @@ class EventSocket:
             await asyncio.Event().wait()
 
     def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
+        reading = self._reading
+        if reading is None:
             return
+        sock = reading[0]
         events: list[nl.Event] = []
         lost: OSError | None = None
         try:
@@ -109,7 +110,7 @@ class EventSocket:
             lost = e
         if events:
             self.on_events(events)
-        if lost is not None and self._sock is sock:  # not closed by on_events meanwhile
+        if lost is not None and self._reading is reading:  # not closed by on_events meanwhile
             self._reopen(lost)
 
     def _reopen(self, lost: OSError) -> None:
