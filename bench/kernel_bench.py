@@ -70,7 +70,7 @@ def run_vxnet(ns: Netns, ifindex: int, ps: list[Peer]) -> float:
     result = dp.resync()
     elapsed = time.perf_counter() - t0
     assert not result.failures and result.total == 4 * len(ps), result
-    dp.sock.close()
+    dp.kernel.close()
     return elapsed
 
 
@@ -129,7 +129,7 @@ def noop_resync(n: int, reps: int) -> tuple[list[float], list[float], int]:
             fresh.set_peers(ps)
             r2 = fresh.resync()
             restart.append(time.perf_counter() - t0)
-            fresh.sock.close()
+            fresh.kernel.close()
             writes += r.total + r2.total
         return steady, restart, writes
     finally:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.port import Kernel
-from vxnet.kernel.table import DeviceTable, Request
+from vxnet.kernel.port import Kernel, Request
+from vxnet.kernel.table import DeviceTable
 
 K = TypeVar("K", bound=Hashable)
 NO_MAC = bytes(6)

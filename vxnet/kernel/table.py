@@ -23,13 +23,12 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
 
-from vxnet.kernel.port import Kernel
+from vxnet.kernel.port import Kernel, Request
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-Request = tuple[int, int, bytes]
 _ABSENT = object()
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
 
