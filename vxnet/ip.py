@@ -13,6 +13,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 # One network of either family, where what comes back is of the same family as what went in
 NetworkT = TypeVar("NetworkT", ipaddress.IPv4Network, ipaddress.IPv6Network)
+AddressT = TypeVar("AddressT", ipaddress.IPv4Address, ipaddress.IPv6Address)  # the same, addresses
 
 
 _FAMILY: dict[int, tuple[socket.AddressFamily,
@@ -91,6 +92,12 @@ def nth_subnet(lo: NetworkT, n: int) -> NetworkT:
 def subnets_between(lo: NetworkT, hi: NetworkT) -> Iterator[NetworkT]:
     for i in range(subnet_count(lo, hi)):
         yield nth_subnet(lo, i)
+
+
+def of_family(net: IPNetwork | None, cls: type[NetworkT]) -> NetworkT | None:
+    """net if it is a `cls` (IPv4Network or IPv6Network), else None: a network read from text,
+    which may be of either family, for a slot that holds one family only."""
+    return net if isinstance(net, cls) else None
 
 
 def first_host(net: IPNetwork) -> IPAddress:

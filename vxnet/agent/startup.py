@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Network, IPv6Network
 from typing import TypeVar
 
 from vxnet.agent.iface import ExternalInterface, InterfaceUnavailable, Selection, find_external
@@ -29,6 +30,7 @@ from vxnet.errors import (
     VxnetError,
 )
 from vxnet.health.checker import HealthChecker
+from vxnet.ip import of_family
 from vxnet.kernel import netlink as nl
 from vxnet.kernel import nft
 from vxnet.kernel.allowlist import AllowList
@@ -69,7 +71,11 @@ def previous_subnet(path: str) -> SubnetKey | None:
     except SubnetEnvError as e:
         log.info("no previous subnet to prefer (%s)", e)
         return None
-    return SubnetKey(env.subnet, env.ipv6_subnet)
+    # A subnet of the wrong family in the file is no preference (choose() would skip it)
+    subnet, subnet6 = of_family(env.subnet, IPv4Network), of_family(env.ipv6_subnet, IPv6Network)
+    if subnet is None and subnet6 is None:
+        return None
+    return SubnetKey(subnet, subnet6)
 
 
 def open_store(opts: AgentOptions) -> Store:
