@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import IPAddress, IPInterface
+from vxnet.ip import AddressT, IPInterface
 from vxnet.kernel.device import interface_networks
 from vxnet.kernel.links import Links
 from vxnet.kernel.netlink import NetlinkError
@@ -85,18 +85,18 @@ def _select_index(links: Links, sel: Selection, want4: bool) -> int:
                                    f"{', '.join(sel.regexes)}")
     if sel.can_reach:
         try:
-            index = links.route_oif(ipaddress.ip_address(sel.can_reach))
+            oif = links.route_oif(ipaddress.ip_address(sel.can_reach))
         except NetlinkError as e:
             raise InterfaceUnavailable(f"--iface-can-reach {sel.can_reach}: no route "
                                        f"({e})") from None
-        if index:
-            return index
+        if oif:
+            return oif
         raise InterfaceUnavailable(f"--iface-can-reach {sel.can_reach}: no route")
-    index = links.default_route_oif(socket.AF_INET if want4 else socket.AF_INET6)
-    if index is None:
+    oif = links.default_route_oif(socket.AF_INET if want4 else socket.AF_INET6)
+    if oif is None:
         raise InterfaceUnavailable("no default route to pick the external interface from; "
                                    "give --iface")
-    return index
+    return oif
 
 
 def find_external(links: Links, sel: Selection, want4: bool, want6: bool
@@ -107,20 +107,28 @@ def find_external(links: Links, sel: Selection, want4: bool, want6: bool
         raise InterfaceUnavailable(f"interface {index} vanished while being looked at")
     ip4 = ip6 = None
     if want4:
-        ip4 = _pick(sel.public_ip, interface_networks(links, index, 4), link.name, "--public-ip")
+        ip4 = _pick(sel.public_ip, interface_networks(links, index, 4), link.name, "--public-ip",
+                    ipaddress.IPv4Address)
     if want6:
         ip6 = _pick(sel.public_ipv6, interface_networks(links, index, 6), link.name,
-                    "--public-ipv6")
-    return ExternalInterface(link.name, index, link.mtu, ip4, ip6)  # type: ignore[arg-type]
+                    "--public-ipv6", ipaddress.IPv6Address)
+    return ExternalInterface(link.name, index, link.mtu, ip4, ip6)
 
 
-def _pick(override: str | None, addrs: list[IPInterface], name: str, flag: str) -> IPAddress:
+def _pick(override: str | None, addrs: list[IPInterface], name: str, flag: str,
+          cls: type[AddressT]) -> AddressT:
+    """The override, else the interface's first address of `cls`'s family. An override of the
+    other family is refused: it would be published as this family's public IP."""
+    family = "IPv6" if cls is ipaddress.IPv6Address else "IPv4"
     if override:
         try:
-            return ipaddress.ip_address(override)
+            ip = ipaddress.ip_address(override)
         except ValueError:
             raise VxnetError(f"{flag}: {override!r} is not an IP address") from None
-    if not addrs:
-        version = "IPv6" if flag.endswith("v6") else "IPv4"
-        raise InterfaceUnavailable(f"interface {name} has no global {version} address")
-    return addrs[0].ip
+        if not isinstance(ip, cls):
+            raise VxnetError(f"{flag}: {override!r} is not an {family} address")
+        return ip
+    for a in addrs:  # interface_networks() asked for this family only
+        if isinstance(a.ip, cls):
+            return a.ip
+    raise InterfaceUnavailable(f"interface {name} has no global {family} address")
