@@ -12,14 +12,15 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from vxnet.lab.netns import Netns
 
-UNDERLAY4 = ipaddress.ip_network("198.51.100.0/24")
-UNDERLAY6 = ipaddress.ip_network("2001:db8:100::/64")
+UNDERLAY4 = ipaddress.IPv4Network("198.51.100.0/24")
+UNDERLAY6 = ipaddress.IPv6Network("2001:db8:100::/64")
 # the second segment, behind the router namespace (cross-subnet tests)
-UNDERLAY4B = ipaddress.ip_network("203.0.113.0/24")
-UNDERLAY6B = ipaddress.ip_network("2001:db8:101::/64")
+UNDERLAY4B = ipaddress.IPv4Network("203.0.113.0/24")
+UNDERLAY6B = ipaddress.IPv6Network("2001:db8:101::/64")
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Pod:
     ns: Netns
     ip: ipaddress.IPv4Address | None
     ip6: ipaddress.IPv6Address | None
-    cni_result: dict | None = None  # what the CNI plugin answered, for pods it wired
+    cni_result: dict[str, Any] | None = None  # what the CNI plugin answered, for pods it wired
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Node:
         return f"node{self.index}"
 
     def ifindex(self, ifname: str) -> int:
-        return json.loads(self.ns.ip("-j", "link", "show", ifname).stdout)[0]["ifindex"]
+        index: int = json.loads(self.ns.ip("-j", "link", "show", ifname).stdout)[0]["ifindex"]
+        return index
 
 
 def _unwind_on_sigterm() -> None:
@@ -162,7 +164,7 @@ class Lab:
             ns.ip("addr", "add", f"{ip}/{net.prefixlen}", "dev", "eth0",
                   *(["nodad"] if net.version == 6 else []))
             node.ns.ip("route", "add", f"{ip}/{plen}", "dev", host_if)
-            if net.version == 4:
+            if isinstance(ip, ipaddress.IPv4Address):
                 pod.ip = ip
             else:
                 pod.ip6 = ip
