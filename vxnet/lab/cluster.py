@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vxnet.ip import of_family
 from vxnet.lab.etcd import EtcdCluster, EtcdServer
-from vxnet.lab.netns import entered
 from vxnet.lab.topology import UNDERLAY4, Lab, Node, Pod
+from vxnet.nsenter import entered
 from vxnet.store.subnetenv import SubnetEnv
 
 API_PORT = 10280
@@ -112,21 +113,29 @@ class Cluster:
             self.add_node(i)
         return self
 
+    def _lab(self) -> Lab:
+        """The lab; start() makes it, close() takes it away."""
+        if self.lab is None:
+            raise RuntimeError("the cluster is not started")
+        return self.lab
+
+    def _etcd(self) -> EtcdServer | EtcdCluster:
+        if self.etcd is None:
+            raise RuntimeError("the cluster is not started")
+        return self.etcd
+
     def etcdctl(self, *args: str) -> str:
-        assert self.etcd is not None
-        return self.etcd.ctl(*args).stdout.decode()
+        return self._etcd().ctl(*args).stdout.decode()
 
     @property
     def nodes(self) -> list[Node]:
-        assert self.lab is not None
-        return self.lab.nodes
+        return self._lab().nodes
 
     def node(self, index: int) -> Node:
         return next(n for n in self.nodes if n.index == index)
 
     def add_node(self, index: int, start_agent: bool = True, segment: int = 0) -> Node:
-        assert self.lab is not None
-        node = self.lab.add_node(index, segment=segment)
+        node = self._lab().add_node(index, segment=segment)
         (self.workdir / node.name).mkdir(parents=True, exist_ok=True)
         if start_agent:
             self.start_agent(node)
@@ -188,9 +197,9 @@ class Cluster:
                            f"{self.log(node)[-3000:]}")
 
     def add_pod(self, node: Node) -> Pod:
-        assert self.lab is not None
         env = SubnetEnv.read(self.subnet_env(node))
-        return self.lab.add_pod(node, env.subnet, env.ipv6_subnet)  # type: ignore[arg-type]
+        return self._lab().add_pod(node, of_family(env.subnet, ipaddress.IPv4Network),
+                                   of_family(env.ipv6_subnet, ipaddress.IPv6Network))
 
     def cni_conf(self, node: Node) -> dict[str, Any]:
         return {"cniVersion": "1.0.0", "name": f"vxnet-{node.name}", "type": "vxnet-cni",
@@ -201,35 +210,37 @@ class Cluster:
     def cni(self, node: Node, command: str, pod_ns: str, conf: dict[str, Any] | None = None,
             stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
         """Call vxnet-cni inside the node exactly as a container runtime does."""
+        # plugin=None spelled out: env is only the environment, never run_cni's plugin
         return run_cni(node.ns.name, command, pod_ns, stdin if stdin is not None else
-                       json.dumps(conf or self.cni_conf(node)).encode(), **env)
+                       json.dumps(conf or self.cni_conf(node)).encode(), plugin=None, **env)
 
     def add_cni_pod(self, node: Node) -> Pod:
         """A pod wired by the CNI plugin (bridge cni0 + host-local), as a runtime would."""
-        assert self.lab is not None
-        ns = self.lab.new_ns(f"c{node.index}{len(node.pods) + 1}")
+        ns = self._lab().new_ns(f"c{node.index}{len(node.pods) + 1}")
         res = self.cni(node, "ADD", ns.name)
         if res.returncode != 0:
             raise RuntimeError(f"CNI ADD on {node.name} failed: {res.stdout.decode()}")
-        result = json.loads(res.stdout)
+        result: dict[str, Any] = json.loads(res.stdout)
         addrs = [ipaddress.ip_interface(i["address"]).ip for i in result["ips"]]
-        pod = Pod(ns, next((a for a in addrs if a.version == 4), None),  # type: ignore[arg-type]
-                  next((a for a in addrs if a.version == 6), None))  # type: ignore[arg-type]
+        pod = Pod(ns, next((a for a in addrs if isinstance(a, ipaddress.IPv4Address)), None),
+                  next((a for a in addrs if isinstance(a, ipaddress.IPv6Address)), None))
         pod.cni_result = result
         node.pods.append(pod)
         return pod
 
     def save(self, path: Path) -> None:
         """What `vxnet lab down/exec` need after this process is gone."""
-        assert self.lab is not None and self.etcd is not None and self.etcd.proc is not None
-        names = {"fabric": self.lab.fabric.name}
+        lab, etcd = self._lab(), self._etcd()
+        if etcd.proc is None:
+            raise RuntimeError("etcd is not running")
+        names = {"fabric": lab.fabric.name}
         for n in self.nodes:
             names[n.name] = n.ns.name
             for k, pod in enumerate(n.pods, 1):
                 names[f"{n.name}-pod{k}"] = pod.ns.name
         path.write_text(json.dumps({
             "workdir": str(self.workdir), "namespaces": names,
-            "pids": [self.etcd.proc.pid, *(p.pid for p in self.agents.values())]}, indent=2))
+            "pids": [etcd.proc.pid, *(p.pid for p in self.agents.values())]}, indent=2))
 
     def close(self) -> None:
         for index in list(self.agents):
