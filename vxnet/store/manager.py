@@ -12,7 +12,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, overload
 
 from aetcd import transactions as tx
 
@@ -245,10 +245,19 @@ class LeaseManager:
         log.info("acquired lease %s (SubnetAllocation node-id)", name)
         return Lease(key, self.attrs_for(key), lease_id, revision)
 
+    @overload
+    async def _write(self, compare: None, key: str, attrs: LeaseAttrs, lease_id: int) -> int: ...
+
+    @overload
     async def _write(self, compare: list[Any], key: str, attrs: LeaseAttrs, lease_id: int
-                     ) -> int | None:
-        """Put the subnet key and its owner record if `compare` holds; the key's new revision."""
-        ok, resp = await self.etcd.txn(compare, [
+                     ) -> int | None: ...
+
+    async def _write(self, compare: list[Any] | None, key: str, attrs: LeaseAttrs,
+                     lease_id: int) -> int | None:
+        """Put the subnet key and its owner record if `compare` holds; the key's new revision,
+        None if it did not hold. compare=None: unconditionally, which etcd never refuses (a
+        transaction without compares takes its success branch), hence always a revision."""
+        ok, resp = await self.etcd.txn(compare or [], [
             tx.Put(self.paths.subnet(key), attrs.encode(), lease_id or None),
             tx.Put(self.paths.owner(key), self.node.name.encode(), lease_id or None),
             tx.Get(self.paths.subnet(key)),
@@ -273,6 +282,12 @@ class LeaseManager:
             [tx.Delete(self.paths.subnet(key)), tx.Delete(self.paths.owner(key))],
         )
 
+    def _held(self, caller: str) -> Lease:
+        """The lease move() and keepalive() work on: one acquire() must have returned."""
+        if self.lease is None:
+            raise RuntimeError(f"{caller} before acquire()")
+        return self.lease
+
     async def release(self) -> None:
         """Give the subnet back (a node leaving for good). A normal stop keeps the lease."""
         if self.lease is not None and not self.lease.reserved:
@@ -283,8 +298,7 @@ class LeaseManager:
         """This node's addresses changed: publish them in our lease -- same key, same etcd
         lease -- unless etcd already has exactly that (so a retry after a failure writes)."""
         self.node, self.attrs_for = node, attrs_for
-        lease = self.lease
-        assert lease is not None, "move() before acquire()"
+        lease = self._held("move()")
         attrs = attrs_for(lease.key)
         key = str(lease.key)
         kv = await self.etcd.get(self.paths.subnet(key))
@@ -293,8 +307,7 @@ class LeaseManager:
             return
         # ours from now on: the watch event of this write compares equal, not as a takeover
         self.lease = Lease(lease.key, attrs, lease.etcd_lease, lease.mod_revision)
-        revision = await self._write([], key, attrs, lease.etcd_lease)
-        assert revision is not None  # no compare: it cannot fail
+        revision = await self._write(None, key, attrs, lease.etcd_lease)
         self.lease = Lease(lease.key, attrs, lease.etcd_lease, revision)
         log.warning("lease %s now says %s", key,
                     ", ".join(str(a) for a in (attrs.public_ip, attrs.public_ipv6) if a))
@@ -319,8 +332,7 @@ class LeaseManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check.wait(), delay)
             self._check.clear()
-            lease = self.lease
-            assert lease is not None, "keepalive() before acquire()"
+            lease = self._held("keepalive()")
             try:
                 reason = await self._verify(lease)
                 if reason is not None:
