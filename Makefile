@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The chaos test over several seeds and longer fault sequences (make test runs one seed).
