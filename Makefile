@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := etcd-server etcd-client containernetworking-plugins iproute2 iputils-ping \
             iperf3 nftables iptables tcpdump openssl python3-venv docker.io busybox-static \
-            podman runc jq
+            podman runc jq prometheus
 PYTEST_ARGS ?=
 
 .PHONY: test demo setup apt venv lint bench clean install uninstall chaos
