@@ -1,18 +1,18 @@
 """--ip-masq: flannel's masquerade semantics as nftables rules in tables vxnet owns (`ip vxnet`,
 `ip6 vxnet`). Pod traffic leaving the cluster network is masqueraded; pod-to-pod traffic keeps
-pod addresses; packets kube-proxy marked (0x4000) are left to kube-proxy. Each table is replaced
-in one nft transaction, so there is never a moment without rules, and re-applied when it drifts
-(someone flushed or deleted it)."""
+pod addresses; packets kube-proxy marked (0x4000) are left to kube-proxy. Each table is an
+OwnedTable (nftables.py): replaced in one nft transaction, so there is never a moment without
+rules, and put back as soon as someone else changes or deletes it (nftables notifications, a
+TableWatch), with a full check on a timer as a backstop."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
 from vxnet.ip import IPNetwork
-from vxnet.kernel.nft import load, nft
+from vxnet.kernel.nftables import OwnedTable, TableWatch
 
 log = logging.getLogger(__name__)
 TABLE = "vxnet"
@@ -48,34 +48,42 @@ table {f} {TABLE} {{
 
 
 class Masquerade:
-    def __init__(self, rules: list[MasqRules]) -> None:
-        self.rules = rules
-        self.repairs = 0
-        self._expected: dict[str, str] = {}
+    def __init__(self, rules: list[MasqRules], *, netns: str | None = None) -> None:
+        self.rules = rules  # what apply() loads; the agent sets them when its lease moves
+        self.netns = netns
+        self._tables: dict[str, OwnedTable] = {}  # by family, as the rules first need them
+        self.watch = TableWatch(self._tables.values, netns=netns)
+
+    @property
+    def repairs(self) -> int:
+        """Tables found changed or removed by someone else, and put back."""
+        return sum(t.repairs for t in self._tables.values())
+
+    def _table(self, r: MasqRules) -> OwnedTable:
+        t = self._tables.get(r.family)
+        if t is None:
+            t = self._tables[r.family] = OwnedTable(
+                r.family, TABLE, f"the --ip-masq {r.family} rules", netns=self.netns)
+        return t
 
     async def apply(self) -> None:
         for r in self.rules:
-            await load(r.script(), f"the --ip-masq {r.family} rules")
-            self._expected[r.family] = await self._listing(r.family)
-
-    async def _listing(self, family: str) -> str:
-        rc, out, _ = await nft("list", "table", family, TABLE)
-        return out if rc == 0 else ""
+            await self._table(r).load(r.script())
 
     async def in_step(self) -> bool:
         for r in self.rules:
-            if await self._listing(r.family) != self._expected.get(r.family):
+            if not await self._table(r).in_step():
                 return False
         return True
 
     async def keep(self, interval: float) -> None:
-        """Re-apply whenever the tables differ from what was loaded."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if not await self.in_step():
-                    log.warning("masquerade rules changed or removed: re-applying")
-                    await self.apply()
-                    self.repairs += 1
-            except VxnetError as e:
-                log.error("%s", e)
+        """Put the tables back whenever they differ from what was loaded: checked at once when
+        someone else's transaction touched them, and every `interval` seconds."""
+        with self.watch:  # before the first check: no change after it goes unseen
+            while True:
+                try:
+                    for r in self.rules:
+                        await self._table(r).check(r.script)
+                except VxnetError as e:
+                    log.error("%s", e)
+                await self.watch.wait(interval)

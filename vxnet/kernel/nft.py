@@ -52,9 +52,3 @@ async def nft(*args: str, stdin: str | None = None, netns: str | None = None
             await proc.wait()
     return proc.returncode or 0, out.decode(), err.decode()
 
-
-async def load(script: str, what: str, netns: str | None = None) -> None:
-    """Apply a script as one transaction, or raise NftError saying what failed."""
-    rc, _, err = await nft("-f", "-", stdin=script, netns=netns)
-    if rc != 0:
-        raise NftError(f"nft could not load {what}: {err.strip()}")
