@@ -43,8 +43,9 @@ async def _nodes(endpoint: str, first: int, count: int, start_at: float, seconds
     from vxnet.store.config import parse_config
     from vxnet.store.etcd import Etcd
     from vxnet.store.lease import LeaseAttrs
-    from vxnet.store.manager import LeaseManager, NodeInfo
+    from vxnet.store.manager import LeaseManager
     from vxnet.store.paths import Paths
+    from vxnet.store.store import NodeInfo
     from vxnet.store.watcher import LeaseWatcher
 
     paths = Paths(PREFIX)

@@ -17,7 +17,7 @@ from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.masq import MasqRules
 from vxnet.store.config import NetworkConfig
 from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
-from vxnet.store.manager import AttrsFor, NodeInfo
+from vxnet.store.store import AttrsFor, NodeInfo
 from vxnet.store.subnetenv import SubnetEnv
 
 log = logging.getLogger(__name__)

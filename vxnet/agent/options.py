@@ -130,6 +130,19 @@ class AgentOptions(EtcdOptions):
         "Peers' FDB entries up front, or answered when the kernel asks (flannel's first vxlan "
         "backend). Default: Backend.FDB, else up-front.",
         type=click.Choice(["up-front", "on-demand"])))
+    kube_subnet_mgr: bool = field(default=False, metadata=flag(
+        "Keep state in the Kubernetes API instead of etcd, as flanneld's --kube-subnet-mgr: "
+        "the lease is this Node's spec.podCIDR(s), the VTEP goes in its annotations.",
+        is_flag=True))
+    kubeconfig_file: str | None = field(default=None, metadata=flag(
+        "kubeconfig for the Kubernetes API (default: the pod's service account).",
+        type=click.Path(dir_okay=False)))
+    kube_api_url: str | None = field(default=None, metadata=flag(
+        "The Kubernetes API server's URL (overrides the kubeconfig's)."))
+    kube_annotation_prefix: str = field(default="flannel.alpha.coreos.com", metadata=flag(
+        "Prefix of the Node annotations the VTEP is published in (flannel's)."))
+    net_config_path: str = field(default="/etc/kube-flannel/net-conf.json", metadata=flag(
+        "The network config in kube mode (the same JSON as etcd's <prefix>/config)."))
     etcd_timeout: float = field(default=5.0, metadata=flag(  # agent only; last in --help, as ever
         "Seconds before an etcd request is given up (and retried).",
         type=click.FloatRange(0.1, None)))

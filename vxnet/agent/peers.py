@@ -13,7 +13,7 @@ from vxnet.health.checker import Target
 from vxnet.kernel.allowlist import AllowList
 from vxnet.kernel.peer import Peer
 from vxnet.store.lease import Lease
-from vxnet.store.watcher import EventKind, LeaseEvent
+from vxnet.store.store import EventKind, LeaseEvent
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,7 @@ from vxnet.kernel.allowlist import AllowList
 from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.reconciler import Observer, Reconciler
-from vxnet.store.manager import LeaseLost
-from vxnet.store.store import Store
-from vxnet.store.watcher import LeaseEvent
+from vxnet.store.store import LeaseEvent, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
 from typing import TypeVar
 
@@ -38,12 +39,9 @@ from vxnet.kernel.links import open_links
 from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.reconciler import Reconciler
-from vxnet.store.etcdstore import EtcdStore
 from vxnet.store.lease import SubnetKey
-from vxnet.store.manager import NodeInfo
-from vxnet.store.nodeid import check_node_name
 from vxnet.store.paths import Paths
-from vxnet.store.store import Store
+from vxnet.store.store import NodeInfo, Store, check_node_name
 from vxnet.store.subnetenv import SubnetEnv
 
 log = logging.getLogger(__name__)
@@ -78,15 +76,35 @@ def previous_subnet(path: str) -> SubnetKey | None:
     return SubnetKey(subnet, subnet6)
 
 
-def open_store(opts: AgentOptions) -> Store:
-    return EtcdStore(opts.client(opts.etcd_timeout), Paths(opts.etcd_prefix),
-                     ttl=opts.subnet_lease_ttl, renew_margin=opts.subnet_lease_renew_margin * 60)
+async def open_store(opts: AgentOptions, state: Startup) -> tuple[Store, AgentOptions]:
+    """The store the options name, and the options with the node's name as that store knows
+    it. Each store's client is imported only in its own mode (etcd's brings gRPC)."""
+    if not opts.kube_subnet_mgr:
+        from vxnet.store.etcdstore import EtcdStore
+
+        return EtcdStore(opts.client(opts.etcd_timeout), Paths(opts.etcd_prefix),
+                         ttl=opts.subnet_lease_ttl,
+                         renew_margin=opts.subnet_lease_renew_margin * 60), opts
+    from vxnet.store.kube import Credentials, KubeClient
+    from vxnet.store.kubestore import KubeStore, node_name
+
+    client = KubeClient(Credentials.load(opts.kubeconfig_file, opts.kube_api_url),
+                        timeout=opts.etcd_timeout)
+    try:
+        name = await wait_for(state, "finding this node's name",
+                              lambda: node_name(client, opts.node_name))
+    except BaseException:
+        await client.close()
+        raise
+    store = KubeStore(client, name, prefix=opts.kube_annotation_prefix,
+                      net_conf_path=opts.net_config_path)
+    return store, replace(opts, node_name=name)
 
 
 async def start(opts: AgentOptions, state: Startup, observer: RuntimeObserver) -> Runtime:
-    check_node_name(opts.node_name)
-    store = open_store(opts)
+    store, opts = await open_store(opts, state)
     try:
+        check_node_name(opts.node_name)
         return await _start(opts, state, observer, store)
     except BaseException:
         await store.close()

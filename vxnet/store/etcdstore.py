@@ -9,11 +9,11 @@ from vxnet.store.allocator import node_subnet
 from vxnet.store.config import NetworkConfig
 from vxnet.store.etcd import Etcd
 from vxnet.store.lease import Lease, SubnetKey
-from vxnet.store.manager import AttrsFor, LeaseLost, LeaseManager, NodeInfo, read_config
+from vxnet.store.manager import LeaseManager, read_config
 from vxnet.store.nodeid import node_id
 from vxnet.store.paths import Paths
-from vxnet.store.store import StoreStatus
-from vxnet.store.watcher import LeaseEvent, LeaseWatcher, Snapshot
+from vxnet.store.store import AttrsFor, LeaseEvent, LeaseLost, NodeInfo, Snapshot, StoreStatus
+from vxnet.store.watcher import LeaseWatcher
 
 
 class EtcdStore:

@@ -11,7 +11,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, overload
 
 from aetcd import transactions as tx
@@ -30,31 +29,13 @@ from vxnet.store.config import NetworkConfig, Pool, parse_config
 from vxnet.store.etcd import Etcd, prefix_end
 from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey, decode_value
 from vxnet.store.paths import Paths
-from vxnet.store.watcher import Snapshot, list_leases
+from vxnet.store.store import AttrsFor, LeaseLost, NodeInfo, Snapshot
+from vxnet.store.watcher import list_leases
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600  # flannel's subnet lease TTL
 DEFAULT_RENEW_MARGIN = 3600
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    name: str
-    public_ip: IPv4Address | None
-    public_ipv6: IPv6Address | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseLost:
-    """Reported (never raised) when our lease vanished and a new one replaced it."""
-
-    old: Lease
-    new: Lease
-    reason: str
-
-
-AttrsFor = Callable[[SubnetKey], LeaseAttrs]
 
 
 async def read_config(etcd: Etcd, paths: Paths) -> NetworkConfig:

@@ -5,22 +5,12 @@ Kept under `<prefix>/vxnet/` without an etcd lease: an ID survives restarts and 
 
 from __future__ import annotations
 
-import re
-
 from aetcd import transactions as tx
 
 from vxnet.errors import VxnetError
 from vxnet.store.etcd import Etcd
 from vxnet.store.paths import Paths
-
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-
-
-def check_node_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise VxnetError(f"--node-name: {name!r} is not a valid node name "
-                         "(letters, digits, '.', '_', '-'; at most 253)")
-    return name
+from vxnet.store.store import check_node_name
 
 
 async def node_id(etcd: Etcd, paths: Paths, name: str, attempts: int = 100) -> int:

@@ -1,17 +1,74 @@
-"""The store seam: what the agent needs from wherever the cluster's state lives. etcd
-(store/etcdstore.py) is one; anything that can hold a network config, a lease per node and
-a watchable list of everyone's leases can be another, with the rest of the agent unchanged."""
+"""The store seam: what the agent needs from wherever the cluster's state lives, and the
+nouns both sides use. etcd (store/etcdstore.py) is one store, the Kubernetes API
+(store/kubestore.py) another; neither module is imported unless its mode is in use."""
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
+from vxnet.errors import LeaseDecodeError, VxnetError
 from vxnet.store.config import NetworkConfig
-from vxnet.store.lease import Lease, SubnetKey
-from vxnet.store.manager import AttrsFor, LeaseLost, NodeInfo
-from vxnet.store.watcher import LeaseEvent, Snapshot
+from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey
+
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+
+
+def check_node_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise VxnetError(f"--node-name: {name!r} is not a valid node name "
+                         "(letters, digits, '.', '_', '-'; at most 253)")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    name: str
+    public_ip: IPv4Address | None
+    public_ipv6: IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """Reported (never raised) when our lease vanished and a new one replaced it."""
+
+    old: Lease
+    new: Lease
+    reason: str
+
+
+AttrsFor = Callable[[SubnetKey], LeaseAttrs]
+
+
+class EventKind(enum.Enum):
+    ADDED = "added"
+    CHANGED = "changed"
+    REMOVED = "removed"  # carries the last known lease (None for a key that was invalid)
+    INVALID = "invalid"  # a key whose value could not be decoded: skip it, report it
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEvent:
+    kind: EventKind
+    key: str
+    lease: Lease | None
+    revision: int
+    error: LeaseDecodeError | None = None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    leases: dict[str, Lease]
+    invalid: dict[str, LeaseDecodeError]
+    revision: int
+    # every key that names a subnet, valid value or not (all of them are taken), and when
+    # each was created (the older of two claims to one subnet wins)
+    keys: dict[str, SubnetKey] = field(default_factory=dict)
+    create_revisions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,37 +21,11 @@ from vxnet.errors import LeaseDecodeError, StoreUnavailable
 from vxnet.store.etcd import Etcd, WatchEvent
 from vxnet.store.lease import Lease, SubnetKey, decode_lease
 from vxnet.store.paths import Paths
+from vxnet.store.store import EventKind, LeaseEvent, Snapshot
 
 log = logging.getLogger(__name__)
 DELETE = 1  # mvccpb.Event.EventType
 CHUNK = 200  # events decoded per loop turn: a 5 000-key transaction takes 25
-
-
-class EventKind(enum.Enum):
-    ADDED = "added"
-    CHANGED = "changed"
-    REMOVED = "removed"  # carries the last known lease (None for a key that was invalid)
-    INVALID = "invalid"  # a key whose value could not be decoded: skip it, report it
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseEvent:
-    kind: EventKind
-    key: str
-    lease: Lease | None
-    revision: int
-    error: LeaseDecodeError | None = None
-
-
-@dataclass(slots=True)
-class Snapshot:
-    leases: dict[str, Lease]
-    invalid: dict[str, LeaseDecodeError]
-    revision: int
-    # every key that names a subnet, valid value or not (all of them are taken), and when
-    # each was created (the older of two claims to one subnet wins)
-    keys: dict[str, SubnetKey] = field(default_factory=dict)
-    create_revisions: dict[str, int] = field(default_factory=dict)
 
 
 async def list_leases(etcd: Etcd, paths: Paths) -> Snapshot:

@@ -8,9 +8,10 @@ from tests.waiting import until
 from vxnet.errors import ConfigError, ExhaustedError
 from vxnet.store.etcd import Etcd
 from vxnet.store.lease import LeaseAttrs, SubnetKey
-from vxnet.store.manager import LeaseManager, NodeInfo, read_config
+from vxnet.store.manager import LeaseManager, read_config
 from vxnet.store.nodeid import node_id
-from vxnet.store.watcher import EventKind, LeaseWatcher
+from vxnet.store.store import EventKind, NodeInfo
+from vxnet.store.watcher import LeaseWatcher
 
 NET = {"Network": "10.244.0.0/16"}
 

@@ -3,7 +3,8 @@ import ipaddress as ipa
 
 from tests.waiting import SOON, until
 from vxnet.store.lease import LeaseAttrs
-from vxnet.store.watcher import EventKind, LeaseWatcher, list_leases
+from vxnet.store.store import EventKind
+from vxnet.store.watcher import LeaseWatcher, list_leases
 
 
 def value(i: int) -> bytes:

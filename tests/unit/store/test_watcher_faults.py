@@ -8,7 +8,8 @@ import pytest
 from tests.unit.store.fakeetcd import FakeEtcd
 from vxnet.store.lease import LeaseAttrs
 from vxnet.store.paths import Paths
-from vxnet.store.watcher import EventKind, LeaseWatcher, list_leases
+from vxnet.store.store import EventKind
+from vxnet.store.watcher import LeaseWatcher, list_leases
 
 PATHS = Paths("/t")
 
