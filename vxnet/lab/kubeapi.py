@@ -458,12 +458,15 @@ class Store:
     def create(self, body: Any) -> Obj:
         if not isinstance(body, dict) or not isinstance(body.get("metadata") or {}, dict):
             raise ApiError(400, "BadRequest", "the object is not a Node")
+        if (body.get("kind"), body.get("apiVersion")) not in ((None, None), ("Node", "v1")):
+            raise ApiError(400, "BadRequest", "this server serves v1 Nodes only")
         meta = body.get("metadata") or {}
         name = meta.get("name", "")
         with self.cond:
             if name in self.nodes:
                 raise ApiError(409, "AlreadyExists", f'nodes "{name}" already exists', name)
-            node = {**body, "kind": "Node", "apiVersion": "v1",
+            node = {"kind": "Node", "apiVersion": "v1", "spec": {}, "status": {},
+                    **{k: v for k, v in body.items() if k not in ("kind", "apiVersion")},
                     "metadata": {**meta, "uid": str(uuid.uuid4()), "creationTimestamp":
                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
             _validate(node, None)
