@@ -20,8 +20,25 @@ from vxnet.agent.options import FLAG, AgentOptions, EtcdOptions, Flag
 from vxnet.errors import VxnetError
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--version: the installed distribution's version, so a build that carries its commit as a
+    local version label (the image's 0.1.0+g<commit>, deploy/Containerfile) says which commit it
+    is; this tree's __version__ when it runs uninstalled. Read only when asked for."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        said = version("vxnet")
+    except PackageNotFoundError:
+        said = __version__
+    click.echo(f"vxnet, version {said}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="vxnet")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and exit.")
 def main() -> None:
     """vxnet: a flannel-compatible VXLAN overlay network agent."""
 
@@ -69,6 +86,9 @@ def agent(verbose: bool, **values: Any) -> None:
     """Run the node agent: lease a subnet, program the VXLAN overlay, keep it in step."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the HTTP client logs every request at INFO (kube mode): our own lines say what matters
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
     from vxnet.agent import main as agent_main
 
     opts = AgentOptions.from_flags(values)

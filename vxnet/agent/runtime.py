@@ -171,7 +171,7 @@ class Runtime:
         if allow is not None:
             sup.start("allowlist", lambda: allow.run(every))
         if masq is not None:
-            sup.start("masquerade", lambda: masq.keep(min(every, 5.0)))
+            sup.start("masquerade", lambda: masq.keep(every))
         if self.health is not None:
             sup.start("health", self.health.run)
         try:

@@ -16,6 +16,7 @@ from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.peer import Peer
 from vxnet.kernel.reconciler import Reconciler
+from vxnet.lab.netns import Netns
 from vxnet.lab.topology import Lab, Node
 from vxnet.nsenter import in_netns
 
@@ -66,6 +67,16 @@ async def open_node(node: Node, versions=(4,), **kw) -> NodeKernel:
             overlays[v] = Overlay(links, sock, dev, network=NET4 if v == 4 else NET6,
                                   netns=node.ns.name, **kw)
     return NodeKernel(node, sock, overlays)
+
+
+@pytest.fixture
+def ns():
+    """One namespace of its own (the nftables keepers' tests need no more)."""
+    n = Netns.create("k")
+    try:
+        yield n
+    finally:
+        n.delete()
 
 
 @pytest.fixture

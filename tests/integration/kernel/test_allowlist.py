@@ -7,18 +7,8 @@ import pytest
 
 from tests.waiting import until
 from vxnet.kernel.allowlist import TABLE, AllowList
-from vxnet.lab.netns import Netns
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def ns():
-    n = Netns.create("allow")
-    try:
-        yield n
-    finally:
-        n.delete()
 
 
 def elements(ns, name="peers4") -> set:

@@ -8,20 +8,10 @@ import pytest
 
 from tests.waiting import SOON, until
 from vxnet.kernel.masq import TABLE, MasqRules, Masquerade
-from vxnet.lab.netns import Netns
 
 pytestmark = pytest.mark.netns
 
 NET4, NET6 = ipa.ip_network("10.244.0.0/16"), ipa.ip_network("fd00:10:244::/48")
-
-
-@pytest.fixture
-def ns():
-    n = Netns.create("masq")
-    try:
-        yield n
-    finally:
-        n.delete()
 
 
 def rules(index: int) -> list[MasqRules]:
