@@ -580,11 +580,13 @@ class User:
         return self.name == "admin" or "system:masters" in self.groups
 
 
-def read_tokens(path: Path) -> list[list[str]]:
+def parse_tokens(text: str) -> list[list[str]]:
     """kube-apiserver's --token-auth-file: token,user,uid[,"group1,group2"] per line."""
-    if not path.exists():
-        return []
-    return [row for row in csv.reader(io.StringIO(path.read_text())) if len(row) >= 3]
+    return [row for row in csv.reader(io.StringIO(text)) if len(row) >= 3]
+
+
+def read_tokens(path: Path) -> list[list[str]]:
+    return parse_tokens(path.read_text()) if path.exists() else []
 
 
 def write_tokens(path: Path, rows: list[list[str]]) -> None:
@@ -600,24 +602,25 @@ def token_row(user: str) -> list[str]:
 
 
 class Tokens:
-    """The token file, re-read whenever it changes (checked on every request: one stat)."""
+    """The token file, read on every request (a few hundred bytes) and parsed again when its
+    content changed: a rotated or removed token stops working at once, whatever the file's
+    timestamps' granularity."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.lock = path, threading.Lock()
-        self.key: tuple[int, int, int] | None = None
+        self.text: str | None = None
         self.users: dict[str, User] = {}
 
     def user(self, token: str) -> User | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            text = ""
         with self.lock:
-            try:
-                st = os.stat(self.path)
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except FileNotFoundError:
-                key = (0, 0, 0)
-            if key != self.key:
-                self.key = key
+            if text != self.text:
+                self.text = text
                 self.users = {r[0]: User(r[1], tuple(g for g in (r[3:4] or [""])[0].split(",")
-                                                     if g)) for r in read_tokens(self.path)}
+                                                     if g)) for r in parse_tokens(text)}
             return self.users.get(token)
 
 
