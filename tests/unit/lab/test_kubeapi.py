@@ -394,6 +394,22 @@ def test_watch_without_a_resource_version_starts_with_the_current_nodes(api):
         w.close()
 
 
+def test_the_watch_path_watches_one_node_by_name(api):
+    mine, other = unique(), unique()
+    create(api, mine)
+    create(api, other)
+    w = Watch(api, "resourceVersion=0", path=f"/api/v1/watch/nodes/{mine}")
+    try:
+        assert w.until(named(mine))["type"] == "ADDED"
+        for name in (other, mine):
+            api.request("PATCH", f"{NODES}/{name}", {"metadata": {"labels": {"x": "1"}}},
+                        content_type=MERGE)
+        ev = w.next()  # the other node's change is not on this stream
+        assert ev["object"]["metadata"]["name"] == mine and ev["type"] == "MODIFIED"
+    finally:
+        w.close()
+
+
 def test_a_label_selected_watch_sees_nodes_come_and_go(api):
     name, label = unique(), unique()
     create(api, name)
