@@ -670,6 +670,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # each watch event goes out at once
     server: Server
+    body = b""
 
     def setup(self) -> None:
         self.request.settimeout(10)
@@ -686,8 +687,6 @@ class Handler(BaseHTTPRequestHandler):
         body = f" content-type={self.headers.get('Content-Type')!r}" if self.body else ""
         print(f"{self.command} {self.path} {code} accept={self.headers.get('Accept')!r}{body} "
               f"ua={self.headers.get('User-Agent')!r}", file=sys.stderr, flush=True)
-
-    body = b""
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -972,10 +971,16 @@ def url_of(host: str, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = "lab") -> Path:
-    """A kubeconfig (YAML; its strings JSON-quoted) for `server`, trusting `ca`, with `token`."""
+def write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = "lab",
+                     token_file: Path | None = None) -> Path:
+    """A kubeconfig (YAML; its strings JSON-quoted) for `server`, trusting `ca`, with `token`
+    inline, or written to `token_file` and named there (tokenFile: clients re-read it, so a
+    rotation is a new token in that file)."""
     q = json.dumps
     ca_data = base64.b64encode(ca.read_bytes()).decode()
+    if token_file is not None:
+        _write_atomic(token_file, token)
+    credential = f"tokenFile: {q(str(token_file))}" if token_file else f"token: {q(token)}"
     path.write_text(f"""apiVersion: v1
 kind: Config
 clusters:
@@ -986,7 +991,7 @@ clusters:
 users:
 - name: {q(user)}
   user:
-    token: {q(token)}
+    {credential}
 contexts:
 - name: vxnet-lab
   context:
@@ -1196,9 +1201,12 @@ class KubeApiServer:
             self.admin_token = row[0]
         return row[0]
 
-    def kubeconfig(self, path: Path, token: str | None = None, user: str = "lab") -> Path:
-        """A kubeconfig for this server with `token` (default: the admin's)."""
-        return write_kubeconfig(path, self.url, self.ca, token or self.admin_token, user)
+    def kubeconfig(self, path: Path, token: str | None = None, user: str = "lab",
+                   token_file: Path | None = None) -> Path:
+        """A kubeconfig for this server with `token` (default: the admin's), inline or in
+        `token_file` (see write_kubeconfig)."""
+        return write_kubeconfig(path, self.url, self.ca, token or self.admin_token, user,
+                                token_file)
 
 
 if __name__ == "__main__":

@@ -196,12 +196,14 @@ def test_a_node_token_may_not_patch_another_node(api, tmp_path):
 
 
 def test_a_rotated_token_stops_working(api, tmp_path):
-    old = api.node_token("n1")
-    as_n1 = Kubectl(api, tmp_path / "n1", token=old)
+    as_n1 = Kubectl(api, tmp_path / "n1")
+    token_file = tmp_path / "n1" / "token"
+    as_n1.kubeconfig = api.kubeconfig(tmp_path / "n1" / "kubeconfig", api.node_token("n1"),
+                                      token_file=token_file)
     as_n1("get", "nodes")
     new = api.rotate_token("system:node:n1")
     assert "Unauthorized" in as_n1("get", "nodes", check=False).stderr
-    as_n1.kubeconfig = api.kubeconfig(tmp_path / "n1" / "kubeconfig", new)
+    token_file.write_text(new)  # the kubeconfig names the file: the new token is used
     as_n1("get", "nodes")
 
 
