@@ -15,6 +15,22 @@ per-node authorization, and kube-controller-manager's --allocate-node-cidrs (spe
         [--cluster-cidr-v6 fd00:10:244::/48 --node-cidr-mask-v6 64] [--compaction-window N]
 
 then `kubectl --kubeconfig DIR/admin.kubeconfig get nodes`. `KubeApiServer` runs it from tests.
+
+Not like a real API server: Nodes are the only resource (no Pods, namespaces, Leases, Events,
+API groups); no OpenAPI (kubectl create/apply need --validate=false), aggregated discovery,
+server-side apply, protobuf, YAML or HTTP/2; no managedFields, generation, finalizers (delete is
+immediate), admission, dry run; validation covers the name, string labels/annotations and
+podCIDR immutability only; a strategic merge merges status.conditions/addresses by type and
+ignores other directives. Static bearer tokens only (no client certificates, no TokenRequest),
+fixed admin/node rules instead of RBAC (a node may not create or delete its own Node), and no
+anonymous access beyond /healthz, /livez, /readyz, /version (401, where a real one says 403).
+Lists always show the current state (a continue token pages on through it, not through a
+snapshot); field selectors know metadata.name only. Watch history is a window of events
+(--compaction-window, or POST /lab/compact) and is gone after a restart, so every resume from
+before a restart is 410 (a real server rebuilds its cache from etcd); a future resourceVersion
+is not refused; bookmarks come at a fixed interval; a client that left is noticed at the next
+write. CIDRs are allocated synchronously right after the ADDED event, not by a lagging
+controller; there is no node lifecycle controller (no NotReady or taints on silence).
 """
 
 from __future__ import annotations
@@ -875,12 +891,10 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", "resourceVersion and timeoutSeconds are numbers"
                            ) from None
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
-        initial = query.get("sendInitialEvents") == "true" or since is None
-        with store.cond:
-            pos = store.rv if initial else since or 0
-            current = [n for n in store.nodes.values() if selected(n)] if initial else []
-            too_old = not initial and pos < store.floor
-            floor = store.floor
+        with store.cond:  # no resourceVersion (or 0): the current Nodes first, as ADDED
+            pos = store.rv if since is None else since
+            current = [n for n in store.nodes.values() if selected(n)] if since is None else []
+            too_old, floor = pos < store.floor, store.floor
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -892,12 +906,6 @@ class Handler(BaseHTTPRequestHandler):
             data = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
-        def bookmark(rv: int, annotations: Obj | None = None) -> None:
-            meta: Obj = {"resourceVersion": str(rv)}
-            if annotations:
-                meta["annotations"] = annotations
-            send("BOOKMARK", {"kind": "Node", "apiVersion": "v1", "metadata": meta})
-
         deadline = time.monotonic() + timeout
         interval = self.server.bookmark_interval
         next_bookmark = time.monotonic() + interval
@@ -906,8 +914,6 @@ class Handler(BaseHTTPRequestHandler):
             deadline = 0
         for node in current:
             send(ADDED, node)
-        if query.get("sendInitialEvents") == "true" and bookmarks:
-            bookmark(pos, {"k8s.io/initial-events-end": "true"})
         while (now := time.monotonic()) < deadline:
             wake = min(deadline, next_bookmark) if bookmarks else deadline
             try:
@@ -918,15 +924,14 @@ class Handler(BaseHTTPRequestHandler):
             for ev in events:
                 now_in = ev.type != DELETED and selected(ev.obj)
                 was_in = ev.prev is not None and selected(ev.prev)
-                if ev.type == DELETED and was_in:
-                    send(DELETED, ev.obj)
-                elif now_in:
+                if now_in:
                     send(MODIFIED if was_in else ADDED, ev.obj)
-                elif was_in:
+                elif was_in:  # deleted, or no longer selected
                     send(DELETED, ev.obj)
             pos = pos_after
             if bookmarks and time.monotonic() >= next_bookmark:
-                bookmark(pos)
+                send("BOOKMARK", {"kind": "Node", "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": str(pos)}})
                 next_bookmark = time.monotonic() + interval
         self.wfile.write(b"0\r\n\r\n")
 

@@ -443,19 +443,6 @@ def test_watch_bookmarks_and_timeout(api):
         w.close()
 
 
-def test_initial_events_end_with_a_bookmark_when_asked(api):
-    name = unique()
-    create(api, name)
-    w = Watch(api, "sendInitialEvents=true&allowWatchBookmarks=true"
-              "&resourceVersionMatch=NotOlderThan")
-    try:
-        assert w.until(named(name))["type"] == "ADDED"
-        end = w.until(lambda ev: ev["type"] == "BOOKMARK")
-        assert end["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
-    finally:
-        w.close()
-
-
 def test_authentication(api):
     for status, err in (raw_no_auth(api, NODES), api.request("GET", NODES, token="wrong")):
         assert status == 401 and err["reason"] == "Unauthorized" and err["kind"] == "Status"
