@@ -5,11 +5,13 @@ PY := $(VENV)/bin/python
 APT_PKGS := etcd-server etcd-client containernetworking-plugins iproute2 iputils-ping \
             iperf3 nftables iptables tcpdump openssl python3-venv docker.io busybox-static \
             podman runc jq prometheus
+# what `make image` needs (and so `make test`, whose tests/e2e/test_image.py builds the image)
+IMAGE_PKGS := mmdebstrap debian-archive-keyring podman runc
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup apt venv lint bench clean install uninstall chaos
+.PHONY: test demo setup apt image-apt image venv lint bench clean install uninstall chaos
 
-test: setup
+test: setup image-apt
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -27,13 +29,26 @@ demo: setup
 setup: apt venv
 
 # dpkg is asked every time (cheap), so a machine that lost a package gets it back.
-apt:
-	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+apt:
+	$(call apt_install,$(APT_PKGS))
+
+image-apt:
+	$(call apt_install,$(IMAGE_PKGS))
+
+# The agent image, vxnet:<version> and vxnet:<version>-g<commit>, on a base made from Debian
+# packages (mmdebstrap, podman import; rebuilt only when missing or its recipe changed), with
+# deploy/Containerfile. A second run with unchanged sources only checks. See docs/install.md.
+image: image-apt
+	deploy/build-image.sh
 
 venv: $(VENV)/.installed
 
