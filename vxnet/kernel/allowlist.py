@@ -112,10 +112,9 @@ class AllowList:
         cache then is unknown, so the next sync is a full one."""
         want = self.peers()
         try:
-            if full or self.kernel is None or self.table.shape is None:
-                await self._check(want)
             have = self.kernel
-            assert have is not None
+            if full or have is None or self.table.shape is None:
+                have = await self._check(want)
             if have != want:
                 v4 = sorted(str(ip) for ip in want - have if ip.version == 4)
                 v6 = sorted(str(ip) for ip in want - have if ip.version == 6)
@@ -161,13 +160,14 @@ class AllowList:
         await self.table.load(script(self.port, want))
         self.kernel = set(want)
 
-    async def _check(self, want: set[IPAddress]) -> None:
+    async def _check(self, want: set[IPAddress]) -> set[IPAddress]:
         """The table put back if it is not as we loaded it (then it holds `want`), else its
-        peers read, and counted as a repair if they are not what we left there."""
+        peers read, and counted as a repair if they are not what we left there. Returns the
+        peers now in the kernel, which self.kernel is set to."""
         doc = await self.table.check(lambda: script(self.port, want))
         if doc is None:
             self.kernel = set(want)
-            return
+            return self.kernel
         self._read_stats(doc)
         have: set[IPAddress] = set()
         for obj in doc["nftables"]:
@@ -179,6 +179,7 @@ class AllowList:
             log.warning("VXLAN allow-list peers changed by someone else (%d missing, %d extra); "
                         "putting them back", len(self.kernel - have), len(have - self.kernel))
         self.kernel = have
+        return have
 
     async def refresh_stats(self) -> None:
         """The drop counter; the refused sources too, but only when it moved."""
