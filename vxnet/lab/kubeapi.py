@@ -492,7 +492,7 @@ class Store:
 
     def replace(self, name: str, change: Any, subresource: str | None) -> Obj:
         """Update (change: the new object) or patch (change: old object -> new object). The main
-        resource keeps .status; the status subresource changes nothing but .status."""
+        resource keeps .status; the status subresource keeps .spec."""
         with self.cond:
             if name not in self.nodes:
                 raise not_found(name)
@@ -510,16 +510,19 @@ class Store:
                 raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: "
                                f"{meta.get('uid')}, UID in object meta: "
                                f"{old['metadata']['uid']}", name)
-            if subresource == "status":
-                node = {**old, "status": new.get("status") or {}}
-            else:
-                node = {k: v for k, v in new.items() if k != "status"}
-                node["metadata"] = {**meta, "name": name, "uid": old["metadata"]["uid"],
-                                    "creationTimestamp": old["metadata"]["creationTimestamp"],
-                                    "resourceVersion": old["metadata"]["resourceVersion"]}
-                node.update(kind="Node", apiVersion="v1")
-                if "status" in old:
-                    node["status"] = old["status"]
+            # what each endpoint may change, as the Node strategies of a real server: the
+            # main resource keeps .status; the status subresource keeps .spec but takes the
+            # metadata (labels, annotations) along -- flanneld publishes its annotations so
+            node = {k: v for k, v in new.items() if k not in ("status", "spec")}
+            node["metadata"] = {**meta, "name": name, "uid": old["metadata"]["uid"],
+                                "creationTimestamp": old["metadata"]["creationTimestamp"],
+                                "resourceVersion": old["metadata"]["resourceVersion"]}
+            node.update(kind="Node", apiVersion="v1")
+            kept, changed = ("spec", "status") if subresource == "status" else ("status", "spec")
+            if kept in old:
+                node[kept] = old[kept]
+            if changed in new:
+                node[changed] = new[changed]
             _validate(node, old)
             if node == old:
                 return old  # a no-op writes nothing, as a real server's does

@@ -302,10 +302,12 @@ def test_update_has_optimistic_concurrency_and_leaves_status_to_its_subresource(
     assert api.request("PUT", f"{NODES}/{name}", stale)[0] == 200
     current = get(api, name)
     current["status"] = {"conditions": [{"type": "Ready", "status": "False"}]}
-    current["metadata"]["labels"] = {"ignored": "by the status subresource"}
+    current["metadata"]["labels"] = {"taken": "along, as a real server's Node status does"}
+    current["spec"] = {"unschedulable": True}  # ignored by the status subresource
     status, after = api.request("PUT", f"{NODES}/{name}/status", current)
     assert status == 200 and after["status"]["conditions"][0]["status"] == "False"
-    assert after["metadata"]["labels"] == {"b": "2"}
+    assert after["metadata"]["labels"] == current["metadata"]["labels"]
+    assert "unschedulable" not in after.get("spec", {})
     assert api.request("PUT", f"{NODES}/other", current)[0] in (400, 404)
 
 
@@ -337,7 +339,7 @@ def test_patches(api):
         content_type=STRATEGIC)
     assert status == 200 and node["status"]["conditions"] == [
         {"type": "Ready", "status": "False"}, {"type": "DiskPressure", "status": "False"}]
-    assert "no" not in node["metadata"]["labels"]
+    assert node["metadata"]["labels"]["no"] == "no"  # metadata rides along (flanneld's way)
     before = rv(node)
     status, same = api.request("PATCH", path, {"metadata": {"labels": {"s": "1"}}},
                                content_type=MERGE)
