@@ -18,11 +18,14 @@ from typing import Any
 
 from vxnet.ip import of_family
 from vxnet.lab.etcd import EtcdCluster, EtcdServer
+from vxnet.lab.kubeapi import KubeApiServer
 from vxnet.lab.topology import UNDERLAY4, Lab, Node, Pod
 from vxnet.nsenter import entered
+from vxnet.store.config import parse_config
 from vxnet.store.subnetenv import SubnetEnv
 
 API_PORT = 10280
+KUBE_PORT = 6443
 DEFAULT_CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
 PREFIX = "/coreos.com/network"
 
@@ -75,15 +78,22 @@ class Cluster:
     def __init__(self, stem: str = "lab", *, config: dict[str, Any] | None = None,
                  workdir: str | Path | None = None, agent_args: tuple[str, ...] = (),
                  etcd_members: int = 1, etcd_args: tuple[str, ...] = (), segments: int = 1,
+                 store: str = "etcd",
                  vxnet: tuple[str, ...] = (sys.executable, "-m", "vxnet")) -> None:
-        """vxnet: the command that runs `vxnet` (an installed console script, say)."""
+        """store: "etcd", or "kube" for agents in kube mode against the API-server simulator
+        (vxnet/lab/kubeapi.py) on the fabric, nodes registered as Node objects.
+        vxnet: the command that runs `vxnet` (an installed console script, say)."""
+        if store not in ("etcd", "kube"):
+            raise ValueError(f"store {store!r}: etcd or kube")
         self.stem, self.config = stem, config or DEFAULT_CONFIG
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-lab-"))
         self.agent_args = agent_args
         self.etcd_members, self.etcd_args = etcd_members, etcd_args
         self.segments = segments
+        self.store = store
         self.vxnet = vxnet
+        self.kubeapi: KubeApiServer | None = None
         self.lab: Lab | None = None
         self.etcd: EtcdServer | EtcdCluster | None = None
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
@@ -96,7 +106,9 @@ class Cluster:
 
     def start(self, nodes: int = 0) -> Cluster:
         self.lab = Lab(self.stem, self.segments)
-        if self.etcd_members == 1:
+        if self.store == "kube":
+            self._start_kubeapi(self.lab)
+        elif self.etcd_members == 1:
             self.etcd = EtcdServer(str(UNDERLAY4[254]), client_port=2379, peer_port=2380,
                                    netns=self.lab.fabric.name, workdir=self.workdir / "etcd",
                                    extra_args=self.etcd_args).start()
@@ -107,11 +119,71 @@ class Cluster:
             self.etcd = EtcdCluster(hosts, netns=self.lab.fabric.name,
                                     workdir=self.workdir / "etcd",
                                     extra_args=self.etcd_args).start()
-        if self.config is not None:
+        if self.config is not None and self.store == "etcd":
             self.etcdctl("put", f"{PREFIX}/config", json.dumps(self.config))
         for i in range(1, nodes + 1):
             self.add_node(i)
         return self
+
+    def _start_kubeapi(self, lab: Lab) -> None:
+        """The API server where etcd would be, assigning podCIDRs from the config's networks
+        (as --allocate-node-cidrs does); net-conf.json is the config itself."""
+        cfg = parse_config(json.dumps(self.config or DEFAULT_CONFIG))
+        v4, v6 = cfg.ipv4, cfg.ipv6
+        self.kubeapi = KubeApiServer(
+            str(UNDERLAY4[254]), port=KUBE_PORT, netns=lab.fabric.name,
+            workdir=self.workdir / "kubeapi",
+            cluster_cidr=str(v4.network) if v4 else "", node_cidr_mask=v4.subnet_len if v4 else 24,
+            cluster_cidr_v6=str(v6.network) if v6 else "",
+            node_cidr_mask_v6=v6.subnet_len if v6 else 64,
+            bookmark_interval=1.0).start()
+        self.net_conf.write_text(json.dumps(self.config or DEFAULT_CONFIG))
+
+    @property
+    def net_conf(self) -> Path:
+        return self.workdir / "net-conf.json"
+
+    def _kube(self) -> KubeApiServer:
+        if self.kubeapi is None:
+            raise RuntimeError("the cluster is not in kube mode, or not started")
+        return self.kubeapi
+
+    def kubectl(self, *args: str, check: bool = True, token: str | None = None,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The real kubectl, as the cluster's admin (or with `token`), from the fabric."""
+        kube = self._kube()
+        config = kube.kubeconfig(self.workdir / f"kubectl-{os.getpid()}.kubeconfig", token)
+        res = subprocess.run(["ip", "netns", "exec", self._lab().fabric.name, "kubectl",
+                              "--kubeconfig", str(config), "--cache-dir",
+                              str(self.workdir / "kubectl-cache"), *args],
+                             capture_output=True, text=True, timeout=60, input=input)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
+        return res
+
+    def register(self, node: Node) -> None:
+        """The Node object, as a kubelet registers it; its kubeconfig for the agent."""
+        kube = self._kube()
+        status, body = kube.request("POST", "/api/v1/nodes", {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+            "status": {"addresses": [{"type": "InternalIP", "address": str(node.ip)},
+                                     {"type": "Hostname", "address": node.name}]}})
+        if status not in (201, 409):  # 409: registered already (an agent restarted)
+            raise RuntimeError(f"registering {node.name}: {status} {body}")
+        kube.kubeconfig(self.kubeconfig(node), kube.node_token(node.name), node.name,
+                        token_file=self.workdir / node.name / "token")
+
+    def kubeconfig(self, node: Node) -> Path:
+        return self.workdir / node.name / "kubeconfig"
+
+    def set_token(self, node: Node, token: str) -> None:
+        """The node's bearer token, in the file its kubeconfig names (as a projected service
+        account token is, rotated under the running agent)."""
+        path = self.workdir / node.name / "token"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(token)
+        tmp.replace(path)
 
     def _lab(self) -> Lab:
         """The lab; start() makes it, close() takes it away."""
@@ -137,6 +209,8 @@ class Cluster:
     def add_node(self, index: int, start_agent: bool = True, segment: int = 0) -> Node:
         node = self._lab().add_node(index, segment=segment)
         (self.workdir / node.name).mkdir(parents=True, exist_ok=True)
+        if self.store == "kube":
+            self.register(node)
         if start_agent:
             self.start_agent(node)
         return node
@@ -148,9 +222,12 @@ class Cluster:
         args = (*self.agent_args, *extra)
         # the lab's uplink unless the caller chooses the interface itself
         iface = () if any(a.startswith("--iface") for a in args) else ("--iface", "eth0")
-        return [*self.vxnet, "agent", "--etcd-endpoints", self.endpoint,
-                *iface, "--node-name", node.name, "--subnet-file", str(self.subnet_env(node)),
-                "--healthz-port", str(API_PORT), *args]
+        store = ("--kube-subnet-mgr", "--kubeconfig-file", str(self.kubeconfig(node)),
+                 "--net-config-path", str(self.net_conf)) if self.store == "kube" else (
+                     "--etcd-endpoints", self.endpoint)
+        return [*self.vxnet, "agent", *store, *iface, "--node-name", node.name,
+                "--subnet-file", str(self.subnet_env(node)), "--healthz-port", str(API_PORT),
+                *args]
 
     def start_agent(self, node: Node, *extra: str, env: dict[str, str] | None = None
                     ) -> subprocess.Popen[bytes]:
@@ -230,9 +307,10 @@ class Cluster:
 
     def save(self, path: Path) -> None:
         """What `vxnet lab down/exec` need after this process is gone."""
-        lab, etcd = self._lab(), self._etcd()
-        if etcd.proc is None:
-            raise RuntimeError("etcd is not running")
+        lab = self._lab()
+        store = self.kubeapi if self.store == "kube" else self._etcd()
+        if store is None or store.proc is None:
+            raise RuntimeError(f"the {self.store} store is not running")
         names = {"fabric": lab.fabric.name}
         for n in self.nodes:
             names[n.name] = n.ns.name
@@ -240,7 +318,7 @@ class Cluster:
                 names[f"{n.name}-pod{k}"] = pod.ns.name
         path.write_text(json.dumps({
             "workdir": str(self.workdir), "namespaces": names,
-            "pids": [etcd.proc.pid, *(p.pid for p in self.agents.values())]}, indent=2))
+            "pids": [store.proc.pid, *(p.pid for p in self.agents.values())]}, indent=2))
 
     def close(self) -> None:
         for index in list(self.agents):
@@ -248,6 +326,9 @@ class Cluster:
         if self.etcd is not None:
             self.etcd.close()
             self.etcd = None
+        if self.kubeapi is not None:
+            self.kubeapi.close()
+            self.kubeapi = None
         if self.lab is not None:
             self.lab.close()
             self.lab = None

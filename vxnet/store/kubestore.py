@@ -41,6 +41,9 @@ from vxnet.store.store import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "flannel.alpha.coreos.com"
+# every call this store makes, as RBAC names it (deploy/kubernetes/vxnet-kube.yaml grants
+# exactly these; tests/unit/store/test_kubestore.py checks both)
+RBAC = {"pods": {"get"}, "nodes": {"get", "list", "watch"}, "nodes/status": {"patch"}}
 NODES = "/api/v1/nodes"
 KEEP_EVERY = 60.0  # seconds between looks at our own Node when nothing asks sooner
 WATCH_SECONDS = 300  # a watch is re-made this often (the server ends it), as client-go does

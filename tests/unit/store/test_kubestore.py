@@ -217,3 +217,67 @@ async def test_public_ip_overwrite_is_honoured():
     lease = (await store_with(api)).lease
     assert str(lease.attrs.public_ip) == "203.0.113.7"
     assert api.nodes["n1"]["metadata"]["annotations"][P + "public-ip"] == "203.0.113.7"
+
+
+class RecordingApi(FakeApi):
+    """Every call as RBAC sees it: (resource, verb)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: set[tuple[str, str]] = set()
+
+    def _resource(self, path: str) -> str:
+        parts = path.strip("/").split("/")  # api v1 (namespaces ns) resource [name [sub]]
+        if parts[2] == "namespaces":
+            return parts[4]
+        return parts[2] + (f"/{parts[4]}" if len(parts) > 4 else "")
+
+    async def get(self, path, params=None):
+        single = (path.count("/") > 3 and "/namespaces/" not in path) or "/pods/" in path
+        self.calls.add((self._resource(path), "get" if single else "list"))
+        if "/pods/" in path:
+            return {"spec": {"nodeName": "n1"}}
+        return await super().get(path, params)
+
+    async def patch(self, path, body, content_type=None):
+        self.calls.add((self._resource(path), "patch"))
+        return await super().patch(path, body, content_type)
+
+    async def watch(self, path, params, silence):
+        self.calls.add((self._resource(path), "watch"))
+        async for ev in super().watch(path, params, silence):
+            yield ev
+
+
+async def test_the_store_calls_exactly_what_the_manifest_grants(monkeypatch):
+    import yaml
+
+    from vxnet.store.kubestore import RBAC, node_name
+
+    api = RecordingApi()
+    api.nodes["n1"] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    monkeypatch.setenv("POD_NAME", "vxnet-abc")
+    monkeypatch.setenv("POD_NAMESPACE", "kube-vxnet")
+    assert await node_name(api, "fallback") == "n1"
+    s = await store_with(api)
+    await s.move(NodeInfo("n1", ipa.ip_address("198.51.100.21")), lambda k: LeaseAttrs(
+        ipa.ip_address("198.51.100.21"), "0e:18:0a:f4:01:00"))
+    watching = asyncio.create_task(anext(s.watch()))
+    api.put(flannel_node("n2", "10.244.2.0/24", "198.51.100.12", "0e:aa:00:00:00:02"), "ADDED")
+    await asyncio.wait_for(watching, SOON)
+    made = {(r, v) for r, v in api.calls}
+    granted = {(r, v) for r, verbs in RBAC.items() for v in verbs}
+    assert made == granted
+    with open("deploy/kubernetes/vxnet-kube.yaml") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert {(r, v) for rule in role["rules"] for r in rule["resources"]
+            for v in rule["verbs"]} == granted
+    # and the ConfigMap's net-conf.json is a config vxnet accepts
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert parse_config(cm["data"]["net-conf.json"]).ipv4 is not None
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--kube-subnet-mgr" in args
+    assert ds["spec"]["template"]["spec"]["hostNetwork"] is True
