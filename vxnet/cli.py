@@ -103,11 +103,14 @@ def agent(verbose: bool, **values: Any) -> None:
 @click.option("--nodes", type=click.IntRange(2, 20), default=3, show_default=True)
 @click.option("--pods", type=click.IntRange(1, 10), default=2, show_default=True,
               help="Pods per node.")
-def demo(nodes: int, pods: int) -> None:
+@click.option("--store", type=click.Choice(["etcd", "kube"]), default="etcd", show_default=True,
+              help="Where the cluster keeps its state: etcd, or a Kubernetes API (the lab's "
+              "simulator) with agents in kube mode.")
+def demo(nodes: int, pods: int, store: str) -> None:
     """Build a lab cluster in network namespaces, prove pod-to-pod reachability, tear it down."""
     from vxnet.lab.demo import run_demo
 
-    sys.exit(0 if run_demo(nodes, pods, lambda s: click.echo(s)) else 1)
+    sys.exit(0 if run_demo(nodes, pods, lambda s: click.echo(s), store) else 1)
 
 
 @main.command()
@@ -228,16 +231,19 @@ def lab() -> None:
 @click.option("--nodes", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--pods", type=click.IntRange(0, 10), default=1, show_default=True,
               help="Pods per node, wired by vxnet-cni.")
-def lab_up(nodes: int, pods: int) -> None:
-    """Start etcd, NODES agents and their pods; leave them running."""
+@click.option("--store", type=click.Choice(["etcd", "kube"]), default="etcd", show_default=True,
+              help="Where the cluster keeps its state: etcd, or a Kubernetes API (the lab's "
+              "simulator) with agents in kube mode.")
+def lab_up(nodes: int, pods: int, store: str) -> None:
+    """Start etcd (or a Kubernetes API), NODES agents and their pods; leave them running."""
     from vxnet.lab.cluster import Cluster
     from vxnet.lab.demo import preflight
 
     if LAB_STATE.exists():
         raise click.ClickException(f"a lab is already up ({LAB_STATE}); `vxnet lab down` first")
-    for p in preflight():
+    for p in preflight(store):
         raise click.ClickException(p)
-    cluster = Cluster("lab")
+    cluster = Cluster("lab", store=store)
     try:
         cluster.start(nodes)
         for n in cluster.nodes:

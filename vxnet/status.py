@@ -41,7 +41,8 @@ def render_health(health: dict[str, Any]) -> str:
 
 def render_status(ipam: dict[str, Any], state: dict[str, Any]) -> str:
     out = [
-        f"node       {ipam.get('nodeName')} (ID {ipam.get('nodeId')}), "
+        f"node       {ipam.get('nodeName')}"
+        f"{'' if ipam.get('nodeId') is None else ' (ID ' + str(ipam.get('nodeId')) + ')'}, "
         f"{'ready' if state.get('ready') else 'NOT READY: ' + str(state.get('notReady'))}",
         f"lease      {ipam.get('podSubnetThisNode')} (key {ipam.get('leaseKey')}), "
         f"node IP {ipam.get('nodeIP')}",

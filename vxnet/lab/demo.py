@@ -21,11 +21,11 @@ REQUIRED = ("ip", "bridge", "etcd", "etcdctl", "ping", "/usr/lib/cni/bridge",
             "/usr/lib/cni/host-local")
 
 
-def preflight() -> list[str]:
+def preflight(store: str = "etcd") -> list[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("the demo builds network namespaces: run it as root")
-    for tool in REQUIRED:
+    for tool in REQUIRED + (("openssl",) if store == "kube" else ()):
         if not (shutil.which(tool) or os.path.exists(tool)):
             problems.append(f"{tool} is missing (`make demo` installs it)")
     return problems
@@ -35,28 +35,32 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(nodes: int = 3, pods_per_node: int = 2, say: Say = print) -> bool:
-    problems = preflight()
+def run_demo(nodes: int = 3, pods_per_node: int = 2, say: Say = print, store: str = "etcd"
+             ) -> bool:
+    problems = preflight(store)
     if problems:
         for p in problems:
             say(f"cannot run the demo: {p}")
         return False
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears down like Ctrl-C does
-    cluster = Cluster("demo")
+    cluster = Cluster("demo", store=store)
     try:
         return _demo(cluster, nodes, pods_per_node, say)
     except KeyboardInterrupt:
         say("\ninterrupted")
         return False
     finally:
-        say("tearing down: stopping agents and etcd, deleting namespaces ...")
+        say(f"tearing down: stopping agents and {'the API server' if store == 'kube' else 'etcd'}"
+            ", deleting namespaces ...")
         cluster.close()
         say("done: nothing left behind.")
 
 
 def _demo(cluster: Cluster, n_nodes: int, pods_per_node: int, say: Say) -> bool:
     say(f"vxnet demo: {n_nodes} nodes, {pods_per_node} pods each, all in network namespaces\n")
-    say("[1/5] fabric: a bridge as the underlay switch, etcd on 198.51.100.254:2379")
+    say("[1/5] fabric: a bridge as the underlay switch, " + (
+        "a Kubernetes API server (the lab's simulator) on 198.51.100.254:6443, agents in kube "
+        "mode" if cluster.store == "kube" else "etcd on 198.51.100.254:2379"))
     cluster.start()
     say("[2/5] nodes: one namespace each, `vxnet agent` running inside")
     t0 = time.monotonic()
@@ -80,7 +84,7 @@ def _demo(cluster: Cluster, n_nodes: int, pods_per_node: int, say: Say) -> bool:
     converged = time.monotonic() - t0
     say("\n[5/5] summary\n")
     say(table(["node", "node ID", "underlay IP", "pod subnet", "VTEP MAC", "MTU", "ready"],
-               [[n.name, str(infos[n.index]["nodeId"]), str(n.ip),
+               [[n.name, str(infos[n.index]["nodeId"] or "-"), str(n.ip),
                  infos[n.index]["podSubnetThisNode"], infos[n.index]["vtepMAC"],
                  str(infos[n.index]["mtu"]), f"{ready_at[n.index]:.2f}s"] for n in nodes]))
     state = json.loads(cluster.api(nodes[0], "/v1/state")[1])["overlays"]["ipv4"]
