@@ -49,7 +49,8 @@ if [ "$(label "$BASE_IMAGE" vxnet.base.recipe)" != "$recipe" ]; then
     trap 'rm -rf "$tmp"' EXIT
     say "building the base $BASE_IMAGE from $MIRROR ($SUITE)"
     start=$SECONDS
-    mmdebstrap --quiet "${BASE_ARGS[@]}" "$tmp/rootfs.tar" "$MIRROR" >&2
+    mmdebstrap --quiet "${BASE_ARGS[@]}" "$tmp/rootfs.tar" "$MIRROR" >"$tmp/log" 2>&1 ||
+        { tail -40 "$tmp/log" >&2; say "mmdebstrap failed"; exit 1; }
     "${PODMAN[@]}" import --quiet --change "LABEL vxnet.base.recipe=$recipe" \
         --change 'CMD ["/bin/bash"]' --message "mmdebstrap ${BASE_ARGS[*]} $MIRROR" \
         "$tmp/rootfs.tar" "$BASE_IMAGE" >/dev/null
