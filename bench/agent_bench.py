@@ -52,6 +52,25 @@ async def _load(endpoint: str, n: int) -> None:
     await etcd.close()
 
 
+def _load_kube(c: Cluster, n: int) -> None:
+    """n peers as flanneld-annotated Nodes with their podCIDRs, through the API server."""
+    import concurrent.futures
+
+    from vxnet.store.kubestore import DEFAULT_PREFIX, Annotations
+
+    ann, kube = Annotations(DEFAULT_PREFIX), c.kubeapi
+
+    def node(p) -> None:
+        status, body = kube.request("POST", "/api/v1/nodes", {  # type: ignore[union-attr]
+            "metadata": {"name": f"peer{p.key[1:]}", "annotations": ann.of(LeaseAttrs(
+                p.public_ip, p.vtep_mac))},
+            "spec": {"podCIDR": str(p.subnet), "podCIDRs": [str(p.subnet)]}})
+        assert status == 201, (status, body)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(node, peers(n)))
+
+
 async def _churn(endpoint: str, rate: float, n: int) -> None:
     """Change existing peers' MACs at `rate` a second (a busy cluster) until terminated."""
     from vxnet.store.etcd import Etcd
@@ -247,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-peers", type=int, default=5000)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--plot-dir", help="also write agent-cold.png and agent-latency.png here")
+    ap.add_argument("--store", choices=["etcd", "kube"], default="etcd",
+                    help="kube: the peers are Nodes in the lab's API-server simulator, the agent "
+                    "in kube mode (start-up and memory only)")
     ap.add_argument("--agent-arg", action="append", default=[],
                     help="passed to every agent (e.g. --agent-arg=--health-interval=0)")
     args = ap.parse_args(argv)
@@ -258,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'peers':>6} | {'vxnet: start -> ready':>26} | {'first sync (kernel part)':>26} | "
           f"{'ip+bridge -batch':>24} | {'sync/batch':>10} | peak RSS")
     for n in sizes:
-        with Cluster("bench", config=CONFIG, agent_args=tuple(args.agent_arg)) as c:
+        with Cluster("bench", config=CONFIG, agent_args=tuple(args.agent_arg),
+                     store=args.store) as c:
             c.start()
+            if args.store == "kube":
+                _load_kube(c, n)
             node = c.add_node(1, start_agent=False)
-            in_ns(c.lab.fabric.name, "_load", c.endpoint, str(n))  # type: ignore[union-attr]
+            if args.store == "etcd":
+                in_ns(c.lab.fabric.name, "_load", c.endpoint, str(n))  # type: ignore[union-attr]
             ready, first, batch, rss = [], [], [], []
             for rep in range(args.reps):
                 for which in (("agent", "batch") if rep % 2 == 0 else ("batch", "agent")):
@@ -278,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             peak["peak RSS"].append((n, max(rss)))
             print(f"{n:>6} | {fmt(ready):>26} | {fmt(first):>26} | {fmt(batch):>24} | "
                   f"{ratio:>9.2f}x | {max(rss):.0f} MiB", flush=True)
+    if args.store == "kube":
+        return 0  # the event latency and idle figures are etcd mode's
 
     with Cluster("bench", config=CONFIG,
                  agent_args=("--resync-interval", "30", *args.agent_arg)) as c:

@@ -94,6 +94,10 @@ class _AgentCollector(Collector):
                 "vxnet_vxlan_allowlist_repairs": ("VXLAN allow-list tables or sets put back "
                                                   "after someone else changed them",
                                                   a.allow.repairs)})
+        watching = GaugeMetricFamily("vxnet_store_watching", "1 while the watch of everyone's "
+                                     "leases (etcd) or Nodes (kube mode) is open and answering")
+        watching.add_metric([], 1 if store.watching else 0)
+        yield watching
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
@@ -111,6 +115,15 @@ class _AgentCollector(Collector):
             for state in ("healthy", "unhealthy", "unknown"):
                 health.add_metric([state], a.health.counts.get(state, 0))
             yield health
+            causes = GaugeMetricFamily("vxnet_peers_unhealthy", "Unhealthy peers by cause: "
+                                       "overlay_blocked (VXLAN dropped between the nodes), "
+                                       "allowlist_refused (this node's allow-list drops them), "
+                                       "mtu, underlay_unreachable, wrong_source (the lease's "
+                                       "address is stale or NATed); /v1/health says more",
+                                       labels=["cause"])
+            for cause, n in a.health.causes.items():
+                causes.add_metric([cause], n)
+            yield causes
             sent = CounterMetricFamily("vxnet_probes_sent", "ICMP echo requests sent to peers")
             sent.add_metric([], a.health.sent)
             yield sent

@@ -45,6 +45,7 @@ class PeerHealth:
     target: Target
     state: str = "unknown"  # healthy, unhealthy, unknown (not probed yet)
     diagnosis: str | None = None
+    cause: str | None = None  # one of CAUSES while unhealthy
     since: float = field(default_factory=time.time)  # when the state last changed
     rtt: float | None = None  # overlay round trip of the last check
     underlay_rtt: float | None = None
@@ -56,34 +57,42 @@ class Observer(Protocol):
     def on_probe(self, path: str, rtt: float | None) -> None: ...
 
 
+# why a peer is unhealthy, in words a metric label can carry (the text says the rest)
+CAUSES = ("wrong_source", "underlay_unreachable", "allowlist_refused", "overlay_blocked", "mtu")
+
+
 def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: bool | None
-             ) -> tuple[str, str | None]:
-    """(state, why) from one check's results."""
+             ) -> tuple[str, str | None, str | None]:
+    """(state, cause, why) from one check's results; the cause is one of CAUSES."""
     if underlay is not None and underlay.source != t.public_ip:
-        return "unhealthy", (f"answers from {underlay.source}, not from its lease's address "
-                             f"{t.public_ip}: the lease is stale or the node is behind NAT")
+        return "unhealthy", "wrong_source", (
+            f"answers from {underlay.source}, not from its lease's address {t.public_ip}: the "
+            "lease is stale or the node is behind NAT")
     if overlay is None and underlay is None:
-        return "unhealthy", ("underlay unreachable: the node is down or the network between "
-                             "the nodes is partitioned")
+        return "unhealthy", "underlay_unreachable", (
+            "underlay unreachable: the node is down or the network between the nodes is "
+            "partitioned")
     if overlay is None and t.refused_here:
-        return "unhealthy", ("overlay blocked, underlay fine: this node's VXLAN allow-list "
-                             f"drops the peer's packets (from {t.public_ip}): its view of the "
-                             "leases is behind, see `vxnet status`")
+        return "unhealthy", "allowlist_refused", (
+            "overlay blocked, underlay fine: this node's VXLAN allow-list drops the peer's "
+            f"packets (from {t.public_ip}): its view of the leases is behind, see `vxnet status`")
     if overlay is None:
-        return "unhealthy", (f"overlay blocked, underlay fine: VXLAN (UDP {t.port}) is dropped "
-                             "between the nodes (a firewall, security group or hypervisor), or "
-                             "the peer's VXLAN allow-list does not know this node")
+        return "unhealthy", "overlay_blocked", (
+            f"overlay blocked, underlay fine: VXLAN (UDP {t.port}) is dropped between the nodes "
+            "(a firewall, security group or hypervisor), or the peer's VXLAN allow-list does "
+            "not know this node")
     if mtu_ok is False:
-        return "unhealthy", (f"MTU: small packets pass, full-size ones ({t.mtu} bytes inside "
-                             "the overlay) do not: a link on the underlay path has a smaller "
-                             "MTU than this node's")
-    return "healthy", None
+        return "unhealthy", "mtu", (
+            f"MTU: small packets pass, full-size ones ({t.mtu} bytes inside the overlay) do not: "
+            "a link on the underlay path has a smaller MTU than this node's")
+    return "healthy", None, None
 
 
 @dataclass(frozen=True, slots=True)
 class HealthStatus:
     interval: float  # seconds in which every peer is probed once
     counts: dict[str, int]  # peers by verdict
+    causes: dict[str, int]  # unhealthy peers by cause (every one of CAUSES, 0 included)
     sent: int  # echo requests sent
     peers: Mapping[str, PeerHealth]  # per peer (read only)
 
@@ -106,7 +115,11 @@ class HealthChecker:
         self._log_window, self._logged, self._unlogged = time.monotonic(), 0, 0
 
     def status(self) -> HealthStatus:
-        return HealthStatus(self.interval, dict(self.counts()), self.sent, self.peers)
+        causes = dict.fromkeys(CAUSES, 0)
+        for p in self.peers.values():
+            if p.state == "unhealthy" and p.cause is not None:
+                causes[p.cause] += 1
+        return HealthStatus(self.interval, dict(self.counts()), causes, self.sent, self.peers)
 
     def counts(self) -> Counter[str]:
         return Counter(p.state for p in self.peers.values())
@@ -219,7 +232,7 @@ class HealthChecker:
             if overlay is not None and (peer.rounds % MTU_EVERY == 0 or peer.mtu_ok is False):
                 peer.mtu_ok = await self._echo("mtu", t.vxlan_ip, t.mtu) is not None
             peer.rounds += 1
-        state, why = diagnose(t, overlay, underlay, peer.mtu_ok if overlay else None)
+        state, cause, why = diagnose(t, overlay, underlay, peer.mtu_ok if overlay else None)
         peer.rtt = overlay.rtt if overlay else None
         peer.underlay_rtt = underlay.rtt if underlay else None
         if (state, why) != (peer.state, peer.diagnosis):
@@ -228,4 +241,4 @@ class HealthChecker:
                     self._log(logging.INFO, "peer %s is reachable again", t.key)
             else:
                 self._log(logging.WARNING, "peer %s: %s", t.key, why)
-            peer.state, peer.diagnosis, peer.since = state, why, time.time()
+            peer.state, peer.diagnosis, peer.cause, peer.since = state, why, cause, time.time()

@@ -240,6 +240,7 @@ class Etcd:
         self._index = 0
         self._client: _Client | None = None
         self.reconnects = 0  # exported as a metric by the agent
+        self.watching = False  # a watch stream is open and answering (its last read did)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -376,6 +377,7 @@ class Etcd:
                 if read.cancelled():  # the channel was closed (another task's failover)
                     raise StoreUnavailable("watch stream closed")
                 resp, read, asked = read.result(), None, False
+                self.watching = resp is not grpc.aio.EOF
                 if resp is grpc.aio.EOF:
                     raise StoreUnavailable("watch stream ended")
                 if resp.compact_revision:
@@ -396,6 +398,7 @@ class Etcd:
             raise StoreUnavailable(f"etcd {failed}: watch: {detail or type(e).__name__}"
                                    ) from None
         finally:
+            self.watching = False
             if read is not None:
                 read.cancel()
             call.cancel()

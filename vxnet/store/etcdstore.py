@@ -85,4 +85,4 @@ class EtcdStore:
         m, w = self._mgr, self._watcher
         return StoreStatus(str(self.etcd.endpoint), self.node_id, self.etcd.reconnects,
                            w.rewatches + w.relists, m.renewals if m else 0,
-                           m.losses if m else 0, m.takeovers if m else 0)
+                           m.losses if m else 0, m.takeovers if m else 0, self.etcd.watching)

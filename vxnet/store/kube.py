@@ -20,7 +20,7 @@ import os
 import ssl
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -244,8 +244,8 @@ class KubeClient:
     async def patch(self, path: str, body: Json, content_type: str = MERGE) -> Json:
         return await self.request("PATCH", path, body=body, content_type=content_type)
 
-    async def watch(self, path: str, params: dict[str, str], silence: float
-                    ) -> AsyncIterator[Json]:
+    async def watch(self, path: str, params: dict[str, str], silence: float,
+                    on_open: Callable[[], None] = lambda: None) -> AsyncIterator[Json]:
         """A watch stream's events, one decoded JSON object per line. A stream silent for
         `silence` seconds (no event, no bookmark) ends with StoreUnavailable: a black-holed
         connection or a frozen server is noticed, and the caller resumes elsewhere."""
@@ -256,6 +256,7 @@ class KubeClient:
                                          headers=headers, timeout=timeout) as resp:
                 if resp.status_code >= 400:
                     raise _error(resp.status_code, await resp.aread())
+                on_open()
                 async for line in resp.aiter_lines():
                     if not line.strip():
                         continue

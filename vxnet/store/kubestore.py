@@ -184,6 +184,7 @@ class KubeStore:
         self._cfg: NetworkConfig | None = None
         self.renewals = self.losses = self.takeovers = 0
         self.rewatches = self.relists = 0
+        self.watching = False  # a watch is open (the server accepted it, and it is not dead)
 
     # -- config ----------
 
@@ -365,21 +366,26 @@ class KubeStore:
             try:
                 params = {"resourceVersion": self._rv, "allowWatchBookmarks": "true",
                           "timeoutSeconds": str(WATCH_SECONDS)}
-                async for event in self.client.watch(NODES, params, SILENCE):
+                async for event in self.client.watch(NODES, params, SILENCE, self._opened):
                     batch = self._fold(event, cfg)
                     backoff.reset()
                     if batch:
                         yield batch
                 self.rewatches += 1  # the server ended it (timeoutSeconds): resume
             except Gone:
+                self.watching = False
                 self.relists += 1
                 log.warning("Node watch: history compacted past %s; re-listing", self._rv)
                 yield await self._relist(cfg)
             except (StoreUnavailable, KubeError) as e:
+                self.watching = False
                 self.rewatches += 1
                 delay = backoff.next_delay()
                 log.warning("Node watch: %s; resuming from %s in %.1fs", e, self._rv, delay)
                 await asyncio.sleep(delay)
+
+    def _opened(self) -> None:
+        self.watching = True
 
     def _fold(self, event: Json, cfg: NetworkConfig) -> list[LeaseEvent]:
         kind, obj = event.get("type"), event.get("object") or {}
@@ -449,4 +455,4 @@ class KubeStore:
     def status(self) -> StoreStatus:
         return StoreStatus(self.client.server, None, self.client.reconnects,
                            self.rewatches + self.relists, self.renewals, self.losses,
-                           self.takeovers)
+                           self.takeovers, self.watching)

@@ -80,6 +80,7 @@ class StoreStatus:
     renewals: int  # lease refreshes
     losses: int  # leases lost and re-acquired
     takeovers: int  # foreign writes to our lease, each put back
+    watching: bool  # a watch of everyone's leases is open and answering now
 
 
 class Store(Protocol):

@@ -14,19 +14,22 @@ OK = Reply(0.001, T.public_ip)
 
 
 def test_the_diagnosis_table():
-    assert diagnose(T, OK, OK, True) == ("healthy", None)
-    assert diagnose(T, OK, OK, None) == ("healthy", None)  # full size not checked yet
-    assert diagnose(T, None, OK, None)[1].startswith("overlay blocked, underlay fine: VXLAN "
+    assert diagnose(T, OK, OK, True) == ("healthy", None, None)
+    assert diagnose(T, OK, OK, None) == ("healthy", None, None)  # full size not checked yet
+    assert diagnose(T, None, OK, None)[2].startswith("overlay blocked, underlay fine: VXLAN "
                                                      "(UDP 8472)")
-    assert diagnose(T, None, None, None)[1].startswith("underlay unreachable")
+    assert diagnose(T, None, None, None)[2].startswith("underlay unreachable")
     here = Target(*[getattr(T, f) for f in ("key", "vxlan_ip", "public_ip", "mtu", "port")],
                   refused_here=True)
     assert "this node's VXLAN allow-list drops the peer's packets" in \
-        diagnose(here, None, OK, None)[1]
-    assert diagnose(T, OK, OK, False)[1].startswith("MTU: small packets pass")
+        diagnose(here, None, OK, None)[2]
+    assert diagnose(T, OK, OK, False)[2].startswith("MTU: small packets pass")
+    causes = [diagnose(T, None, OK, None)[1], diagnose(T, None, None, None)[1],
+              diagnose(here, None, OK, None)[1], diagnose(T, OK, OK, False)[1]]
+    assert causes == ["overlay_blocked", "underlay_unreachable", "allowlist_refused", "mtu"]
     elsewhere = Reply(0.001, ipa.ip_address("198.51.100.99"))
     assert "answers from 198.51.100.99, not from its lease's address 198.51.100.2" in \
-        diagnose(T, OK, elsewhere, True)[1]
+        diagnose(T, OK, elsewhere, True)[2]
 
 
 class FakePinger:

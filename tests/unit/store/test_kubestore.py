@@ -67,7 +67,8 @@ class FakeApi:
         node["metadata"]["resourceVersion"] = str(self.rv)
         return node
 
-    async def watch(self, path, params, silence):
+    async def watch(self, path, params, silence, on_open=lambda: None):
+        on_open()
         while True:
             ev = await self.events.get()
             if isinstance(ev, Exception):
@@ -177,6 +178,7 @@ async def test_nodes_become_lease_events():
             (EventKind.ADDED, "10.244.2.0-24"), (EventKind.CHANGED, "10.244.2.0-24"),
             (EventKind.INVALID, "10.244.4.0-24"), (EventKind.REMOVED, "10.244.2.0-24")]
         assert str(seen[1].lease.attrs.public_ip) == "198.51.100.22"
+        assert s.status().watching
         # the history is gone: a re-list says what changed meanwhile
         del api.nodes["n4"]
         api.nodes["n5"] = flannel_node("n5", "10.244.5.0/24", "198.51.100.15",
@@ -243,9 +245,9 @@ class RecordingApi(FakeApi):
         self.calls.add((self._resource(path), "patch"))
         return await super().patch(path, body, content_type)
 
-    async def watch(self, path, params, silence):
+    async def watch(self, path, params, silence, on_open=lambda: None):
         self.calls.add((self._resource(path), "watch"))
-        async for ev in super().watch(path, params, silence):
+        async for ev in super().watch(path, params, silence, on_open):
             yield ev
 
 
