@@ -135,7 +135,8 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
         lambda: store.acquire(cfg, NodeInfo(opts.node_name, ext.ip, ext.ip6),
                               lease_attrs(cfg, ext), prefer),
         (StoreUnavailable, ExhaustedError, SubnetTaken))
-    log.info("lease %s (node ID %s)", lease.key, store.status().node_id)
+    node_id = store.status().node_id
+    log.info("lease %s%s", lease.key, "" if node_id is None else f" (node ID {node_id})")
     node = Node(opts, cfg, ext, lease)
     state.phase = "setting up the node"
     sock = nl.RtnlSocket()
