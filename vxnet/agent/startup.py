@@ -182,6 +182,7 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
                            ) if opts.health_interval > 0 else None
     log.info("first sync: %d peers, %d kernel writes; ready",
              sum(len(ov.plane.peers) for ov in overlays), writes)
+    await store.ready()
     return Runtime(node=node, selection=selection, store=store, kernel=sock, overlays=overlays,
                    feed=feed, reconciler=reconciler, monitor=monitor, allow=allow, masq=masq,
                    health=health, observer=observer, first_sync_writes=writes,

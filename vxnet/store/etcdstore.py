@@ -60,6 +60,9 @@ class EtcdStore:
     def check_soon(self) -> None:
         self._manager.check_soon()
 
+    async def ready(self) -> None:
+        """etcd has no place for it: a lease is enough."""
+
     async def move(self, node: NodeInfo, attrs_for: AttrsFor) -> None:
         await self._manager.move(node, attrs_for)
 

@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "flannel.alpha.coreos.com"
 # every call this store makes, as RBAC names it (deploy/kubernetes/vxnet-kube.yaml grants
-# exactly these; tests/unit/store/test_kubestore.py checks both)
-RBAC = {"pods": {"get"}, "nodes": {"get", "list", "watch"}, "nodes/status": {"patch"}}
+# exactly these; tests/unit/store/test_kubestore.py checks both); and the one more it makes to
+# find its node when NODE_NAME is not set (the manifest sets it)
+RBAC = {"nodes": {"get", "list", "watch"}, "nodes/status": {"patch"}}
+RBAC_WITHOUT_NODE_NAME = {"pods": {"get"}}
 NODES = "/api/v1/nodes"
 KEEP_EVERY = 60.0  # seconds between looks at our own Node when nothing asks sooner
 WATCH_SECONDS = 300  # a watch is re-made this often (the server ends it), as client-go does
@@ -150,6 +152,12 @@ def pod_cidrs(node: Json, cfg: NetworkConfig) -> SubnetKey | None:
     return SubnetKey(v4 if cfg.ipv4 else None, v6 if cfg.ipv6 else None)
 
 
+def _network_up(node: Json) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(isinstance(c, dict) and c.get("type") == "NetworkUnavailable"
+               and c.get("status") == "False" for c in conditions)
+
+
 def _name(node: Json) -> str:
     return str((node.get("metadata") or {}).get("name", ""))
 
@@ -185,6 +193,7 @@ class KubeStore:
         self.renewals = self.losses = self.takeovers = 0
         self.rewatches = self.relists = 0
         self.watching = False  # a watch is open (the server accepted it, and it is not dead)
+        self._announced = False  # ready() said the network is up
 
     # -- config ----------
 
@@ -205,7 +214,6 @@ class KubeStore:
         lease = await self._publish(await self._own(cfg), attrs_for)
         self._lease = lease
         self._snapshot = await self._list(cfg)
-        await self._network_available()
         return lease
 
     async def _own(self, cfg: NetworkConfig) -> tuple[Json, SubnetKey]:
@@ -242,8 +250,13 @@ class KubeStore:
             rv = _rv(got)
         return Lease(key, attrs, 0, _revision(rv))
 
+    async def ready(self) -> None:
+        """The node's network is up (first sync done): keep() sets NetworkUnavailable=False on
+        our Node, as flanneld does, at once and whenever someone changes it."""
+        self._announced = True
+        self.check_soon()
+
     async def _network_available(self) -> None:
-        """NetworkUnavailable=False on our Node, as flanneld sets it once the network is up."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         condition = {"type": "NetworkUnavailable", "status": "False", "reason": "VxnetIsUp",
                      "message": "vxnet is running on this node", "lastTransitionTime": now,
@@ -292,6 +305,9 @@ class KubeStore:
             return
         have = _annotations(obj)
         want = self.ann.of(self.ann.overwritten(attrs_for(key), have))
+        if self._announced and not _network_up(obj):
+            log.info("Node %s: NetworkUnavailable=False", self.node_name)
+            await self._network_available()
         if any(have.get(k) != v for k, v in want.items()):
             self.takeovers += 1
             log.warning("our Node %s's annotations were changed by someone else (%s): putting "
@@ -376,7 +392,13 @@ class KubeStore:
                 self.watching = False
                 self.relists += 1
                 log.warning("Node watch: history compacted past %s; re-listing", self._rv)
-                yield await self._relist(cfg)
+                try:
+                    relisted = await self._relist(cfg)
+                except (StoreUnavailable, KubeError) as e:  # the next turn lists again
+                    log.warning("Node re-list: %s", e)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                yield relisted
             except (StoreUnavailable, KubeError) as e:
                 self.watching = False
                 self.rewatches += 1

@@ -108,6 +108,12 @@ class Store(Protocol):
         """Our lease's key changed in the store: verify it now."""
         ...
 
+    async def ready(self) -> None:
+        """This node's network is up (the first sync is in the kernel): say so where the
+        store has a place for it (a Node's NetworkUnavailable condition), soon and without
+        waiting for the store."""
+        ...
+
     async def move(self, node: NodeInfo, attrs_for: AttrsFor) -> None:
         """The node's addresses changed: publish them in our lease."""
         ...

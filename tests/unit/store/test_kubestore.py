@@ -63,6 +63,8 @@ class FakeApi:
         node = self.nodes[name]
         node["metadata"].setdefault("annotations", {}).update(
             body.get("metadata", {}).get("annotations", {}))
+        if "status" in body:
+            node["status"] = body["status"]
         self.rv += 1
         node["metadata"]["resourceVersion"] = str(self.rv)
         return node
@@ -138,10 +140,17 @@ async def test_acquire_waits_for_the_node_and_its_podcidr_then_publishes():
     lease = await s.acquire(CFG, NodeInfo("n1", None), attrs_for, None)
     assert str(lease.key) == "10.244.1.0-24"
     assert api.nodes["n1"]["metadata"]["annotations"][P + "kube-subnet-manager"] == "true"
-    paths = [p for p, _ in api.patches]
-    assert paths == ["/api/v1/nodes/n1/status"] * 2  # annotations, then NetworkUnavailable
-    assert api.patches[1][1]["status"]["conditions"][0]["type"] == "NetworkUnavailable"
+    assert [p for p, _ in api.patches] == ["/api/v1/nodes/n1/status"]  # the annotations
     assert str(lease.key) in s.take_snapshot().leases
+    # once the first sync is done: NetworkUnavailable=False, by the keeper
+    keeper = asyncio.create_task(s.keep(CFG, lambda ev: asyncio.sleep(0)))
+    try:
+        await s.ready()
+        await until(lambda: len(api.patches) == 2, SOON)
+        assert api.patches[1][1]["status"]["conditions"][0] == {**api.patches[1][1]["status"][
+            "conditions"][0], "type": "NetworkUnavailable", "status": "False"}
+    finally:
+        keeper.cancel()
 
 
 async def test_a_podcidr_outside_the_network_is_a_clear_error():
@@ -254,7 +263,7 @@ class RecordingApi(FakeApi):
 async def test_the_store_calls_exactly_what_the_manifest_grants(monkeypatch):
     import yaml
 
-    from vxnet.store.kubestore import RBAC, node_name
+    from vxnet.store.kubestore import RBAC, RBAC_WITHOUT_NODE_NAME, node_name
 
     api = RecordingApi()
     api.nodes["n1"] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}
@@ -270,7 +279,8 @@ async def test_the_store_calls_exactly_what_the_manifest_grants(monkeypatch):
     await asyncio.wait_for(watching, SOON)
     made = {(r, v) for r, v in api.calls}
     granted = {(r, v) for r, verbs in RBAC.items() for v in verbs}
-    assert made == granted
+    assert made == granted | {(r, v) for r, verbs in RBAC_WITHOUT_NODE_NAME.items()
+                              for v in verbs}
     with open("deploy/kubernetes/vxnet-kube.yaml") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     role = next(d for d in docs if d["kind"] == "ClusterRole")
@@ -283,3 +293,5 @@ async def test_the_store_calls_exactly_what_the_manifest_grants(monkeypatch):
     args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--kube-subnet-mgr" in args
     assert ds["spec"]["template"]["spec"]["hostNetwork"] is True
+    env = {e["name"] for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "NODE_NAME" in env  # so the agent needs no pods get
