@@ -66,8 +66,12 @@ def test_three_nodes_in_kube_mode(kube):
         cidr = obj["spec"]["podCIDR"]
         env = kube.subnet_env(n).read_text()
         assert f"FLANNEL_SUBNET={cidr.replace('.0/24', '.1/24')}" in env
-        cond = next(c for c in obj["status"]["conditions"] if c["type"] == "NetworkUnavailable")
-        assert cond["status"] == "False"
+
+        def network_up(n=n) -> bool:  # said once the first sync is in the kernel
+            conditions = node_json(kube, n.name)["status"].get("conditions", [])
+            return any(c["type"] == "NetworkUnavailable" and c["status"] == "False"
+                       for c in conditions)
+        wait_for(network_up, SOON, f"{n.name}'s NetworkUnavailable=False")
     # what an operator sees
     table = kube.kubectl("get", "nodes").stdout
     assert all(n.name in table for n in nodes)
