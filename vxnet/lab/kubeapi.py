@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from vxnet.ip import contains
 from vxnet.lab.etcd import free_port
 from vxnet.nsenter import in_netns
 
@@ -354,8 +355,7 @@ class CidrPool:
             net = ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             return None
-        if net.version != self.net.version or net.prefixlen != self.mask \
-                or not net.subnet_of(self.net):  # type: ignore[arg-type]  # same family checked
+        if net.prefixlen != self.mask or not contains(self.net, net):  # same family, inside
             return None
         return (int(net.network_address) - int(self.net.network_address)) >> (
             self.net.max_prefixlen - self.mask)
