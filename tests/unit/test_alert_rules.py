@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vxnet.health.checker import CAUSES
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "vxnet-rules.yaml"
 TESTS = ROOT / "tests" / "prometheus" / "vxnet-rules.test.yaml"
@@ -82,3 +84,23 @@ def test_every_alert_is_documented():
     assert "## Alerts" in doc
     section = doc.split("## Alerts", 1)[1].split("\n## ", 1)[0]
     assert [n for n in alerts() if f"`{n}`" not in section] == []
+
+
+def test_every_recording_rule_is_read_by_an_alert():
+    records = re.findall(r"^\s*- record: (\S+)$", RULES.read_text(), re.M)
+    exprs = "\n".join(m[1] for b in alert_rules()
+                      if (m := re.search(r"^\s+expr: (.*?)^\s+(?:for|labels):", b, re.M | re.S)))
+    assert [r for r in records if r not in exprs] == [], "recording rules no alert reads"
+
+
+def test_every_unhealthy_cause_has_its_alert():
+    """One VxnetPeerUnhealthy rule per cause the checker can give (vxnet_peers_unhealthy's
+    label values), carrying it as its `cause` label."""
+    rules = {}
+    for block in alert_rules():
+        if re.match(r"\s*- alert: VxnetPeerUnhealthy$", block, re.M):
+            cause = re.search(r'vxnet_peers_unhealthy\{cause="(\w+)"\} > 0', block)
+            assert cause, block
+            assert re.search(rf"^\s+cause: {cause[1]}$", block, re.M), cause[1]
+            rules[cause[1]] = block
+    assert sorted(rules) == sorted(CAUSES)
