@@ -66,6 +66,9 @@ class PeerFeed:
             ov.plane.set_peers(peers_of(leases, version, own))
 
 
+REFUSED_LATELY = 120.0  # seconds: a peer refused this recently fails probes because of it
+
+
 class HealthTargets:
     """What the peer probes aim at: every accepted peer, per family (its VXLAN address is its
     subnet's network address). The checker asks every second; the list is rebuilt only when a
@@ -77,7 +80,8 @@ class HealthTargets:
         self._targets: list[Target] = []
 
     def __call__(self) -> list[Target]:
-        refused = frozenset(self.allow.refused_sources) if self.allow is not None else frozenset()
+        refused = self.allow.refused_lately(REFUSED_LATELY) if self.allow is not None \
+            else frozenset()
         seen = (refused, tuple((v, id(ov.plane), ov.plane.generation, ov.device.mtu,
                                 ov.device.port) for v, ov in self.overlays.items()))
         if seen != self._seen:

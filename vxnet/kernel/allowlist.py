@@ -81,6 +81,7 @@ class AllowList:
         self.watch = TableWatch(lambda: (self.table,), netns=netns)
         self.refused_packets = 0
         self.refused_sources: dict[str, int] = {}  # source IP -> packets (last hour)
+        self._refused_at: dict[str, float] = {}  # source IP -> when its count last rose
         self._peer_repairs = 0  # peers someone else added or removed, put back
 
     @property
@@ -206,4 +207,15 @@ class AllowList:
             return
         for src in sources.keys() - self.refused_sources.keys():
             log.warning("VXLAN packets from %s refused: not a cluster member's public IP", src)
+        now = time.monotonic()
+        for src, n in sources.items():
+            if n > self.refused_sources.get(src, 0):
+                self._refused_at[src] = now
+        self._refused_at = {s: t for s, t in self._refused_at.items() if s in sources}
         self.refused_sources = sources
+
+    def refused_lately(self, seconds: float) -> frozenset[str]:
+        """Sources whose packets were refused in the last `seconds` (the sets remember an
+        hour: a node refused once while the cluster formed is not refused now)."""
+        since = time.monotonic() - seconds
+        return frozenset(s for s, t in self._refused_at.items() if t >= since)

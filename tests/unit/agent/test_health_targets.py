@@ -17,7 +17,8 @@ def overlay(n):
 
 def test_the_same_list_until_a_peer_a_device_or_a_refused_source_changes():
     ov = overlay(3)
-    allow = SimpleNamespace(refused_sources={})
+    allow = SimpleNamespace(refused_sources={}, refused_lately=lambda s: frozenset(
+        allow.refused_sources))
     targets = HealthTargets({4: ov}, allow)
     first = targets()
     assert [t.key for t in first] == ["ipv4 p2", "ipv4 p3", "ipv4 p4"]
