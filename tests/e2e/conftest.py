@@ -29,6 +29,29 @@ def cluster(request, tmp_path):
         c.close()
 
 
+@pytest.fixture
+def kube(tmp_path):
+    """The same lab in kube mode: the API-server simulator instead of etcd."""
+    c = Cluster("kube", store="kube", workdir=tmp_path / "lab",
+                agent_args=("--resync-interval", "5"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def start(cluster, n: int, pods: bool = False) -> list:
+    """Nodes 1..n with their agents ready (and a CNI pod each, with pods)."""
+    nodes = [cluster.add_node(i) for i in range(1, n + 1)]
+    for node in nodes:
+        cluster.wait_ready(node)
+    if pods:
+        for node in nodes:
+            cluster.add_cni_pod(node)
+    return nodes
+
+
 def state(cluster, node) -> dict:
     return json.loads(cluster.api(node, "/v1/state")[1])
 

@@ -8,19 +8,12 @@ import signal
 import subprocess
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, readyz, routes, state
+from tests.e2e.conftest import ipam, metric, ping, readyz, routes, start, state
 from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import PREFIX
 
 FLANNEL_VALUE = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
                  '"BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}')
-
-
-def start(cluster, n):
-    nodes = [cluster.add_node(i) for i in range(1, n + 1)]
-    for node in nodes:
-        cluster.wait_ready(node)
-    return nodes
 
 
 def replies(pinger, n: int, what: str) -> None:

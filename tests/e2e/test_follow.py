@@ -9,20 +9,12 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ipam, metric, ping, state
+from tests.e2e.conftest import ipam, metric, ping, start, state
 from tests.waiting import SOON, wait_for
 from vxnet.kernel.ethtool import tx_checksum
 from vxnet.lab.cluster import PREFIX, Cluster
 
 pytestmark = pytest.mark.netns
-
-
-def start(cluster, n):
-    nodes = [cluster.add_node(i) for i in range(1, n + 1)]
-    for node in nodes:
-        cluster.wait_ready(node)
-        cluster.add_cni_pod(node)
-    return nodes
 
 
 def lease_value(cluster, node) -> dict:
@@ -66,7 +58,7 @@ def moved(cluster, nodes, mover, old: str, new: str, plen: int, dev: str, family
 
 
 def test_a_moved_ipv4_address_is_followed_without_a_restart(cluster):
-    nodes = start(cluster, 3)
+    nodes = start(cluster, 3, pods=True)
     n2 = nodes[1]
     back = moved(cluster, nodes, n2, "198.51.100.12", "198.51.100.22", 24, "flannel.1", "-4")
     print(f"\nIPv4 underlay address moved: pods reach the node again after {back:.2f} s")
@@ -86,7 +78,7 @@ def test_a_moved_ipv6_address_is_followed_without_a_restart(tmp_path):
     with Cluster("mv6", config=config, workdir=tmp_path / "lab",
                  agent_args=("--resync-interval", "5")) as c:
         c.start()
-        nodes = start(c, 3)
+        nodes = start(c, 3, pods=True)
         n2 = nodes[1]
         back = moved(c, nodes, n2, "2001:db8:100::c", "2001:db8:100::22", 64, "flannel-v6.1",
                      "-6")
@@ -131,7 +123,7 @@ def test_a_lower_underlay_mtu_is_followed(cluster):
     ("mtu", "1300"), ("address", "0e:12:34:56:78:9a"), ("type", "vxlan", "learning"), ("down",),
 ], ids=["mtu", "mac", "learning", "down"])
 def test_device_attributes_changed_by_hand_are_put_back(cluster, change):
-    n1, n2 = start(cluster, 2)
+    n1, n2 = start(cluster, 2, pods=True)
     before = json.loads(n1.ns.ip("-d", "-j", "link", "show", "flannel.1").stdout)[0]
     n1.ns.ip("link", "set", "flannel.1", *change)
     t0 = time.monotonic()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import metric, ping
+from tests.e2e.conftest import metric, ping, start
 from tests.e2e.test_resilience import Pingers
 from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import Cluster
@@ -20,24 +20,6 @@ from vxnet.lab.cluster import Cluster
 P = "flannel.alpha.coreos.com/"
 
 pytestmark = pytest.mark.skipif(not shutil.which("kubectl"), reason="needs kubectl")
-
-
-@pytest.fixture
-def kube(tmp_path):
-    c = Cluster("kube", store="kube", workdir=tmp_path / "lab",
-                agent_args=("--resync-interval", "5"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
-
-
-def start(cluster, n):
-    nodes = [cluster.add_node(i) for i in range(1, n + 1)]
-    for node in nodes:
-        cluster.wait_ready(node)
-    return nodes
 
 
 def node_json(cluster, name) -> dict:

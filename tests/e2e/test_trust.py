@@ -10,22 +10,12 @@ import struct
 import subprocess
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, state
+from tests.e2e.conftest import ipam, metric, ping, start, state
 from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
 FOREIGN = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
            '"BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}')
-
-
-def start(cluster, n, pods=True):
-    nodes = [cluster.add_node(i) for i in range(1, n + 1)]
-    for node in nodes:
-        cluster.wait_ready(node)
-    if pods:
-        for node in nodes:
-            cluster.add_cni_pod(node)
-    return nodes
 
 
 def all_pairs_ping(nodes):
@@ -50,7 +40,7 @@ def fdb(node) -> str:
 
 
 def test_a_foreign_takeover_of_a_nodes_lease_is_put_back(cluster):
-    nodes = start(cluster, 3)
+    nodes = start(cluster, 3, pods=True)
     a = nodes[0]
     info = ipam(cluster, a)
     key = f"{PREFIX}/subnets/{info['leaseKey']}"
@@ -104,7 +94,7 @@ def bad_for(node) -> dict:
 
 
 def test_impossible_peers_never_reach_a_kernel_while_pods_ping(cluster):
-    nodes = start(cluster, 2)
+    nodes = start(cluster, 2, pods=True)
     p1, p2 = nodes[0].pods[0], nodes[1].pods[0]
     pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01", "-c",
                                "300", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
@@ -179,7 +169,7 @@ def send_from(ns, dst_ip, frames, count=20):
 
 
 def test_vxlan_only_from_cluster_members(cluster):
-    n1, n2, n3 = start(cluster, 3, pods=False)
+    n1, n2, n3 = start(cluster, 3)
     pod = cluster.add_cni_pod(n1)
     target = ipam(cluster, n1)
     spoofed = ipam(cluster, n2)["podSubnetThisNode"].replace(".0/24", ".7")
@@ -224,7 +214,7 @@ def test_dual_stack_full_size_packets_pass_both_overlays(tmp_path):
               "IPv6Network": "fd00:10:244::/48", "Backend": {"Type": "vxlan"}}
     with Cluster("dual", config=config, workdir=tmp_path / "lab") as c:
         c.start()
-        n1, n2 = start(c, 2)
+        n1, n2 = start(c, 2, pods=True)
         env = c.subnet_env(n1).read_text()
         assert "FLANNEL_MTU=1430" in env, env  # the IPv6 overlay's (1500 - 70), not 1450
         a, b = n1.pods[0], n2.pods[0]
