@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+from typing import Self
+
+from vxnet.lab.process import ServerProcess
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -23,7 +24,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class EtcdServer:
+class EtcdServer(ServerProcess):
     def __init__(self, host: str = "127.0.0.1", *, client_port: int | None = None,
                  peer_port: int | None = None, netns: str | None = None,
                  workdir: str | Path | None = None, name: str | None = None,
@@ -32,16 +33,12 @@ class EtcdServer:
                  endpoints: str | None = None) -> None:
         """tls: (CA, server certificate, server key); clients must then present a certificate
         signed by that CA."""
-        self.host, self.netns = host, netns
+        super().__init__(workdir, "vxnet-etcd-", "etcd.log", netns)
+        self.host = host
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.name = name or f"vxnet-etcd-{os.getpid()}-{self.client_port}"
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-etcd-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
-        self.log_path = self.workdir / "etcd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.tls = tls
         self.extra_args = extra_args
         self.initial_cluster = initial_cluster  # a member of a cluster: all members' peer URLs
@@ -52,14 +49,11 @@ class EtcdServer:
     def endpoint(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
-    def _wrap(self, argv: list[str]) -> list[str]:
-        return (["ip", "netns", "exec", self.netns, *argv]) if self.netns else argv
-
     @property
     def peer_url(self) -> str:
         return f"http://{self.host}:{self.peer_port}"
 
-    def start(self, timeout: float = 20.0, wait: bool = True) -> EtcdServer:
+    def start(self, timeout: float = 20.0, wait: bool = True) -> Self:
         peer = self.peer_url
         argv = [
             ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
@@ -74,9 +68,7 @@ class EtcdServer:
             ca, cert, key = self.tls
             argv += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file",
                      str(ca), "--client-cert-auth"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self._wrap(argv), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self._spawn(argv)
         if wait:
             self.wait_healthy(timeout)
         return self
@@ -115,34 +107,6 @@ class EtcdServer:
                      ("user", "add", f"{user}:{password}"), ("user", "grant-role", user, "vxnet"),
                      ("auth", "enable")):
             self.ctl(*args)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        # The process group is ours alone (start_new_session): it holds etcd, and with a netns,
-        # the `ip netns exec` wrapper that exec'd it.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> EtcdServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class EtcdCluster:

@@ -48,14 +48,11 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
 import socket
 import socketserver
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -64,11 +61,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from vxnet.ip import contains
 from vxnet.lab.etcd import free_port
+from vxnet.lab.process import ServerProcess
 from vxnet.nsenter import in_netns
 
 Obj = dict[str, Any]
@@ -1050,7 +1048,7 @@ def main(argv: list[str] | None = None) -> None:
     server.serve_forever()
 
 
-class KubeApiServer:
+class KubeApiServer(ServerProcess):
     """The simulator as a process of its own, for tests and the lab, shaped like EtcdServer.
     `admin_token` is made before the first start; `node_token(name)` makes a node's."""
 
@@ -1059,19 +1057,16 @@ class KubeApiServer:
                  cluster_cidr: str = "10.244.0.0/16", node_cidr_mask: int = 24,
                  cluster_cidr_v6: str = "", node_cidr_mask_v6: int = 64,
                  compaction_window: int = 1000, bookmark_interval: float = 60.0) -> None:
-        self.host, self.netns = host, netns
+        super().__init__(workdir, "vxnet-kubeapi-", "kubeapi.log", netns)
+        self.host = host
         self.port = port or free_port()
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vxnet-kubeapi-"))
         self.state_dir = self.workdir / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / "kubeapi.log"
         self.args = ["--cluster-cidr", cluster_cidr, "--node-cidr-mask", str(node_cidr_mask),
                      "--cluster-cidr-v6", cluster_cidr_v6,
                      "--node-cidr-mask-v6", str(node_cidr_mask_v6),
                      "--compaction-window", str(compaction_window),
                      "--bookmark-interval", str(bookmark_interval)]
-        self.proc: subprocess.Popen[bytes] | None = None
         self.admin_token = self.token_of("admin") or self.add_token("admin")
 
     @property
@@ -1086,15 +1081,10 @@ class KubeApiServer:
     def tokens_path(self) -> Path:
         return self.state_dir / "tokens.csv"
 
-    def start(self, timeout: float = 20.0, wait: bool = True) -> KubeApiServer:
+    def start(self, timeout: float = 20.0, wait: bool = True) -> Self:
         listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        argv = [sys.executable, "-m", "vxnet.lab.kubeapi", "--listen", listen,
-                "--state-dir", str(self.state_dir), *self.args]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+        self._spawn([sys.executable, "-m", "vxnet.lab.kubeapi", "--listen", listen,
+                     "--state-dir", str(self.state_dir), *self.args])
         if wait:
             self.wait_healthy(timeout)
         return self
@@ -1138,43 +1128,6 @@ class KubeApiServer:
                 return resp.status, text
         finally:
             conn.close()
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)  # the group is ours alone (start_new_session)
-
-    def freeze(self) -> None:
-        self._signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        os.killpg(proc.pid, signal.SIGCONT)  # a frozen server must wake to die
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> KubeApiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def compact(self) -> int:
         """Drop the watch history up to now: a watch resumed from before gets 410 Gone."""
