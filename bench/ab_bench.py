@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.agent_bench import CONFIG, in_ns, metric, reset_node
+from bench.agent_bench import CONFIG, in_ns, metric, start_timed
 from vxnet.lab.cluster import Cluster
 
 
@@ -35,20 +35,8 @@ def memory(pid: int) -> dict[str, float]:
 
 def run(c: Cluster, node, python: str) -> tuple[float, float, float, float]:
     """(seconds to ready, first sync seconds, peak RSS MiB, RSS MiB 3 s after ready)."""
-    reset_node(node)
     c.vxnet = (python, "-m", "vxnet")
-    t0 = time.perf_counter()
-    proc = c.start_agent(node)
-    while True:
-        try:
-            if c.api(node, "/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(c.log(node)[-2000:])
-        time.sleep(0.005)
-    ready = time.perf_counter() - t0
+    proc, ready = start_timed(c, node)
     first = metric(c, node, 'vxnet_resync_duration_seconds_sum{family="ipv4",kind="first"}')
     time.sleep(3)  # the probes' first round and the first scrapes, as in the field
     mem = memory(proc.pid)

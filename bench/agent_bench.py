@@ -211,21 +211,25 @@ def reset_node(node) -> None:
     node.ns.ip("link", "del", "flannel.1", check=False)  # takes routes, neighbours, FDB along
 
 
-def cold_agent(c: Cluster, node, n: int) -> tuple[float, float, float]:
-    """(seconds to ready with all n peers programmed, first-sync seconds, peak RSS MiB)."""
+def start_timed(c: Cluster, node) -> tuple[subprocess.Popen[bytes], float]:
+    """An agent started on a node with no VXLAN device: (process, seconds until ready)."""
     reset_node(node)
     t0 = time.perf_counter()
     proc = c.start_agent(node)
     while True:
         try:
             if c.api(node, "/readyz")[0] == 200:
-                break
+                return proc, time.perf_counter() - t0
         except OSError:
             pass
         if proc.poll() is not None:
             raise RuntimeError(c.log(node)[-2000:])
         time.sleep(0.005)
-    ready = time.perf_counter() - t0
+
+
+def cold_agent(c: Cluster, node, n: int) -> tuple[float, float, float]:
+    """(seconds to ready with all n peers programmed, first-sync seconds, peak RSS MiB)."""
+    proc, ready = start_timed(c, node)
     assert metric(c, node, 'vxnet_peers_programmed{family="ipv4"}') == n
     first = metric(c, node, 'vxnet_resync_duration_seconds_sum{family="ipv4",kind="first"}')
     rss = 0.0

@@ -1089,20 +1089,11 @@ class KubeApiServer(ServerProcess):
             self.wait_healthy(timeout)
         return self
 
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"kubeapi exited with {self.proc.returncode}; see "
-                                   f"{self.log_path}:\n{self.log_path.read_text()[-2000:]}")
-            try:
-                if self.request("GET", "/healthz", timeout=1.0)[0] == 200:
-                    return
-            except (OSError, http.client.HTTPException):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"kubeapi at {self.url} not healthy after {timeout}s; "
-                           f"see {self.log_path}")
+    def healthy(self) -> bool:
+        try:
+            return self.request("GET", "/healthz", timeout=1.0)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
 
     def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
                 content_type: str = "application/json", timeout: float = 10.0

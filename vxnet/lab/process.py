@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Self
 
@@ -34,6 +35,22 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0, wait: bool = True) -> Self:
         raise NotImplementedError
+
+    def healthy(self) -> bool:
+        """The server answers (its own check)."""
+        raise NotImplementedError
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.log_path.stem} exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
+            if self.healthy():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.log_path.stem} not healthy after {timeout}s; see "
+                           f"{self.log_path}")
 
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
