@@ -141,7 +141,7 @@ class Agent:
                     return
             except OSError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval; the deadline above bounds it
         raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.logs()[-3000:]}")
 
     def subnet(self) -> str:
@@ -222,7 +222,7 @@ def test_the_image_runs_the_agent_as_the_daemonset_does(image, tmp_path):
                          30, f"{a.ns.name} reaching {b.ip}")
 
             ring = RingPing(pods)
-            time.sleep(2)
+            time.sleep(2)  # traffic before the restart: the window is what is tested
             restarted = agents[1]
             pm("stop", restarted.name, node=restarted.node)
             stopped = restarted.state()
@@ -230,7 +230,7 @@ def test_the_image_runs_the_agent_as_the_daemonset_does(image, tmp_path):
             time.sleep(2)  # a node without its agent: its pods keep talking
             pm("start", restarted.name, node=restarted.node)
             restarted.wait_ready()
-            time.sleep(2)
+            time.sleep(2)  # and traffic after it
             counts, ring = ring.stop(), None
             print(f"\n{version}; pings (sent, received) across the restart: {counts}")
             assert all(sent == got and sent > 300 for sent, got in counts), counts
