@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -20,25 +22,25 @@ LAB_CONFIG = {"Network": "10.244.0.0/16", "SubnetMax": "10.244.99.0", "Backend":
 def cluster(request, tmp_path):
     if not shutil.which("etcd"):
         pytest.skip("needs Debian's etcd-server (run `make test`)")
-    c = Cluster("e2e", config=LAB_CONFIG, workdir=tmp_path / "lab",
-                agent_args=("--resync-interval", "5"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
+    with Cluster("e2e", config=LAB_CONFIG, workdir=tmp_path / "lab",
+                 agent_args=("--resync-interval", "5")) as c:  # closed even if start fails
+        yield c.start()
 
 
 @pytest.fixture
 def kube(tmp_path):
     """The same lab in kube mode: the API-server simulator instead of etcd."""
-    c = Cluster("kube", store="kube", workdir=tmp_path / "lab",
-                agent_args=("--resync-interval", "5"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
+    with Cluster("kube", store="kube", workdir=tmp_path / "lab",
+                 agent_args=("--resync-interval", "5")) as c:
+        yield c.start()
+
+
+def unmount_under(*roots: Path) -> None:
+    """Lazily unmount whatever a runtime left mounted below these directories, deepest first."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mp in sorted((m for m in mounts if m.startswith(tuple(str(r) for r in roots))),
+                     reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
 
 
 def start(cluster, n: int, pods: bool = False) -> list:

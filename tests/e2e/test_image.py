@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import LAB_CONFIG
+from tests.e2e.conftest import LAB_CONFIG, unmount_under
 from tests.waiting import wait_for
 from vxnet.kernel.allowlist import TABLE as ALLOWLIST_TABLE
 from vxnet.kernel.masq import TABLE as MASQ_TABLE
@@ -99,11 +99,7 @@ class Podman:
     def close(self) -> None:
         self("rm", "--force", "--all", "--time", "0", check=False)
         self("rmi", "--all", "--force", check=False)
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        for mp in sorted((m for m in mounts if m.startswith((str(self.root),
-                                                              str(self.runroot)))),
-                         reverse=True):
-            subprocess.run(["umount", "-l", mp], capture_output=True)
+        unmount_under(self.root, self.runroot)
         shutil.rmtree(self.runroot, ignore_errors=True)
 
 

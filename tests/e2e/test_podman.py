@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import unmount_under
 from tests.e2e.test_docker import BUSYBOX
 from vxnet.lab.cluster import Cluster
 
@@ -62,11 +63,7 @@ class Podman:
 
     def close(self) -> None:
         self("rm", "-f", "-a", "-t", "0", check=False)
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        for mp in sorted((m for m in mounts if m.startswith((str(self.root),
-                                                              str(self.runroot)))),
-                         reverse=True):
-            subprocess.run(["umount", "-l", mp], capture_output=True)
+        unmount_under(self.root, self.runroot)
         shutil.rmtree(self.runroot, ignore_errors=True)
 
 
