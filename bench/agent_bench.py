@@ -104,7 +104,7 @@ async def _latency(endpoint: str, ops: int, base: int) -> None:
             if t in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
                 r = nl.parse_route(buf, off, end)
                 if r is not None:
-                    seen.put_nowait((now, (t, r[1].dst)))
+                    seen.put_nowait((now, (t, r[2])))
             elif t == nl.RTM_NEWNEIGH:
                 fam, _, _, _, _, mac = nl.parse_neigh(buf, off, end)
                 if fam == nl.AF_BRIDGE and mac:

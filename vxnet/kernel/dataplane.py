@@ -26,7 +26,7 @@ from vxnet.ip import IPAddress, IPNetwork
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.admission import Admission, Rules
 from vxnet.kernel.neighbours import FdbTable, L2Table, NeighTable, dump_l2, notify_l2
-from vxnet.kernel.nexthops import NexthopTable
+from vxnet.kernel.nexthops import NexthopDump, NexthopTable
 from vxnet.kernel.nhids import NexthopIds
 from vxnet.kernel.peer import Peer, PeerError
 from vxnet.kernel.port import Kernel
@@ -90,7 +90,7 @@ class Dataplane:
         self.admission = Admission(spec.rules())
         self.fdb = FdbTable(spec.ifindex)
         self.neigh = NeighTable(spec.family, spec.ifindex)
-        self.nexthop = NexthopTable(spec.ifindex)
+        self.nexthop = NexthopTable(spec.family, spec.ifindex)
         self.route = RouteTable(spec.family, spec.ifindex)
         self.nhids = NexthopIds(spec.family)
         self.resolver = MissResolver(
@@ -98,10 +98,7 @@ class Dataplane:
             owner_mac=self._owner_mac, mac_ip=self._mac_ip,
         ) if spec.neigh_on_demand or spec.fdb_on_demand else None
         self.parked = False  # our device is gone or down: no passes until it is back
-        # a peer's entries as a flat (table, key, table, key...) tuple: a list of pairs cost
-        # three times as much per peer (4 MiB at 20 000 peers)
-        self._entries: dict[str, tuple[Any, ...]] = {}
-        self._built = False
+        self._built = False  # desired state holds the admitted peers' entries
 
     @property
     def peers(self) -> dict[str, Peer]:
@@ -128,7 +125,7 @@ class Dataplane:
                      if t is not None)
 
     @property
-    def _l2(self) -> tuple[L2Table[Any], ...]:
+    def _l2(self) -> tuple[L2Table, ...]:
         """Who claims a neighbour message: the on-demand answers first (they take only the
         entries that are not permanent), then the permanent tables."""
         return (*(self.resolver.tables if self.resolver else ()), self.fdb, self.neigh)
@@ -188,42 +185,44 @@ class Dataplane:
             return
         if self.resolver is not None:
             self.resolver.peer_changed(p.mac_bytes)
-        for table, k in _pairs(self._entries.pop(key, ())):
+        for table, k, _ in self._entries(p):
             table.delete_desired(k)
-            if table is self.nexthop:
-                self.nhids.release(_gw(p))
+        self.nhids.release(_gw(p))
 
     def _direct(self, p: Peer) -> bool:
         return self.spec.direct_routing and any(p.public_ip in n for n in
                                                 self.spec.parent_networks)
 
-    def _install(self, p: Peer) -> None:
+    def _entries(self, p: Peer, install: bool = False) -> list[tuple[AnyTable, Any, Any]]:
+        """(table, key, value) of each entry an admitted peer needs, as compact keys and values
+        (kernel/netlink.py). Derived again when the peer goes rather than kept per peer: a
+        peer's keys follow from the peer, the spec and its nexthop id (given out only when
+        `install`)."""
         s = self.spec
         gw = _gw(p)
-        rkey = nl.RouteKey(s.family, gw, p.subnet.prefixlen)
-        ents: list[tuple[AnyTable, Any, Any]]
+        rkey = nl.route_key(gw, p.subnet.prefixlen)
         if self._direct(p):
-            ents = [(self.route, rkey, nl.Route(PROTO_VXNET, oif=s.parent_ifindex,
-                                                gateway=p.public_ip.packed))]
-        elif s.neigh_on_demand:  # the network route covers it; the kernel asks for the rest
-            ents = [] if s.fdb_on_demand else [
-                (self.fdb, nl.FdbKey(s.ifindex, p.mac_bytes), p.public_ip.packed)]
-        else:
-            mac = p.mac_bytes
-            ents = [] if s.fdb_on_demand else [
-                (self.fdb, nl.FdbKey(s.ifindex, mac), p.public_ip.packed)]
-            ents.append((self.neigh, nl.NeighKey(s.family, s.ifindex, gw), mac))
-            if s.use_nexthops:
-                nhid = self.nhids.get(gw, self.nexthop)
-                ents += [(self.nexthop, nhid, nl.Nexthop(s.family, s.ifindex, gw, True,
-                                                         PROTO_VXNET)),
-                         (self.route, rkey, nl.Route(PROTO_VXNET, nhid=nhid))]
-            else:
-                ents.append((self.route, rkey, nl.Route(PROTO_VXNET, oif=s.ifindex, gateway=gw,
-                                                        onlink=True)))
-        for table, k, v in ents:
+            return [(self.route, rkey, nl.route_value(PROTO_VXNET, oif=s.parent_ifindex,
+                                                      gateway=p.public_ip.packed))]
+        mac = p.mac_bytes
+        ents: list[tuple[AnyTable, Any, Any]] = [] if s.fdb_on_demand else [
+            (self.fdb, mac, p.public_ip.packed)]
+        if s.neigh_on_demand:  # the network route covers it; the kernel asks for the rest
+            return ents
+        ents.append((self.neigh, gw, mac))
+        if not s.use_nexthops:
+            ents.append((self.route, rkey, nl.route_value(PROTO_VXNET, oif=s.ifindex,
+                                                          gateway=gw, onlink=True)))
+            return ents
+        nhid = self.nhids.get(gw, self.nexthop) if install else self.nhids.held(gw)
+        if nhid is not None:
+            ents += [(self.nexthop, nhid, gw),
+                     (self.route, rkey, nl.route_value(PROTO_VXNET, nhid=nhid))]
+        return ents
+
+    def _install(self, p: Peer) -> None:
+        for table, k, v in self._entries(p, install=True):
             table.set_desired(k, v)
-        self._entries[p.key] = tuple(x for t, k, _ in ents for x in (t, k))
 
     # -- the kernel ----------
 
@@ -250,23 +249,23 @@ class Dataplane:
             return
         t0 = time.perf_counter()
         s = self.spec
-        nexthops = self.nexthop.dump(self.kernel) if s.use_nexthops else {}
-        self.nhids.saw(nexthops, s.ifindex, adopt=not self._built)
+        nexthops = self.nexthop.dump(self.kernel, self.nhids.range) if s.use_nexthops \
+            else NexthopDump({}, set())
+        self.nhids.saw(nexthops, adopt=not self._built)
         yield
         if not self._built:
             self._built = True
             if s.neigh_on_demand and s.network is not None:
                 net = s.network
-                self.route.set_desired(
-                    nl.RouteKey(s.family, net.network_address.packed, net.prefixlen),
-                    nl.Route(PROTO_VXNET, oif=s.ifindex))
+                self.route.set_desired(nl.route_key(net.network_address.packed, net.prefixlen),
+                                       nl.route_value(PROTO_VXNET, oif=s.ifindex))
             for n, p in enumerate(list(self.peers.values()), 1):
                 if self.peers.get(p.key) is p:  # still wanted after the last yield
                     self._install_or_reject(p)
                 if n % chunk == 0:
                     yield
             self.nhids.adopted()
-        self.nexthop.load(nexthops)
+        self.nexthop.load_kernel(nexthops.ours)
         for family in (nl.AF_BRIDGE, s.family):
             yield
             dump_l2(self.kernel, family, s.ifindex, self._l2)
@@ -300,9 +299,9 @@ class Dataplane:
                             return
                     done += min(chunk, len(keys) - at)
                     sets, dels = table.plan(keys[at:at + chunk])
-                    ops = dels if deleting else sets
-                    if ops:
-                        table.write(self.kernel, ops, result)
+                    todo = dels if deleting else sets
+                    if todo:
+                        table.write(self.kernel, todo, deleting, result)
         result.seconds += time.perf_counter() - t0
 
     @property
@@ -322,7 +321,7 @@ class Dataplane:
         if self.resolver is not None:
             self.resolver.rebind(ifindex)
         self.nhids = NexthopIds(self.spec.family)
-        self._entries, self._built, self.parked = {}, False, False
+        self._built, self.parked = False, False
 
     # -- notifications ----------
 
@@ -355,8 +354,12 @@ class Dataplane:
 
     def programmed(self) -> set[str]:
         """Peers whose every entry the kernel holds as wanted (as far as the caches know)."""
-        return {key for key, ents in self._entries.items()
-                if all(t.in_step(k) for t, k in _pairs(ents))}
+        if not self._built:
+            return set()
+        if not any(t.pending for t in self.tables):  # a key not dirty is in step
+            return set(self.peers)
+        return {key for key, p in self.peers.items()
+                if all(t.in_step(k) for t, k, _ in self._entries(p))}
 
     @property
     def writes(self) -> dict[str, int]:
@@ -375,7 +378,3 @@ def _gw(p: Peer) -> bytes:
     """A peer's gateway on the overlay: its subnet's network address."""
     return p.subnet.network_address.packed
 
-
-def _pairs(flat: tuple[Any, ...]) -> Iterator[tuple[AnyTable, Any]]:
-    it = iter(flat)
-    return zip(it, it, strict=True)

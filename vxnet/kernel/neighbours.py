@@ -1,34 +1,38 @@
 """The owners of the layer-2 tables on our device: permanent ARP/NDP entries (peer .0 -> VTEP
 MAC) and permanent FDB entries (VTEP MAC -> public IP). Both come from the same netlink
 messages (RTM_*NEIGH; AF_BRIDGE for the FDB), so one dump per family is filed with whichever
-table claims each entry -- the on-demand answers of kernel/resolver.py included."""
+table claims each entry -- the on-demand answers of kernel/resolver.py included.
+
+Keys and values are bytes: a neighbour is address -> MAC, an FDB entry MAC -> remote IP; the
+family, the device and the state are the table's."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.port import Kernel, Request
+from vxnet.kernel.port import Kernel
 from vxnet.kernel.table import DeviceTable
 
-K = TypeVar("K", bound=Hashable)
 NO_MAC = bytes(6)
 Entry = tuple[int, int, int, int, bytes | None, bytes | None]  # nl.parse_neigh's
 
 
-class L2Table(DeviceTable[K, bytes]):
-    """A table fed by neighbour messages on one device."""
+class L2Table(DeviceTable[bytes, bytes]):
+    """A table fed by neighbour messages on one device; its entries written in `state`."""
 
-    def __init__(self, name: str, family: int, ifindex: int,
-                 encode_set: Callable[[K, bytes], Request],
-                 encode_del: Callable[[K, bytes], Request], show: Callable[[K], str]) -> None:
-        super().__init__(name, ifindex, encode_set, encode_del, show)
+    SET = (nl.RTM_NEWNEIGH, nl.NLM_F_REPLACE | nl.NLM_F_CREATE)
+    DEL = (nl.RTM_DELNEIGH, 0)
+
+    def __init__(self, name: str, family: int, ifindex: int, show: Callable[[bytes], str],
+                 state: int = nl.NUD_PERMANENT) -> None:
+        super().__init__(name, ifindex, show)
         self.family = family  # of its messages: AF_BRIDGE for FDB entries
-        self._staged: dict[K, bytes] = {}
+        self.state = state
+        self._staged: dict[bytes, bytes] = {}
 
-    def claim(self, entry: Entry) -> tuple[K, bytes | None] | None:
+    def claim(self, entry: Entry) -> tuple[bytes, bytes | None] | None:
         """(key, value) if this message is about an entry at one of our keys (value None:
         the kernel holds nothing of ours there), else None."""
         raise NotImplementedError
@@ -47,7 +51,7 @@ class L2Table(DeviceTable[K, bytes]):
         entries, self._staged = self._staged, {}
         self.load(entries)
 
-    def dump(self, kernel: Kernel) -> dict[K, bytes]:
+    def dump(self, kernel: Kernel) -> dict[bytes, bytes]:
         """This table's entries in the kernel now (the cache is left as it is)."""
         for buf, off, end in kernel.dump(nl.RTM_GETNEIGH,
                                          nl.neigh_dump_request(self.family, self.ifindex)):
@@ -55,7 +59,7 @@ class L2Table(DeviceTable[K, bytes]):
         entries, self._staged = self._staged, {}
         return entries
 
-    def load(self, entries: dict[K, bytes]) -> None:
+    def load(self, entries: dict[bytes, bytes]) -> None:
         """A fresh dump's entries of ours."""
         self.load_kernel(entries)
 
@@ -65,50 +69,67 @@ class L2Table(DeviceTable[K, bytes]):
         got = self.claim(entry)
         return None if got is None else self.seen(deleted, got[0], got[1])
 
-    def seen(self, deleted: bool, key: K, value: bytes | None) -> bool:
+    def seen(self, deleted: bool, key: bytes, value: bytes | None) -> bool:
         self.kernel_changed(key, None if deleted else value)
         return True
 
 
-class FdbTable(L2Table[nl.FdbKey]):
-    def __init__(self, ifindex: int) -> None:
-        super().__init__("fdb", nl.AF_BRIDGE, ifindex, nl.fdb_set, nl.fdb_del, show_mac)
+class FdbTable(L2Table):
+    """VTEP MAC -> remote IP."""
 
-    def claim(self, entry: Entry) -> tuple[nl.FdbKey, bytes | None] | None:
+    def __init__(self, ifindex: int, name: str = "fdb", state: int = nl.NUD_PERMANENT) -> None:
+        super().__init__(name, nl.AF_BRIDGE, ifindex, show_mac, state)
+
+    def encode_set(self, key: bytes, value: bytes) -> bytes:
+        return nl.fdb_body(self.ifindex, key, value, self.state)
+
+    def encode_del(self, key: bytes, value: bytes) -> bytes:
+        return nl.fdb_body(self.ifindex, key, value)
+
+    def claim(self, entry: Entry) -> tuple[bytes, bytes | None] | None:
         fam, ifindex, state, flags, dst, mac = entry
         if fam != nl.AF_BRIDGE or ifindex != self.ifindex or dst is None or mac is None \
                 or mac == NO_MAC:  # flood entries are not ours
             return None
         ours = state & nl.NUD_PERMANENT and flags & nl.NTF_SELF
-        return nl.FdbKey(ifindex, mac), dst if ours else None
+        return mac, dst if ours else None
 
-    def seen(self, deleted: bool, key: nl.FdbKey, value: bytes | None) -> bool:
+    def seen(self, deleted: bool, key: bytes, value: bytes | None) -> bool:
         if deleted and self.in_kernel(key) != value:
             return False  # another remote of the same MAC went
         return super().seen(deleted, key, value)
 
 
-class NeighTable(L2Table[nl.NeighKey]):
-    def __init__(self, family: int, ifindex: int) -> None:
-        super().__init__("neigh", family, ifindex, nl.neigh_set, nl.neigh_del, show_dst)
+class NeighTable(L2Table):
+    """Overlay address -> VTEP MAC."""
 
-    def claim(self, entry: Entry) -> tuple[nl.NeighKey, bytes | None] | None:
+    def __init__(self, family: int, ifindex: int, name: str = "neigh",
+                 state: int = nl.NUD_PERMANENT) -> None:
+        super().__init__(name, family, ifindex, show_dst, state)
+
+    def encode_set(self, key: bytes, value: bytes) -> bytes:
+        return nl.neigh_body(self.family, self.ifindex, key, value, self.state)
+
+    def encode_del(self, key: bytes, value: bytes) -> bytes:
+        return nl.neigh_del_body(self.family, self.ifindex, key)
+
+    def claim(self, entry: Entry) -> tuple[bytes, bytes | None] | None:
         fam, ifindex, state, _, dst, mac = entry
         if fam != self.family or ifindex != self.ifindex or dst is None:
             return None
         # a deleted neighbour is reported without its MAC (first as FAILED, then gone)
-        return nl.NeighKey(fam, ifindex, dst), mac if state & nl.NUD_PERMANENT and mac else None
+        return dst, mac if state & nl.NUD_PERMANENT and mac else None
 
 
-def show_mac(k: nl.FdbKey) -> str:
-    return k.mac.hex(":")
+def show_mac(k: bytes) -> str:
+    return k.hex(":")
 
 
-def show_dst(k: nl.NeighKey) -> str:
-    return str(ipaddress.ip_address(k.dst))
+def show_dst(k: bytes) -> str:
+    return str(ipaddress.ip_address(k))
 
 
-L2Tables = Sequence["L2Table[nl.FdbKey] | L2Table[nl.NeighKey]"]
+L2Tables = Sequence[L2Table]
 
 
 def dump_l2(kernel: Kernel, family: int, ifindex: int, tables: L2Tables) -> None:

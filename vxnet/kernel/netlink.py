@@ -12,9 +12,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, overload
+from typing import Literal, overload
 
 from vxnet.errors import VxnetError
 
@@ -84,47 +84,41 @@ def parse_attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
 
 
 # --- entries ----------
-# Keys and values are what the reconciler diffs; addresses are packed bytes (4 or 16), MACs 6.
+# What the tables keep is compact: a key and a value per entry, each bytes (or an int), never an
+# object per entry. Addresses are packed (4 or 16 bytes), MACs 6. FDB: MAC -> remote IP;
+# neighbour: address -> MAC; nexthop: id -> gateway; route: route_key() -> route_value(). The
+# table supplies what is the same for all its entries (family, device, protocol, state).
 
-class RouteKey(NamedTuple):
-    family: int
-    dst: bytes
-    dst_len: int
-
-
-class Route(NamedTuple):
-    """A route's value. Via a nexthop object (nhid) or via a gateway on oif."""
-
-    protocol: int
-    nhid: int = 0
-    oif: int = 0
-    gateway: bytes = b""
-    onlink: bool = False
+_RV = struct.Struct("=BBII")  # a route's value: protocol, onlink, nhid, oif; then the gateway
 
 
-class Nexthop(NamedTuple):
-    family: int
-    oif: int
-    gateway: bytes
-    onlink: bool
-    protocol: int
+def route_key(dst: bytes, dst_len: int) -> bytes:
+    return dst + bytes((dst_len,))
 
 
-class NeighKey(NamedTuple):
-    family: int
-    ifindex: int
-    dst: bytes
+def route_value(protocol: int, *, nhid: int = 0, oif: int = 0, gateway: bytes = b"",
+                onlink: bool = False) -> bytes:
+    """A route via a nexthop object (nhid), or via a gateway (or none) on oif."""
+    if nhid:  # the nexthop object holds oif/gateway; the kernel repeats them for old tools
+        return _RV.pack(protocol, 0, nhid, 0)
+    return _RV.pack(protocol, onlink, 0, oif) + gateway
 
 
-class FdbKey(NamedTuple):
-    ifindex: int
-    mac: bytes
+def route_fields(value: bytes) -> tuple[int, bool, int, int, bytes]:
+    """(protocol, onlink, nhid, oif, gateway) of a route_value()."""
+    proto, onlink, nhid, oif = _RV.unpack_from(value)
+    return proto, bool(onlink), nhid, oif, value[_RV.size:]
 
 
-# --- request encoders ----------
+def route_nhid(value: bytes) -> int:
+    return int(_u32_at(value, 2)[0])
+
+
+# --- request bodies ----------
 # The per-peer messages (route via a nexthop, nexthop, neighbour, FDB entry) are packed by one
 # precompiled struct each, per address length: a 20 000-peer pass builds 80 000 of them, and
-# attribute-by-attribute concatenation was a third of its time. The generic forms cover the rest.
+# attribute-by-attribute concatenation was a third of its time. tests/unit/kernel/test_codec.py
+# checks each against an attribute-by-attribute encoder, byte for byte.
 
 def _layouts(fmt: str) -> dict[int, struct.Struct]:
     """`fmt` with {a} standing for an address: a struct per address length (IPv4, IPv6)."""
@@ -135,100 +129,83 @@ _ROUTE_NH = _layouts("BBBBBBBBI HHI HH{a} HHI")  # rtmsg, RTA_TABLE, RTA_DST, RT
 _NEXTHOP = _layouts("BBBBI HHI HHI HH{a}")  # nhmsg, NHA_ID, NHA_OIF, NHA_GATEWAY
 _NEIGH = _layouts("BxxxiHBB HH{a} HH6sxx")  # ndmsg, NDA_DST, NDA_LLADDR
 _FDB = _layouts("BxxxiHBB HH6sxx HH{a}")  # ndmsg, NDA_LLADDR, NDA_DST
+_NEIGH_DEL = _layouts("BxxxiHBB HH{a}")  # ndmsg, NDA_DST
+_NHMSG_ID = struct.Struct("=BBBBI HHI")  # nhmsg, NHA_ID
 
 
-def _route_body(key: RouteKey, table: int, r: Route) -> bytes:
+def route_body(family: int, key: bytes, value: bytes, table: int = RT_TABLE_MAIN) -> bytes:
+    """The rtmsg and attributes of route `key` (route_key()) with `value` (route_value()): what
+    a set and a delete both send."""
+    dst, dst_len = key[:-1], key[-1]
+    proto, onlink, nhid, oif = _RV.unpack_from(value)
+    n = len(dst)
+    if nhid and table < 256 and n in _ROUTE_NH:
+        return _ROUTE_NH[n].pack(family, dst_len, 0, 0, table, proto, RT_SCOPE_UNIVERSE,
+                                 RTN_UNICAST, RTNH_F_ONLINK if onlink else 0, 8, RTA_TABLE,
+                                 table, 4 + n, RTA_DST, dst, 8, RTA_NH_ID, nhid)
+    gateway = value[_RV.size:]
     # a route out of a device with no gateway reaches its destinations directly (on-demand
     # neighbours: the whole pod network through the VXLAN device), as `ip route` makes it
-    scope = RT_SCOPE_LINK if r.oif and not (r.gateway or r.nhid) else RT_SCOPE_UNIVERSE
-    flags = RTNH_F_ONLINK if r.onlink else 0
-    body = RTMSG.pack(key.family, key.dst_len, 0, 0, table if table < 256 else 252, r.protocol,
-                       scope, RTN_UNICAST, flags)
-    body += attr(RTA_TABLE, U32.pack(table)) + attr(RTA_DST, key.dst)
-    if r.nhid:
-        return body + attr(RTA_NH_ID, U32.pack(r.nhid))
-    if r.oif:
-        body += attr(RTA_OIF, U32.pack(r.oif))
-    return body + (attr(RTA_GATEWAY, r.gateway) if r.gateway else b"")
+    scope = RT_SCOPE_LINK if oif and not (gateway or nhid) else RT_SCOPE_UNIVERSE
+    body = RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 252, proto, scope,
+                      RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
+    body += attr(RTA_TABLE, U32.pack(table)) + attr(RTA_DST, dst)
+    if nhid:
+        return body + attr(RTA_NH_ID, U32.pack(nhid))
+    if oif:
+        body += attr(RTA_OIF, U32.pack(oif))
+    return body + (attr(RTA_GATEWAY, gateway) if gateway else b"")
 
 
-def route_set(key: RouteKey, r: Route, table: int = RT_TABLE_MAIN) -> tuple[int, int, bytes]:
-    if r.nhid and table < 256 and len(key.dst) in _ROUTE_NH:
-        n = len(key.dst)
-        return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, _ROUTE_NH[n].pack(
-            key.family, key.dst_len, 0, 0, table, r.protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST,
-            RTNH_F_ONLINK if r.onlink else 0, 8, RTA_TABLE, table, 4 + n, RTA_DST, key.dst,
-            8, RTA_NH_ID, r.nhid)
-    return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, _route_body(key, table, r)
-
-
-def route_del(key: RouteKey, r: Route, table: int = RT_TABLE_MAIN) -> tuple[int, int, bytes]:
-    return RTM_DELROUTE, 0, _route_body(key, table, r)
-
-
-def neigh_set(key: NeighKey, mac: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
-    n = len(key.dst)
-    if n in _NEIGH and len(mac) == 6:
-        return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, _NEIGH[n].pack(
-            key.family, key.ifindex, state, 0, 0, 4 + n, NDA_DST, key.dst, 10, NDA_LLADDR, mac)
-    body = _NDMSG.pack(key.family, key.ifindex, state, 0, 0)
-    return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
-        body + attr(NDA_DST, key.dst) + attr(NDA_LLADDR, mac)
-
-
-def neigh_del(key: NeighKey, mac: bytes) -> tuple[int, int, bytes]:
-    return RTM_DELNEIGH, 0, _NDMSG.pack(key.family, key.ifindex, 0, 0, 0) + attr(NDA_DST, key.dst)
-
-
-def fdb_set(key: FdbKey, dst: bytes, state: int = NUD_PERMANENT) -> tuple[int, int, bytes]:
-    # NTF_SELF: the vxlan device's own table (no bridge master); PERMANENT: never aged out.
+def neigh_body(family: int, ifindex: int, dst: bytes, mac: bytes, state: int = NUD_PERMANENT
+               ) -> bytes:
     n = len(dst)
-    if n in _FDB and len(key.mac) == 6:
-        return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, _FDB[n].pack(
-            AF_BRIDGE, key.ifindex, state, NTF_SELF, 0, 10, NDA_LLADDR, key.mac, 4 + n, NDA_DST,
-            dst)
-    body = _NDMSG.pack(AF_BRIDGE, key.ifindex, state, NTF_SELF, 0)
-    return RTM_NEWNEIGH, NLM_F_REPLACE | NLM_F_CREATE, \
-        body + attr(NDA_LLADDR, key.mac) + attr(NDA_DST, dst)
+    return _NEIGH[n].pack(family, ifindex, state, 0, 0, 4 + n, NDA_DST, dst, 10, NDA_LLADDR, mac)
 
 
-def fdb_del(key: FdbKey, dst: bytes) -> tuple[int, int, bytes]:
-    body = _NDMSG.pack(AF_BRIDGE, key.ifindex, NUD_PERMANENT, NTF_SELF, 0)
-    return RTM_DELNEIGH, 0, body + attr(NDA_LLADDR, key.mac) + attr(NDA_DST, dst)
+def neigh_del_body(family: int, ifindex: int, dst: bytes) -> bytes:
+    n = len(dst)
+    return _NEIGH_DEL[n].pack(family, ifindex, 0, 0, 0, 4 + n, NDA_DST, dst)
 
 
-def nexthop_set(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
-    n = len(nh.gateway)
-    if n in _NEXTHOP:
-        return RTM_NEWNEXTHOP, NLM_F_REPLACE | NLM_F_CREATE, _NEXTHOP[n].pack(
-            nh.family, RT_SCOPE_UNIVERSE, nh.protocol, 0, RTNH_F_ONLINK if nh.onlink else 0,
-            8, NHA_ID, nhid, 8, NHA_OIF, nh.oif, 4 + n, NHA_GATEWAY, nh.gateway)
-    body = _NHMSG.pack(nh.family, RT_SCOPE_UNIVERSE, nh.protocol, 0,
-                       RTNH_F_ONLINK if nh.onlink else 0)
-    body += attr(NHA_ID, U32.pack(nhid)) + attr(NHA_OIF, U32.pack(nh.oif)) + \
-        attr(NHA_GATEWAY, nh.gateway)
-    return RTM_NEWNEXTHOP, NLM_F_REPLACE | NLM_F_CREATE, body
+def fdb_body(ifindex: int, mac: bytes, dst: bytes, state: int = NUD_PERMANENT) -> bytes:
+    """NTF_SELF: the vxlan device's own table (no bridge master). A delete sends the same."""
+    n = len(dst)
+    return _FDB[n].pack(AF_BRIDGE, ifindex, state, NTF_SELF, 0, 10, NDA_LLADDR, mac, 4 + n,
+                        NDA_DST, dst)
 
 
-def nexthop_del(nhid: int, nh: Nexthop) -> tuple[int, int, bytes]:
-    return RTM_DELNEXTHOP, 0, _NHMSG.pack(nh.family, 0, 0, 0, 0) + attr(NHA_ID, U32.pack(nhid))
+def nexthop_body(nhid: int, family: int, oif: int, gateway: bytes, protocol: int,
+                 onlink: bool = True) -> bytes:
+    n = len(gateway)
+    return _NEXTHOP[n].pack(family, RT_SCOPE_UNIVERSE, protocol, 0,
+                            RTNH_F_ONLINK if onlink else 0, 8, NHA_ID, nhid, 8, NHA_OIF, oif,
+                            4 + n, NHA_GATEWAY, gateway)
+
+
+def nexthop_del_body(nhid: int, family: int) -> bytes:
+    return _NHMSG_ID.pack(family, 0, 0, 0, 0, 8, NHA_ID, nhid)
 
 
 # --- message parsers (dumps and notifications share them) ----------
-# Tight loops over just the attributes we compare: what keeps a 20k-entry dump cheap.
+# Tight loops over just the attributes we compare: what keeps a 20k-entry dump cheap. Each
+# returns a plain tuple its caller takes apart at once; what a table keeps is built from it.
 
 _ZERO = {AF_INET: bytes(4), AF_INET6: bytes(16)}
 _attr_at = _ATTR.unpack_from
 _u32_at = U32.unpack_from
+Parsed = tuple[int, int, bytes, int, int, int, int, bytes, bool]
 
 
-def parse_route(buf: bytes, off: int, end: int) -> tuple[int, RouteKey, Route] | None:
-    """(table, key, value) of a unicast route, or None for anything else."""
+def parse_route(buf: bytes, off: int, end: int) -> Parsed | None:
+    """(table, family, dst, dst_len, protocol, nhid, oif, gateway, onlink) of a unicast route,
+    or None for anything else. Via a nexthop object, oif and gateway are left out (the kernel
+    repeats the nexthop's for old tools)."""
     fam, dlen, _, _, table, proto, _, rtype, flags = RTMSG.unpack_from(buf, off)
     if rtype != RTN_UNICAST:
         return None
     dst = gw = b""
-    nhid = oif = 0
+    oif = 0
     a = off + 12
     while a + 4 <= end:
         n, kind = _attr_at(buf, a)
@@ -239,17 +216,15 @@ def parse_route(buf: bytes, off: int, end: int) -> tuple[int, RouteKey, Route] |
         elif kind == RTA_DST:
             dst = buf[a + 4:a + n]
         elif kind == RTA_NH_ID:
-            nhid = _u32_at(buf, a + 4)[0]
-            break  # the kernel puts table and dst first; what follows repeats the nexthop
+            return table, fam, dst or _ZERO.get(fam, b""), dlen, proto, \
+                _u32_at(buf, a + 4)[0], 0, b"", False  # table and dst come first
         elif kind == RTA_OIF:
             oif = _u32_at(buf, a + 4)[0]
         elif kind == RTA_GATEWAY:
             gw = buf[a + 4:a + n]
         a += (n + 3) & ~3
-    key = RouteKey(fam, dst or _ZERO.get(fam, b""), dlen)
-    if nhid:  # the nexthop object holds oif/gateway; the kernel repeats them for old tools
-        return table, key, Route(proto, nhid)
-    return table, key, Route(proto, 0, oif, gw, bool(flags & RTNH_F_ONLINK))
+    return table, fam, dst or _ZERO.get(fam, b""), dlen, proto, 0, oif, gw, \
+        bool(flags & RTNH_F_ONLINK)
 
 
 def parse_neigh(buf: bytes, off: int, end: int
@@ -274,8 +249,10 @@ def parse_neigh(buf: bytes, off: int, end: int
     return fam, ifindex, state, flags, dst, ll
 
 
-def parse_nexthop(buf: bytes, off: int, end: int) -> tuple[int, Nexthop] | None:
-    """(id, value) of a gateway nexthop; None for groups, blackholes and FDB nexthops."""
+def parse_nexthop(buf: bytes, off: int, end: int
+                  ) -> tuple[int, int, int, int, bytes, bool] | None:
+    """(id, family, protocol, oif, gateway, onlink) of a gateway nexthop; None for groups,
+    blackholes and FDB nexthops."""
     fam, _, proto, _, flags = _NHMSG.unpack_from(buf, off)
     nhid = oif = 0
     gw = b""
@@ -293,7 +270,7 @@ def parse_nexthop(buf: bytes, off: int, end: int) -> tuple[int, Nexthop] | None:
         a += (n + 3) & ~3
     if not nhid or not gw:
         return None
-    return nhid, Nexthop(fam, oif, gw, bool(flags & RTNH_F_ONLINK), proto)
+    return nhid, fam, proto, oif, gw, bool(flags & RTNH_F_ONLINK)
 
 
 def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
@@ -303,7 +280,6 @@ def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int]:
 
 # --- the socket ----------
 
-Request = tuple[int, int, bytes]  # (message type, flags, body): what the encoders above make
 Reply = tuple[bytes, int, int]  # (buffer, payload offset, payload end) of one message
 Event = tuple[int, bytes, int, int]  # (message type, buffer, payload offset, payload end)
 # the message that ends an exchange: (type, flags, buffer, payload offset, payload end)
@@ -313,10 +289,13 @@ _NOTIFICATIONS = -1  # a "sequence number" no request has (theirs are u32): noth
 _NOBODY = -1  # a port no socket has: no notification is left out
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Failure:
-    entry: object
-    error: NetlinkError
+    """A request of a batch the kernel refused: its index, the errno, what the kernel said."""
+
+    index: int
+    errno: int
+    detail: str = ""
 
 
 class RtnlSocket:
@@ -415,48 +394,43 @@ class RtnlSocket:
             if once:
                 return None
 
-    def batch(self, requests: Iterable[tuple[object, Request]]) -> list[Failure]:
-        """Send (entry, (type, flags, body)) requests, many per send. Returns the failures, each
-        mapped back to its entry; the kernel goes on past a failed request.
+    def batch(self, mtype: int, flags: int, bodies: Sequence[bytes]) -> list[Failure]:
+        """Send one request of type `mtype` per body, many per send. Returns the failures, each
+        with the index of its body; the kernel goes on past a failed request.
 
         The kernel handles a whole send before the call returns and always reports an error, so
         only each chunk's last request asks for an ACK: every error queued before that ACK is
         one of the chunk's, and no error means success. One receive per chunk, not per entry.
         """
         failures: list[Failure] = []
-        pending: dict[int, object] = {}
-        buf = bytearray()
-        pack, seq = _HDR.pack, self._seq
-        for entry, (mtype, flags, body) in requests:
-            seq = (seq + 1) & 0xFFFFFFFF or 1
-            pending[seq] = entry
-            at = len(buf)
-            buf += pack(16 + len(body), mtype, flags | NLM_F_REQUEST, seq, 0)
-            buf += body
-            if len(buf) >= CHUNK:
-                self._flush(buf, at, seq, pending, failures)
-                buf, pending = bytearray(), {}
-        if buf:
-            self._flush(buf, at, seq, pending, failures)
-        self._seq = seq
+        n = len(bodies)
+        if not n:
+            return failures
+        if self._seq + n >= 0xFFFFFFFF:  # the batch's sequence numbers never wrap
+            self._seq = 0
+        first = self._seq + 1  # the sequence number of bodies[0]; body i has first + i
+        self._seq += n
+        flags |= NLM_F_REQUEST
+        pack = _HDR.pack
+        per = max(1, CHUNK // (16 + len(bodies[0])))  # a table's bodies are all alike in size
+        for at in range(0, n, per):
+            chunk = bodies[at:at + per]
+            seq = first + at
+            last = seq + len(chunk) - 1
+            parts = [pack(16 + len(b), mtype, flags, s, 0) + b
+                     for s, b in zip(range(seq, last), chunk[:-1], strict=True)]
+            parts.append(pack(16 + len(chunk[-1]), mtype, flags | NLM_F_ACK, last, 0)
+                         + chunk[-1])
+            self.sock.send(b"".join(parts))
+            self.requests += len(chunk)
+            errors: list[tuple[int, bytes, int, int]] = []
+            _, _, data, off, end = self._receive(last, [], errors)
+            errors.append((last, data, off, end))
+            for s, data, off, end in errors:
+                code = -_ERR.unpack_from(data, off)[0]
+                if code and seq <= s <= last:
+                    failures.append(Failure(s - first, code, _ext_ack(data, off, end)))
         return failures
-
-    def _flush(self, buf: bytearray, last_at: int, last_seq: int, pending: dict[int, object],
-               failures: list[Failure]) -> None:
-        mtype, flags = _TYPE_FLAGS.unpack_from(buf, last_at + 4)
-        _TYPE_FLAGS.pack_into(buf, last_at + 4, mtype, flags | NLM_F_ACK)
-        self.sock.send(buf)
-        self.requests += len(pending)
-        errors: list[tuple[int, bytes, int, int]] = []
-        ack = self._receive(last_seq, [], errors)
-        _, _, data, off, end = ack
-        errors.append((last_seq, data, off, end))
-        for seq, data, off, end in errors:
-            code = -_ERR.unpack_from(data, off)[0]
-            if code and seq in pending:
-                entry = pending[seq]
-                failures.append(Failure(entry, NetlinkError(code, entry,
-                                                            _ext_ack(data, off, end))))
 
     def request(self, mtype: int, flags: int, body: bytes, entry: object = None
                 ) -> list[Reply]:

@@ -1,12 +1,17 @@
 """The nexthop table's owner: our nexthop objects on our device, their dump and notifications.
-The ids themselves come from kernel/nhids.py."""
+Keys are ids (from kernel/nhids.py), values the gateway: family, device, protocol and onlink are
+the table's, so a nexthop of ours that differs in them is kept as a value no desire equals."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.port import Kernel
 from vxnet.kernel.routes import PROTO_VXNET
 from vxnet.kernel.table import DeviceTable
+
+_ODD = b"\0"  # appended to the gateway of a nexthop of ours that is not as we write them
 
 
 def supported(kernel: Kernel) -> bool:
@@ -18,25 +23,55 @@ def supported(kernel: Kernel) -> bool:
     return True
 
 
-class NexthopTable(DeviceTable[int, nl.Nexthop]):
-    def __init__(self, ifindex: int) -> None:
-        super().__init__("nexthop", ifindex, nl.nexthop_set, nl.nexthop_del, str)
+@dataclass(frozen=True, slots=True)
+class NexthopDump:
+    """Every gateway nexthop in the kernel, filed as it was read: ours on our device (id ->
+    value) and the ids others hold (the id allocator must not give them)."""
 
-    def owns(self, nh: nl.Nexthop) -> bool:
-        return nh.protocol == PROTO_VXNET and nh.oif == self.ifindex
+    ours: dict[int, bytes]
+    foreign: set[int]
 
-    def dump(self, kernel: Kernel) -> dict[int, nl.Nexthop]:
-        """Every gateway nexthop in the kernel (ours or not: the id allocator needs to know
-        which ids are taken)."""
-        out = {}
+
+class NexthopTable(DeviceTable[int, bytes]):
+    SET = (nl.RTM_NEWNEXTHOP, nl.NLM_F_REPLACE | nl.NLM_F_CREATE)
+    DEL = (nl.RTM_DELNEXTHOP, 0)
+
+    def __init__(self, family: int, ifindex: int) -> None:
+        super().__init__("nexthop", ifindex, str)
+        self.family = family
+
+    def encode_set(self, key: int, value: bytes) -> bytes:
+        return nl.nexthop_body(key, self.family, self.ifindex, value, PROTO_VXNET)
+
+    def encode_del(self, key: int, value: bytes) -> bytes:
+        return nl.nexthop_del_body(key, self.family)
+
+    def _value(self, fam: int, proto: int, oif: int, gw: bytes, onlink: bool) -> bytes | None:
+        """What the table keeps for a nexthop of ours on our device; None if it is not."""
+        if proto != PROTO_VXNET or oif != self.ifindex:
+            return None
+        return gw if onlink and fam == self.family else gw + _ODD
+
+    def dump(self, kernel: Kernel, ours_elsewhere: range) -> NexthopDump:
+        """Every gateway nexthop; ids in `ours_elsewhere` with our protocol on another device
+        are an earlier device's (ours to reuse), not foreign."""
+        ours: dict[int, bytes] = {}
+        foreign: set[int] = set()
         for buf, off, end in kernel.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
             got = nl.parse_nexthop(buf, off, end)
-            if got is not None:
-                out[got[0]] = got[1]
-        return out
+            if got is None:
+                continue
+            nhid, fam, proto, oif, gw, onlink = got
+            value = self._value(fam, proto, oif, gw, onlink)
+            if value is not None:
+                ours[nhid] = value
+            elif not (proto == PROTO_VXNET and nhid in ours_elsewhere):
+                foreign.add(nhid)
+        return NexthopDump(ours, foreign)
 
-    def load(self, dumped: dict[int, nl.Nexthop]) -> None:
-        self.load_kernel({i: nh for i, nh in dumped.items() if self.owns(nh)})
+    @staticmethod
+    def gateway(value: bytes) -> bytes:
+        return value[:-1] if len(value) in (5, 17) else value
 
     def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> int | None:
         """Fold a nexthop notification into the cache: the id if it was ours and is gone now
@@ -44,11 +79,12 @@ class NexthopTable(DeviceTable[int, nl.Nexthop]):
         got = nl.parse_nexthop(buf, off, end)
         if got is None:
             return None
-        nhid, nh = got
+        nhid = got[0]
         if not self.wants(nhid) and not self.holds(nhid):
             return None
-        if mtype == nl.RTM_DELNEXTHOP or not self.owns(nh):
+        value = self._value(*got[1:])
+        if mtype == nl.RTM_DELNEXTHOP or value is None:
             self.kernel_changed(nhid, None)
             return nhid
-        self.kernel_changed(nhid, nh)
+        self.kernel_changed(nhid, value)
         return 0

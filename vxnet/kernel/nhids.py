@@ -4,9 +4,8 @@ ones across restarts (adopted from the kernel), never one another program uses."
 from __future__ import annotations
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.nexthops import NexthopTable
+from vxnet.kernel.nexthops import NexthopDump, NexthopTable
 from vxnet.kernel.peer import PeerError
-from vxnet.kernel.routes import PROTO_VXNET
 
 BASE: dict[int, int] = {nl.AF_INET: 0x76780000, nl.AF_INET6: 0x76790000}
 SPAN = 0x10000
@@ -20,20 +19,18 @@ class NexthopIds:
         self._foreign: set[int] = set()  # ids in the kernel that are not ours to give
         self._next = self.base
 
-    def _ours(self, nhid: int) -> bool:
-        return self.base <= nhid < self.base + SPAN
+    @property
+    def range(self) -> range:
+        return range(self.base, self.base + SPAN)
 
-    def saw(self, dumped: dict[int, nl.Nexthop], ifindex: int, adopt: bool) -> None:
+    def saw(self, dumped: NexthopDump, adopt: bool) -> None:
         """A fresh dump of every nexthop: note the ids taken by others, and (before the first
         build) the ids an earlier run gave our device's gateways."""
-        self._foreign = {i for i, nh in dumped.items()
-                         if not (nh.protocol == PROTO_VXNET and (nh.oif == ifindex
-                                                                 or self._ours(i)))}
+        self._foreign = dumped.foreign
         if adopt:
             self._adopt = {}
-            for nhid, nh in sorted(dumped.items()):
-                if nh.protocol == PROTO_VXNET and nh.oif == ifindex:
-                    self._adopt.setdefault(nh.gateway, nhid)
+            for nhid in sorted(dumped.ours):
+                self._adopt.setdefault(NexthopTable.gateway(dumped.ours[nhid]), nhid)
 
     def adopted(self) -> None:
         """The first build is over: what was not taken over is not ours to keep."""

@@ -8,20 +8,20 @@ the kernel is exactly this, and a test can stand in for all of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from vxnet.kernel.netlink import Failure, NetlinkError, Reply, Request
+from vxnet.kernel.netlink import Failure, NetlinkError, Reply
 
-__all__ = ["Failure", "Kernel", "NetlinkError", "Reply", "Request"]
+__all__ = ["Failure", "Kernel", "NetlinkError", "Reply"]
 
 
 @runtime_checkable
 class Kernel(Protocol):
-    def batch(self, requests: Iterable[tuple[object, Request]]) -> list[Failure]:
-        """Send every (entry, (type, flags, body)) request, in order; the ones that failed,
-        each with its entry. The kernel goes on past a failed request. A socket error raises
-        (OSError): then nothing is known about what was written."""
+    def batch(self, mtype: int, flags: int, bodies: Sequence[bytes]) -> list[Failure]:
+        """Send a request of type `mtype` with `flags` per body, in order; the ones that
+        failed, each with its index. The kernel goes on past a failed request. A socket error
+        raises (OSError): then nothing is known about what was written."""
         ...
 
     def dump(self, mtype: int, body: bytes) -> list[Reply]:

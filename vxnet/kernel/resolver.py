@@ -18,14 +18,11 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.neighbours import NO_MAC, Entry, L2Table, show_dst, show_mac
-
-K = TypeVar("K", bound=Hashable)
+from vxnet.kernel.neighbours import NO_MAC, Entry, FdbTable, L2Table, NeighTable
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +52,15 @@ def _show(b: bytes) -> str:
     return b.hex(":") if len(b) == 6 else str(ipaddress.ip_address(b))
 
 
-class Answers(L2Table[K]):
+class Answers(L2Table):
     """Entries we answered: desire follows the kernel (an entry aged out is forgotten, not put
     back), and every entry is checked against the peer that owns it now."""
 
-    def want(self, key: K) -> bytes | None:
+    def want(self, key: bytes) -> bytes | None:
         """What the owner of this key says the entry should be (None: no node owns it)."""
         raise NotImplementedError
 
-    def seen(self, deleted: bool, key: K, value: bytes | None) -> bool:
+    def seen(self, deleted: bool, key: bytes, value: bytes | None) -> bool:
         """An entry that went is forgotten unless an answer is on its way; one that is there
         is checked against its owner now (put right or removed)."""
         if deleted or value is None:
@@ -73,14 +70,14 @@ class Answers(L2Table[K]):
             self.settle(key, self.want(key))
         return True
 
-    def load(self, entries: dict[K, bytes]) -> None:
+    def load(self, entries: dict[bytes, bytes]) -> None:
         """A fresh dump: what the kernel holds, each entry checked against its owner now.
         Answers not yet written stay; what the kernel no longer has is forgotten."""
         self.keep_only_pending()
         for key, value in entries.items():
             self.seen(False, key, value)
 
-    def recheck(self, through: Callable[[K, bytes], bool]) -> None:
+    def recheck(self, through: Callable[[bytes, bytes], bool]) -> None:
         """Entries (and answers on their way) matching `through`: rewritten to their owner
         now, or removed if no node owns them."""
         keys = [k for k, v in (*self.kernel_items(), *self.desired_items()) if through(k, v)]
@@ -88,40 +85,41 @@ class Answers(L2Table[K]):
             self.settle(key, self.want(key))
 
 
-class AnsweredNeighbours(Answers[nl.NeighKey]):
+class AnsweredNeighbours(Answers, NeighTable):
+    """Address -> MAC answers, REACHABLE: the kernel ages them out."""
+
     def __init__(self, family: int, ifindex: int, owner_mac: Callable[[bytes], bytes | None]
                  ) -> None:
-        super().__init__("neigh-on-demand", family, ifindex,
-                         lambda k, v: nl.neigh_set(k, v, nl.NUD_REACHABLE), nl.neigh_del,
-                         show_dst)
+        NeighTable.__init__(self, family, ifindex, "neigh-on-demand", nl.NUD_REACHABLE)
         self.owner_mac = owner_mac
 
-    def claim(self, entry: Entry) -> tuple[nl.NeighKey, bytes | None] | None:
+    def claim(self, entry: Entry) -> tuple[bytes, bytes | None] | None:
         fam, ifindex, state, _, dst, mac = entry
         if fam != self.family or ifindex != self.ifindex or dst is None \
                 or state & nl.NUD_PERMANENT:
             return None
-        return nl.NeighKey(fam, ifindex, dst), mac if mac and state & _USABLE else None
+        return dst, mac if mac and state & _USABLE else None
 
-    def want(self, key: nl.NeighKey) -> bytes | None:
-        return self.owner_mac(key.dst)
+    def want(self, key: bytes) -> bytes | None:
+        return self.owner_mac(key)
 
 
-class AnsweredFdb(Answers[nl.FdbKey]):
+class AnsweredFdb(Answers, FdbTable):
+    """MAC -> remote IP answers, REACHABLE."""
+
     def __init__(self, ifindex: int, mac_ip: Callable[[bytes], bytes | None]) -> None:
-        super().__init__("fdb-on-demand", nl.AF_BRIDGE, ifindex,
-                         lambda k, v: nl.fdb_set(k, v, nl.NUD_REACHABLE), nl.fdb_del, show_mac)
+        FdbTable.__init__(self, ifindex, "fdb-on-demand", nl.NUD_REACHABLE)
         self.mac_ip = mac_ip
 
-    def claim(self, entry: Entry) -> tuple[nl.FdbKey, bytes | None] | None:
+    def claim(self, entry: Entry) -> tuple[bytes, bytes | None] | None:
         fam, ifindex, state, _, dst, mac = entry
         if fam != nl.AF_BRIDGE or ifindex != self.ifindex or dst is None or mac is None \
                 or mac == NO_MAC or state & nl.NUD_PERMANENT:
             return None
-        return nl.FdbKey(ifindex, mac), dst if state & _USABLE else None
+        return mac, dst if state & _USABLE else None
 
-    def want(self, key: nl.FdbKey) -> bytes | None:
-        return self.mac_ip(key.mac)
+    def want(self, key: bytes) -> bytes | None:
+        return self.mac_ip(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +173,11 @@ class MissResolver:
         mac = self.owner_mac(dst)
         if mac is None:
             return self._unknown("l3", dst)
-        if not self._answer("l3", self.neigh, nl.NeighKey(self.family, self.ifindex, dst), mac):
+        if not self._answer("l3", self.neigh, dst, mac):
             return False
         # with the FDB on demand too, its entry comes with the answer: the kernel would
         # otherwise drop the first packet on an L2 miss and ask again
-        if self.fdb is not None and not self.fdb.holds(nl.FdbKey(self.ifindex, mac)):
+        if self.fdb is not None and not self.fdb.holds(mac):
             self._l2(mac)
         return True
 
@@ -189,9 +187,9 @@ class MissResolver:
         ip = self.mac_ip(mac)
         if ip is None:
             return self._unknown("l2", mac)
-        return self._answer("l2", self.fdb, nl.FdbKey(self.ifindex, mac), ip)
+        return self._answer("l2", self.fdb, mac, ip)
 
-    def _answer(self, kind: str, table: Answers[K], key: K, value: bytes) -> bool:
+    def _answer(self, kind: str, table: Answers, key: bytes, value: bytes) -> bool:
         if table.is_dirty(key) and table.desired(key) == value:
             return True  # already on its way
         if not self.limiter.take():
@@ -231,4 +229,4 @@ class MissResolver:
         if self.neigh is not None:
             self.neigh.recheck(lambda k, v: v in macs)
         if self.fdb is not None:
-            self.fdb.recheck(lambda k, v: k.mac in macs)
+            self.fdb.recheck(lambda k, v: k in macs)

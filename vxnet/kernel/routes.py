@@ -1,5 +1,5 @@
 """The route table's owner: our routes in the main table, how to dump them, how to read a
-notification about one."""
+notification about one. Keys are nl.route_key()s, values nl.route_value()s."""
 
 from __future__ import annotations
 
@@ -12,28 +12,43 @@ from vxnet.kernel.table import DeviceTable
 PROTO_VXNET = 118  # our route/nexthop protocol number (free in iproute2's rt_protos)
 
 
-def _show(k: nl.RouteKey) -> str:
-    return f"{ipaddress.ip_address(k.dst)}/{k.dst_len}"
+def _show(k: bytes) -> str:
+    return f"{ipaddress.ip_address(k[:-1])}/{k[-1]}"
 
 
-class RouteTable(DeviceTable[nl.RouteKey, nl.Route]):
+class RouteTable(DeviceTable[bytes, bytes]):
     """Ours: main-table routes of our family tagged with our protocol, or left by an older
     vxnet on our device with the kernel's default protocol."""
 
+    SET = (nl.RTM_NEWROUTE, nl.NLM_F_REPLACE | nl.NLM_F_CREATE)
+    DEL = (nl.RTM_DELROUTE, 0)
+
     def __init__(self, family: int, ifindex: int) -> None:
-        super().__init__("route", ifindex, nl.route_set, nl.route_del, _show)
+        super().__init__("route", ifindex, _show)
         self.family = family
 
-    def owns(self, table: int, key: nl.RouteKey, r: nl.Route) -> bool:
-        return table == nl.RT_TABLE_MAIN and key.family == self.family and (
-            r.protocol == PROTO_VXNET or (r.oif == self.ifindex and r.protocol == nl.RTPROT_BOOT))
+    def encode_set(self, key: bytes, value: bytes) -> bytes:
+        return nl.route_body(self.family, key, value)
 
-    def dump(self, kernel: Kernel) -> dict[nl.RouteKey, nl.Route]:
-        out, owns, parse = {}, self.owns, nl.parse_route
+    encode_del = encode_set  # the kernel deletes the route the same message names
+
+    def _ours(self, parsed: nl.Parsed | None) -> tuple[bytes, bytes] | None:
+        """(key, value) of a main-table route of our family that is ours, else None."""
+        if parsed is None:
+            return None
+        table, fam, dst, dlen, proto, nhid, oif, gw, onlink = parsed
+        if table != nl.RT_TABLE_MAIN or fam != self.family or not (
+                proto == PROTO_VXNET or (oif == self.ifindex and proto == nl.RTPROT_BOOT)):
+            return None
+        return nl.route_key(dst, dlen), nl.route_value(proto, nhid=nhid, oif=oif, gateway=gw,
+                                                       onlink=onlink)
+
+    def dump(self, kernel: Kernel) -> dict[bytes, bytes]:
+        out, ours, parse = {}, self._ours, nl.parse_route
         for buf, off, end in kernel.dump(nl.RTM_GETROUTE, nl.route_dump_request(self.family)):
-            r = parse(buf, off, end)
-            if r is not None and owns(r[0], r[1], r[2]):
-                out[r[1]] = r[2]
+            got = ours(parse(buf, off, end))
+            if got is not None:
+                out[got[0]] = got[1]
         return out
 
     def resync(self, kernel: Kernel) -> None:
@@ -41,16 +56,17 @@ class RouteTable(DeviceTable[nl.RouteKey, nl.Route]):
 
     def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> bool:
         """Fold a route notification into the cache; True if it touched ours."""
-        r = nl.parse_route(buf, off, end)
-        if r is None or r[0] != nl.RT_TABLE_MAIN or r[1].family != self.family:
+        parsed = nl.parse_route(buf, off, end)
+        if parsed is None or parsed[0] != nl.RT_TABLE_MAIN or parsed[1] != self.family:
             return False
-        _, key, value = r
+        ours = self._ours(parsed)
+        key = nl.route_key(parsed[2], parsed[3])
         if mtype == nl.RTM_DELROUTE:
-            if self.in_kernel(key) != value:
+            if ours is None or self.in_kernel(key) != ours[1]:
                 return False
             self.kernel_changed(key, None)
-        elif self.owns(*r):
-            self.kernel_changed(key, value)
+        elif ours is not None:
+            self.kernel_changed(key, ours[1])
         elif self.wants(key):  # someone else's route took our key
             self.kernel_changed(key, None)
         else:
@@ -60,5 +76,5 @@ class RouteTable(DeviceTable[nl.RouteKey, nl.Route]):
     def nexthop_gone(self, nhid: int) -> None:
         """The kernel drops routes through a deleted nexthop without telling anyone."""
         for k, v in self.kernel_items():
-            if v.nhid == nhid:
+            if nl.route_nhid(v) == nhid:
                 self.kernel_changed(k, None)

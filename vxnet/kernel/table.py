@@ -9,8 +9,12 @@ success only: a write that fails, raises or is never sent leaves its key dirty.
 
 The three maps are the table's own: others read them through the views below and change them
 through its operations. The kernel tables (kernel/routes.py, neighbours.py, nexthops.py) add
-what only they know: how to dump their entries, which entries are ours, how to read a
-notification.
+what only they know: how an entry is encoded, how to dump their entries, which entries are
+ours, how to read a notification.
+
+Entries are compact (kernel/netlink.py): keys and values are bytes or ints, so a pass compares
+and writes them without an object per entry, and a table of 20 000 entries is two dicts of
+small bytes.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import operator
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
-from vxnet.kernel.port import Kernel, Request
+from vxnet.kernel import netlink as nl
+from vxnet.kernel.port import Kernel
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +36,6 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 _ABSENT = object()
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
-
-
-class Op(NamedTuple, Generic[K, V]):
-    """One planned kernel write; `value` is the new value (set) or the kernel's (delete). A
-    tuple: a pass makes one per entry written, and a frozen dataclass costs 3x as much to build."""
-
-    table: DeltaTable[K, V]
-    delete: bool
-    key: K
-    value: V
-
-    def __str__(self) -> str:
-        return f"{'delete' if self.delete else 'set'} {self.table.name} {self.table.show(self.key)}"
 
 
 @dataclass(slots=True)
@@ -72,10 +64,12 @@ class Drift:
 
 
 class DeltaTable(Generic[K, V]):
-    def __init__(self, name: str, encode_set: Callable[[K, V], Request],
-                 encode_del: Callable[[K, V], Request], show: Callable[[K], str] = str) -> None:
-        self.name = name
-        self.encode_set, self.encode_del, self.show = encode_set, encode_del, show
+    # (message type, flags) of a set and of a delete; each subclass says how to encode them
+    SET: ClassVar[tuple[int, int]]
+    DEL: ClassVar[tuple[int, int]]
+
+    def __init__(self, name: str, show: Callable[[K], str] = str) -> None:
+        self.name, self.show = name, show
         self._desired: dict[K, V] = {}
         self._kernel: dict[K, V] = {}
         self._dirty: set[K] = set()
@@ -205,100 +199,96 @@ class DeltaTable(Generic[K, V]):
         self._kernel[key] = value
 
     # -- the pass ----------
-    def plan(self, keys: Iterable[K] | None = None) -> tuple[list[Op[K, V]], list[Op[K, V]]]:
-        """(sets, deletes) needed for the dirty keys (or just `keys` of them). Keys already in
-        step are cleaned; the others stay dirty until record() sees them in step, so a write
-        that fails, raises or is never sent is never forgotten."""
-        sets: list[Op[K, V]] = []
-        dels: list[Op[K, V]] = []
+    def encode_set(self, key: K, value: V) -> bytes:
+        raise NotImplementedError
+
+    def encode_del(self, key: K, value: V) -> bytes:
+        raise NotImplementedError
+
+    def plan(self, keys: Iterable[K] | None = None) -> tuple[list[K], list[K]]:
+        """(keys to set, keys to delete) among the dirty keys (or just `keys` of them). Keys
+        already in step are cleaned; the others stay dirty until a write leaves them in step,
+        so a write that fails, raises or is never sent is never forgotten."""
+        sets: list[K] = []
+        dels: list[K] = []
         clean = []
         desired, kernel = self._desired, self._kernel
         for key in self._dirty if keys is None else keys:
             want, have = desired.get(key), kernel.get(key)
             if want is not None:
                 if have != want:
-                    sets.append(Op(self, False, key, want))
+                    sets.append(key)
                 else:
                     clean.append(key)
             elif have is not None:
-                dels.append(Op(self, True, key, have))
+                dels.append(key)
             else:
                 clean.append(key)
         self._dirty.difference_update(clean)
         return sets, dels
 
-    def record(self, op: Op[K, V], ok: bool) -> None:
-        """Outcome of a planned op: the cache follows success only. The key stays dirty unless
-        it is now in step (a failure, or a desire that changed while the op was in flight)."""
-        if not ok:
-            return
-        self.writes += 1
-        if op.delete:
-            self._kernel.pop(op.key, None)
+    def write(self, kernel: Kernel, keys: list[K], delete: bool, result: PassResult) -> None:
+        """Planned keys of this table (all sets or all deletes) written in one batch; the cache
+        follows what succeeded, each failing entry is logged once per error."""
+        if delete:
+            values = list(map(self._kernel.__getitem__, keys))
+            mtype, flags = self.DEL
+            bodies = list(map(self.encode_del, keys, values))
         else:
-            self._kernel[op.key] = op.value
-        if self._desired.get(op.key) == self._kernel.get(op.key):
-            self._dirty.discard(op.key)
-            if not self._dirty:  # a set never shrinks: after a first sync of 20 000 keys
-                self._dirty = set()  # the empty one would keep 2 MiB
+            values = list(map(self._desired.__getitem__, keys))
+            mtype, flags = self.SET
+            bodies = list(map(self.encode_set, keys, values))
+        failures = kernel.batch(mtype, flags, bodies)
+        if not failures:  # the common case, recorded in bulk at C speed
+            self._record(keys, values, delete)
+            result.writes[self.name] += len(keys)
+            if self._failing:
+                for k in keys:
+                    self._failing.pop(k, None)
+            return
+        failed = {f.index: f for f in failures}
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+            f = failed.get(i)
+            if f is None or (delete and f.errno in _GONE):  # deleting what is gone succeeded
+                self._record([key], [value], delete)
+                result.writes[self.name] += 1
+                self._failing.pop(key, None)
+                continue
+            err = str(nl.NetlinkError(f.errno, f"{'delete' if delete else 'set'} {self.name} "
+                                      f"{self.show(key)}", f.detail))
+            result.failures.append(err)
+            if self._failing.get(key) != err:
+                log.warning("kernel write failed: %s", err)  # once per entry and error
+            self._failing[key] = err
 
-    def record_all(self, ops: list[Op[K, V]]) -> None:
-        """Every op of one synchronous batch succeeded: record() for each, in bulk at C speed
-        (a first sync records 20 000 writes per table)."""
-        self.writes += len(ops)
-        keys = [op.key for op in ops]
-        if ops[0].delete:
-            kernel = self._kernel
+    def _record(self, keys: list[K], values: list[V], delete: bool) -> None:
+        """These writes succeeded: the cache follows; keys now in step are clean (a desire that
+        changed while a write was in flight leaves its key dirty)."""
+        self.writes += len(keys)
+        desired, kernel = self._desired, self._kernel
+        if delete:
             for k in keys:
                 kernel.pop(k, None)
-            in_step = not any(map(self._desired.__contains__, keys))
+            in_step = not any(map(desired.__contains__, keys))
         else:
-            values = [op.value for op in ops]
-            self._kernel.update(zip(keys, values, strict=True))
-            in_step = all(map(operator.eq, map(self._desired.get, keys), values))
-        if in_step:  # else a desire changed meanwhile: those keys stay dirty, one by one
+            kernel.update(zip(keys, values, strict=True))
+            in_step = all(map(operator.eq, map(desired.get, keys), values))
+        if in_step:
             self._dirty.difference_update(keys)
-            if not self._dirty:
-                self._dirty = set()
         else:
             for k in keys:
-                if self._desired.get(k) == self._kernel.get(k):
+                if desired.get(k) == kernel.get(k):
                     self._dirty.discard(k)
-
-    def write(self, kernel: Kernel, ops: list[Op[K, V]], result: PassResult) -> None:
-        """Planned ops of this table (all sets or all deletes), written in one batch; the
-        cache follows what succeeded, each failing entry is logged once per error."""
-        encode = self.encode_del if ops[0].delete else self.encode_set
-        failures = kernel.batch((op, encode(op.key, op.value)) for op in ops)
-        if not failures:  # the common case, recorded in bulk
-            self.record_all(ops)
-            result.writes[self.name] += len(ops)
-            if self._failing:
-                for op in ops:
-                    self._failing.pop(op.key, None)
-            return
-        failed = {id(f.entry): f.error for f in failures}
-        for op in ops:
-            err = failed.get(id(op))
-            ok = err is None or (op.delete and err.errno in _GONE)
-            self.record(op, ok)
-            if ok:
-                result.writes[self.name] += 1
-                self._failing.pop(op.key, None)
-            elif err is not None:
-                result.failures.append(str(err))
-                if self._failing.get(op.key) != str(err):
-                    log.warning("kernel write failed: %s", err)  # once per entry and error
-                self._failing[op.key] = str(err)
+        if not self._dirty:  # a set never shrinks: after a first sync of 20 000 keys
+            self._dirty = set()  # the empty one would keep 2 MiB
 
 
 class DeviceTable(DeltaTable[K, V]):
     """A kernel table's entries on one device (our VXLAN device): all forgotten when the device
     is replaced, its write counts kept."""
 
-    def __init__(self, name: str, ifindex: int, encode_set: Callable[[K, V], Request],
-                 encode_del: Callable[[K, V], Request], show: Callable[[K], str] = str) -> None:
-        super().__init__(name, encode_set, encode_del, show)
+    def __init__(self, name: str, ifindex: int, show: Callable[[K], str] = str) -> None:
+        super().__init__(name, show)
         self.ifindex = ifindex
 
     def rebind(self, ifindex: int) -> None:

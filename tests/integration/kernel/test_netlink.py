@@ -11,6 +11,8 @@ from tests.integration.kernel.conftest import open_node, peer_of
 from tests.waiting import until
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.events import EventSocket
+from vxnet.kernel.neighbours import NeighTable
+from vxnet.kernel.routes import RouteTable
 
 pytestmark = pytest.mark.netns
 
@@ -28,11 +30,10 @@ def all_routes(sock, family):
     for buf, off, end in sock.dump(nl.RTM_GETROUTE, nl.route_dump_request(family)):
         r = nl.parse_route(buf, off, end)
         if r and r[0] == nl.RT_TABLE_MAIN:
-            _, k, v = r
-            dst = "default" if k.dst_len == 0 else (
-                addr(k.dst) if k.dst_len == 8 * len(k.dst) else f"{addr(k.dst)}/{k.dst_len}")
-            out.add((dst, v.nhid or None, addr(v.gateway) if v.gateway else None,
-                     str(v.protocol)))
+            _, _, d, dlen, proto, nhid, _, gw, _ = r
+            dst = "default" if dlen == 0 else (
+                addr(d) if dlen == 8 * len(d) else f"{addr(d)}/{dlen}")
+            out.add((dst, nhid or None, addr(gw) if gw else None, str(proto)))
     return out
 
 
@@ -56,62 +57,74 @@ async def test_dumps_agree_with_iproute2(lab):
                   if r.get("type", "unicast") == "unicast"}
         assert all_routes(k.sock, fam) == theirs
 
-    ours_nh = {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
-               for nhid, v in k.plane(4).nexthop.dump(k.sock).items()}
-    ours_nh |= {nhid: (addr(v.gateway), v.oif, v.onlink, v.protocol)
-                for nhid, v in k.plane(6).nexthop.dump(k.sock).items()}
+    every_nh = {}
+    for buf, off, end in k.sock.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
+        nhid, _, proto, oif, gw, onlink = nl.parse_nexthop(buf, off, end)
+        every_nh[nhid] = (addr(gw), oif, onlink, proto)
     theirs_nh = {n["id"]: (n["gateway"], n1.ifindex(n["dev"]), "onlink" in n["flags"],
                            int(n["protocol"])) for n in ip_json(ns, "nexthop")}
-    assert ours_nh == theirs_nh and len(ours_nh) == 3
+    assert every_nh == theirs_nh and len(every_nh) == 3
+    for plane in (k.plane(4), k.plane(6)):  # each table's: id -> gateway, as it wants them
+        ours_nh = plane.nexthop.dump(k.sock, plane.nhids.range).ours
+        assert {i: addr(gw) for i, gw in ours_nh.items()} == \
+            {i: gw for i, (gw, oif, _, _) in theirs_nh.items() if oif == plane.spec.ifindex}
+        assert ours_nh == dict(plane.nexthop.desired_items()) == \
+            dict(plane.nexthop.kernel_items())
 
     for v, plane in ((4, k.plane(4)), (6, k.plane(6))):
         dev = "flannel.1" if v == 4 else "flannel-v6.1"
         theirs_neigh = {(n["dst"], n["lladdr"]) for n in ip_json(ns, "neigh", "show", "dev", dev)
                         if "PERMANENT" in n["state"]}
         ours = plane.neigh.dump(k.sock)
-        assert {(addr(key.dst), mac.hex(":")) for key, mac in ours.items()} == theirs_neigh
+        assert {(addr(dst), mac.hex(":")) for dst, mac in ours.items()} == theirs_neigh
+        assert ours == dict(plane.neigh.desired_items()) == dict(plane.neigh.kernel_items())
         theirs_fdb = {(f["mac"], f["dst"]) for f in json.loads(
             ns.run("bridge", "-j", "fdb", "show", "dev", dev).stdout)
             if f.get("state") == "permanent" and "self" in f["flags"] and "dst" in f}
         ours = plane.fdb.dump(k.sock)
-        assert {(key.mac.hex(":"), addr(dst)) for key, dst in ours.items()} == theirs_fdb
+        assert {(mac.hex(":"), addr(dst)) for mac, dst in ours.items()} == theirs_fdb
+        assert ours == dict(plane.fdb.desired_items()) == dict(plane.fdb.kernel_items())
+        routes = plane.route.dump(k.sock)
+        assert routes == dict(plane.route.desired_items()) == dict(plane.route.kernel_items())
+        assert {plane.route.show(key) for key in routes} == {
+            r["dst"] for r in ip_json(ns, f"-{v}", "route", "show", "proto", "118")}
         assert len(theirs_fdb) == (2 if v == 4 else 1)
 
 
-async def test_a_failing_request_is_reported_with_its_entry(two_nodes):
+async def test_a_failing_request_is_reported_with_its_index(two_nodes):
     n1, _ = two_nodes
     k = await open_node(n1)
     dev = k.plane().spec.ifindex
     gw = ipa.ip_address("10.244.9.0").packed
-    requests = [
-        ("good neigh", nl.neigh_set(nl.NeighKey(socket.AF_INET, dev, gw), bytes.fromhex(
-            "0e0000000009"))),
-        ("route via a missing nexthop", nl.route_set(nl.RouteKey(socket.AF_INET, gw, 24),
-                                                     nl.Route(118, nhid=424242))),
-        ("delete of nothing", nl.route_del(nl.RouteKey(socket.AF_INET, gw, 24),
-                                           nl.Route(118, oif=dev, gateway=gw, onlink=True))),
-        ("good fdb", nl.fdb_set(nl.FdbKey(dev, bytes.fromhex("0e0000000009")),
-                                ipa.ip_address("198.51.100.9").packed)),
+    key = nl.route_key(gw, 24)
+    routes = [
+        nl.route_body(socket.AF_INET, nl.route_key(ipa.ip_address("10.244.8.0").packed, 24),
+                      nl.route_value(118, oif=dev, gateway=gw, onlink=True)),  # good
+        nl.route_body(socket.AF_INET, key, nl.route_value(118, nhid=424242)),  # no such nexthop
+        nl.route_body(socket.AF_INET, key, nl.route_value(118, oif=dev, gateway=gw,
+                                                          onlink=True)),  # good
     ]
-    failures = k.sock.batch(requests)
-    assert [f.entry for f in failures] == ["route via a missing nexthop", "delete of nothing"]
-    assert failures[0].error.errno == 22 and "Nexthop id does not exist" in str(failures[0].error)
-    assert failures[0].error.entry == "route via a missing nexthop"
-    assert failures[1].error.errno in (3, 2)  # ESRCH
+    failures = k.sock.batch(*RouteTable.SET, routes)
+    assert [(f.index, f.errno) for f in failures] == [(1, errno.EINVAL)]
+    assert "Nexthop id does not exist" in failures[0].detail
+    [gone] = k.sock.batch(*RouteTable.DEL, [routes[2], routes[2]])  # the second finds nothing
+    assert gone.index == 1 and gone.errno in (errno.ESRCH, errno.ENOENT)
     # the kernel went on past the failures
-    assert "0e:00:00:00:00:09" in n1.ns.ip("neigh", "show", "dev", "flannel.1").stdout
-    assert "198.51.100.9" in n1.ns.run("bridge", "fdb", "show", "dev", "flannel.1").stdout
+    assert "10.244.8.0/24 via 10.244.9.0" in n1.ns.ip("route", "show", "dev", "flannel.1").stdout
 
 
 async def test_batches_larger_than_one_send(two_nodes):
     n1, _ = two_nodes
     k = await open_node(n1)
     dev = k.plane().spec.ifindex
-    reqs = [(i, nl.neigh_set(nl.NeighKey(socket.AF_INET, dev, ipa.ip_address(
-        f"10.250.{i >> 8}.{i & 255}").packed), bytes([14, 0, 0, 0, i >> 8, i & 255])))
-            for i in range(3000)]
-    assert k.sock.batch(reqs) == []
+    bodies = [nl.neigh_body(socket.AF_INET, dev, ipa.ip_address(
+        f"10.250.{i >> 8}.{i & 255}").packed, bytes([14, 0, 0, 0, i >> 8, i & 255]))
+              for i in range(3000)]
+    assert k.sock.batch(*NeighTable.SET, bodies) == []
     assert len(k.plane().neigh.dump(k.sock)) == 3000
+    bodies[2999] = nl.neigh_body(socket.AF_INET, 999, bytes(4), bytes(6))  # no such device
+    [failure] = k.sock.batch(*NeighTable.SET, bodies)  # the last of the last chunk
+    assert failure.index == 2999 and failure.errno == errno.ENODEV
 
 
 async def test_dumps_hold_only_our_device_s_entries(two_nodes):
@@ -146,8 +159,9 @@ async def test_notifications_of_our_own_writes_can_be_left_out(two_nodes):
     with n1.ns.entered():
         events = nl.RtnlSocket((nl.RTNLGRP_NEIGH,))
     try:
-        ours = nl.NeighKey(socket.AF_INET, dev, ipa.ip_address("10.244.9.0").packed)
-        assert k.sock.batch([("ours", nl.neigh_set(ours, bytes.fromhex("0e0000000009")))]) == []
+        ours = nl.neigh_body(socket.AF_INET, dev, ipa.ip_address("10.244.9.0").packed,
+                             bytes.fromhex("0e0000000009"))
+        assert k.sock.batch(*NeighTable.SET, [ours]) == []
         n1.ns.ip("neigh", "add", "10.244.8.0", "lladdr", "0e:00:00:00:00:08", "dev",
                  "flannel.1", "nud", "permanent")
         seen = [addr(nl.parse_neigh(b, o, e)[4]) for t, b, o, e in
@@ -165,19 +179,19 @@ async def test_requests_and_dumps_share_one_socket_in_any_order(two_nodes):
         sock = nl.RtnlSocket()
     try:
         eth0 = n1.ifindex("eth0")
-        key = nl.NeighKey(socket.AF_INET, eth0, bytes([10, 252, 0, 1]))
+        dst = bytes([10, 252, 0, 1])
+        delete = nl.neigh_del_body(socket.AF_INET, eth0, dst)  # ndmsg, device and NDA_DST
         with pytest.raises(nl.NetlinkError) as refused:
-            sock.request(*nl.neigh_del(key, bytes(6)), entry="not there")
+            sock.request(nl.RTM_DELNEIGH, 0, delete, entry="not there")
         assert refused.value.errno == errno.ENOENT and refused.value.entry == "not there"
-        assert sock.request(*nl.neigh_set(key, bytes.fromhex("0e0000000001"))) == []
-        _, _, get = nl.neigh_del(key, b"")  # ndmsg with the device, and NDA_DST: a get's body
-        [(buf, off, end)] = sock.request(nl.RTM_GETNEIGH, 0, get)
-        assert nl.parse_neigh(buf, off, end)[4] == key.dst
+        assert sock.request(*NeighTable.SET, nl.neigh_body(
+            socket.AF_INET, eth0, dst, bytes.fromhex("0e0000000001"))) == []
+        [(buf, off, end)] = sock.request(nl.RTM_GETNEIGH, 0, delete)  # also a get's body
+        assert nl.parse_neigh(buf, off, end)[4] == dst
         dumped = sock.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(socket.AF_INET, eth0))
-        assert key.dst in {nl.parse_neigh(*m)[4] for m in dumped}
-        [failure] = sock.batch([("again", nl.neigh_del(key, bytes(6))),
-                                ("twice", nl.neigh_del(key, bytes(6)))])
-        assert failure.entry == "twice" and failure.error.errno == errno.ENOENT
+        assert dst in {nl.parse_neigh(*m)[4] for m in dumped}
+        [failure] = sock.batch(nl.RTM_DELNEIGH, 0, [delete, delete])
+        assert failure.index == 1 and failure.errno == errno.ENOENT
         assert sock.requests == 5  # three requests, a batch of two
     finally:
         sock.close()
@@ -200,10 +214,9 @@ async def test_an_event_socket_that_overflows_listens_anew_and_says_so(lab):
     try:
         with EventSocket((nl.RTNLGRP_NEIGH,), on_events, lost.append, netns=n1.ns.name,
                          rcvbuf=4096) as events:
-            burst = [(i, nl.neigh_set(nl.NeighKey(socket.AF_INET, eth0, bytes(
-                [10, 250, i >> 8, i & 255])), bytes([14, 0, 0, 0, i >> 8, i & 255])))
-                for i in range(2000)]
-            assert writer.batch(burst) == []  # the loop does not turn: nothing is read
+            burst = [nl.neigh_body(socket.AF_INET, eth0, bytes([10, 250, i >> 8, i & 255]),
+                                   bytes([14, 0, 0, 0, i >> 8, i & 255])) for i in range(2000)]
+            assert writer.batch(*NeighTable.SET, burst) == []  # nothing reads yet
             await until(lambda: lost)
             assert [e.errno for e in lost] == [errno.ENOBUFS] and events.overflows == 1
             assert events.is_open and events.error is None

@@ -4,7 +4,8 @@ own, so dumps parse exactly as real ones.
 
 Fail flags, as Felix's mocknetlink has, one or more for every call of Kernel (each stays set
 until the test clears it):
-- `fail(entry)`: an errno to fail that entry of a batch with (0: written);
+- `fail(what)`: an errno to fail a request of a batch with (0: written); `what` names it as
+  `log` does, e.g. "set route 10.244.2.0/24", "delete fdb 0e:18:0a:f4:02:00";
 - `batch_raises`: the whole batch raises (a socket error: nothing is known to be written);
 - `dump_raises`: every dump raises (e.g. interrupted five times);
 - `dump_fails[kind]`: dumps of one kind ("route", "neigh", "fdb", "nexthop") raise (a kernel
@@ -15,10 +16,11 @@ notification the kernel would send."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Hashable, Iterable
+import ipaddress
+from collections.abc import Callable, Hashable, Sequence
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.port import Failure, Reply, Request
+from vxnet.kernel.port import Failure, Reply
 
 _NEW = {nl.RTM_NEWROUTE: "route", nl.RTM_NEWNEIGH: "neigh", nl.RTM_NEWNEXTHOP: "nexthop"}
 _DEL = {nl.RTM_DELROUTE: "route", nl.RTM_DELNEIGH: "neigh", nl.RTM_DELNEXTHOP: "nexthop"}
@@ -29,11 +31,29 @@ def _key(kind: str, body: bytes) -> Hashable:
     if kind == "route":
         route = nl.parse_route(body, 0, len(body))
         assert route is not None, "only unicast routes are written"
-        return route[1]
+        return route[1], route[2], route[3]
     if kind == "nexthop":
         return nl.parse_attrs(body, 8, len(body))[nl.NHA_ID]
     fam, ifindex, _, _, dst, mac = nl.parse_neigh(body, 0, len(body))
     return fam, ifindex, mac if fam == nl.AF_BRIDGE else dst
+
+
+def _describe(mtype: int, body: bytes) -> str:
+    """A request as a test names it: "set route 10.244.2.0/24", "delete fdb 0e:..."."""
+    verb = "delete" if mtype in _DEL else "set"
+    kind = (_DEL | _NEW)[mtype]
+    if kind == "route":
+        route = nl.parse_route(body, 0, len(body))
+        assert route is not None
+        return f"{verb} route {ipaddress.ip_address(route[2])}/{route[3]}"
+    if kind == "nexthop":
+        return f"{verb} nexthop {nl.U32.unpack(nl.parse_attrs(body, 8, len(body))[nl.NHA_ID])[0]}"
+    fam, _, _, _, dst, mac = nl.parse_neigh(body, 0, len(body))
+    if fam == nl.AF_BRIDGE:
+        assert mac is not None
+        return f"{verb} fdb {mac.hex(':')}"
+    assert dst is not None
+    return f"{verb} neigh {ipaddress.ip_address(dst)}"
 
 
 def _dump_kind(mtype: int, body: bytes) -> str:
@@ -45,7 +65,7 @@ def _dump_kind(mtype: int, body: bytes) -> str:
 class FakeKernel:
     def __init__(self) -> None:
         self.state: dict[str, dict[Hashable, bytes]] = {"route": {}, "neigh": {}, "nexthop": {}}
-        self.fail: Callable[[object], int] = lambda entry: 0  # errno to fail an entry with
+        self.fail: Callable[[str], int] = lambda what: 0  # errno to fail a request with
         self.batch_raises: BaseException | None = None
         self.dump_raises: BaseException | None = None
         self.dump_fails: dict[str, BaseException] = {}
@@ -53,14 +73,15 @@ class FakeKernel:
         self.requests = 0
         self.dumps = 0
 
-    def batch(self, requests: Iterable[tuple[object, Request]]) -> list[Failure]:
+    def batch(self, mtype: int, flags: int, bodies: Sequence[bytes]) -> list[Failure]:
         if self.batch_raises is not None:
             raise self.batch_raises
         failures = []
-        for entry, (mtype, _, body) in requests:
+        for index, body in enumerate(bodies):
             self.requests += 1
-            self.log.append(str(entry))
-            code = self.fail(entry)
+            what = _describe(mtype, body)
+            self.log.append(what)
+            code = self.fail(what)
             if not code and mtype in _DEL:
                 table = self.state[_DEL[mtype]]
                 if table.pop(_key(_DEL[mtype], body), None) is None:
@@ -69,7 +90,7 @@ class FakeKernel:
                 kind = _NEW[mtype]
                 self.state[kind][_key(kind, body)] = body
             if code:
-                failures.append(Failure(entry, nl.NetlinkError(code, entry)))
+                failures.append(Failure(index, code))
         return failures
 
     def dump(self, mtype: int, body: bytes) -> list[Reply]:

@@ -5,6 +5,7 @@ import ipaddress as ipa
 import socket
 
 from tests.unit.kernel.fakekernel import FakeKernel
+from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import Dataplane, PlaneSpec
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.peer import Peer
@@ -100,9 +101,9 @@ def test_direct_routing_uses_the_parent_for_peers_on_our_segment():
     dp.set_peers([peer(2), peer(3, ip=ipa.ip_address("203.0.113.3"))])
     dp.resync()
     routes = dict(dp.route.desired_items())
-    direct = routes[next(k for k in routes if k.dst == ipa.ip_address("10.244.2.0").packed)]
-    assert (direct.oif, direct.gateway, direct.nhid) == (2, ipa.ip_address(
-        "198.51.100.2").packed, 0)
+    direct = routes[nl.route_key(ipa.ip_address("10.244.2.0").packed, 24)]
+    _, _, nhid, oif, gateway = nl.route_fields(direct)
+    assert (oif, gateway, nhid) == (2, ipa.ip_address("198.51.100.2").packed, 0)
     assert len(dict(dp.fdb.desired_items())) == 1  # only the peer across the router is encapsulated
 
 

@@ -31,34 +31,37 @@ def test_the_socket_and_the_fake_are_both_a_kernel() -> None:
         sock.close()
 
 
-NEIGH = nl.NeighKey(socket.AF_INET, 5, bytes([10, 244, 2, 0]))
-FDB = nl.FdbKey(5, bytes.fromhex("0e0000000002"))
+DEV = 5
+DST = bytes([10, 244, 2, 0])
+MAC = bytes.fromhex("0e0000000002")
 
 
 def test_the_fake_keeps_writes_and_replays_them_as_dumps() -> None:
     k = FakeKernel()
-    assert k.batch([("neigh", nl.neigh_set(NEIGH, FDB.mac)),
-                    ("fdb", nl.fdb_set(FDB, bytes([198, 51, 100, 12])))]) == []
+    assert k.batch(nl.RTM_NEWNEIGH, 0, [nl.neigh_body(socket.AF_INET, DEV, DST, MAC),
+                                        nl.fdb_body(DEV, MAC, bytes([198, 51, 100, 12]))]) == []
     [(buf, off, end)] = [m for m in k.dump(nl.RTM_GETNEIGH,
-                                           nl.neigh_dump_request(socket.AF_INET, 5))
+                                           nl.neigh_dump_request(socket.AF_INET, DEV))
                          if nl.parse_neigh(*m)[0] == socket.AF_INET]
-    assert nl.parse_neigh(buf, off, end)[4:] == (NEIGH.dst, FDB.mac)
-    [failure] = k.batch([("again", nl.neigh_del(NEIGH, FDB.mac)),
-                         ("gone", nl.neigh_del(NEIGH, FDB.mac))])
-    assert failure.entry == "gone" and failure.error.errno == errno.ENOENT
-    assert k.requests == 4 and k.dumps == 1 and k.log == ["neigh", "fdb", "again", "gone"]
+    assert nl.parse_neigh(buf, off, end)[4:] == (DST, MAC)
+    gone = nl.neigh_del_body(socket.AF_INET, DEV, DST)
+    [failure] = k.batch(nl.RTM_DELNEIGH, 0, [gone, gone])
+    assert failure.index == 1 and failure.errno == errno.ENOENT
+    assert k.requests == 4 and k.dumps == 1
+    assert k.log == ["set neigh 10.244.2.0", "set fdb 0e:00:00:00:00:02",
+                     "delete neigh 10.244.2.0", "delete neigh 10.244.2.0"]
 
 
 def test_every_call_can_be_made_to_fail() -> None:
     k = FakeKernel()
-    k.fail = lambda entry: errno.EBUSY if entry == "b" else 0
-    failures = k.batch([("a", nl.neigh_set(NEIGH, FDB.mac)),
-                        ("b", nl.fdb_set(FDB, bytes(4)))])
-    assert [(f.entry, f.error.errno) for f in failures] == [("b", errno.EBUSY)]
+    k.fail = lambda what: errno.EBUSY if what.startswith("set fdb") else 0
+    failures = k.batch(nl.RTM_NEWNEIGH, 0, [nl.neigh_body(socket.AF_INET, DEV, DST, MAC),
+                                            nl.fdb_body(DEV, MAC, bytes(4))])
+    assert [(f.index, f.errno) for f in failures] == [(1, errno.EBUSY)]
 
     k.batch_raises = OSError(errno.ENOBUFS, "No buffer space available")
     with pytest.raises(OSError):
-        k.batch([("c", nl.neigh_del(NEIGH, FDB.mac))])
+        k.batch(nl.RTM_DELNEIGH, 0, [nl.neigh_del_body(socket.AF_INET, DEV, DST)])
     k.batch_raises = None
 
     k.dump_raises = nl.NetlinkError(errno.EINTR, "dump 26", "interrupted five times")

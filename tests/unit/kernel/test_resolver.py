@@ -12,7 +12,7 @@ IFINDEX = 7
 
 
 def l3_miss(addr: str) -> bytes:
-    return nl.neigh_del(nl.NeighKey(nl.AF_INET, IFINDEX, ipa.ip_address(addr).packed), b"")[2]
+    return nl.neigh_del_body(nl.AF_INET, IFINDEX, ipa.ip_address(addr).packed)
 
 
 def l2_miss(mac: bytes) -> bytes:
@@ -52,8 +52,8 @@ def test_one_route_for_the_network_and_no_per_peer_neighbours():
     k = FakeKernel()
     on_demand(k)
     [route] = k.state["route"].values()
-    _, key, r = nl.parse_route(route, 0, len(route))
-    assert (ipa.ip_address(key.dst), key.dst_len, r.oif, r.gateway) == \
+    _, _, dst, dst_len, _, _, oif, gateway, _ = nl.parse_route(route, 0, len(route))
+    assert (ipa.ip_address(dst), dst_len, oif, gateway) == \
         (ipa.ip_address("10.244.0.0"), 16, IFINDEX, b"")
     assert neighbours(k) == {} and set(fdb(k)) == {peer(2).vtep_mac, peer(3).vtep_mac}
 
