@@ -31,47 +31,53 @@ class SubnetSpace:
     per length in use (normally one), not a walk over every subnet."""
 
     def __init__(self) -> None:
-        self._exact: dict[tuple[int, int, int], str] = {}  # (version, plen, net int) -> owner
+        # one int per subnet, (network << 8 | prefix length) << 1 | IPv6: a tuple costs 64 B more
+        self._exact: dict[int, str] = {}  # subnet id -> owner
         self._lens: Counter[tuple[int, int]] = Counter()  # (version, plen) in use
 
     @staticmethod
-    def _id(net: IPNetwork) -> tuple[int, int, int]:
-        return net.version, net.prefixlen, int(net.network_address)
+    def _id(version: int, plen: int, addr: int) -> int:
+        return (addr << 8 | plen) << 1 | (version == 6)
+
+    def _owner_at(self, version: int, plen: int, addr: int) -> str | None:
+        """Who holds the subnet of length `plen` that holds `addr`."""
+        bits = 32 if version == 4 else 128
+        return self._exact.get(self._id(version, plen, addr >> (bits - plen) << (bits - plen)))
 
     def conflict(self, net: IPNetwork) -> str | None:
         """The owner of an accepted subnet that overlaps `net`, if any."""
-        v, plen, addr = self._id(net)
-        bits = net.max_prefixlen
+        v, plen, addr = net.version, net.prefixlen, int(net.network_address)
         for lv, lp in self._lens:
             if lv != v:
                 continue
             if lp <= plen:  # an equal or larger accepted subnet containing net
-                owner = self._exact.get((v, lp, addr >> (bits - lp) << (bits - lp)))
+                owner = self._owner_at(v, lp, addr)
                 if owner is not None:
                     return owner
             else:  # smaller accepted subnets inside net: only with mixed lengths, so rare
-                shift = bits - plen
-                for (ev, ep, ea), owner in self._exact.items():
-                    if ev == v and ep == lp and ea >> shift == addr >> shift:
+                shift = net.max_prefixlen - plen
+                for sid, owner in self._exact.items():
+                    if sid & 1 == (v == 6) and sid >> 1 & 0xFF == lp \
+                            and sid >> 9 >> shift == addr >> shift:
                         return owner
         return None
 
     def owner(self, version: int, addr: int) -> str | None:
         """Who holds the accepted subnet this address is in (one lookup per length in use)."""
-        bits = 32 if version == 4 else 128
         for lv, lp in self._lens:
             if lv == version:
-                owner = self._exact.get((version, lp, addr >> (bits - lp) << (bits - lp)))
+                owner = self._owner_at(version, lp, addr)
                 if owner is not None:
                     return owner
         return None
 
     def add(self, net: IPNetwork, owner: str) -> None:
-        self._exact[self._id(net)] = owner
+        self._exact[self._id(net.version, net.prefixlen, int(net.network_address))] = owner
         self._lens[(net.version, net.prefixlen)] += 1
 
     def remove(self, net: IPNetwork) -> None:
-        if self._exact.pop(self._id(net), None) is not None:
+        sid = self._id(net.version, net.prefixlen, int(net.network_address))
+        if self._exact.pop(sid, None) is not None:
             key = (net.version, net.prefixlen)
             self._lens[key] -= 1
             if not self._lens[key]:
@@ -106,4 +112,6 @@ def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,
         mac = normalize_mac(peer.vtep_mac)
     except ValueError as e:
         raise PeerError(f"peer {peer.key}: VTEP {e}") from None
-    return Peer(peer.key, peer.subnet, peer.public_ip, mac, peer.vni)
+    # the same object when nothing changed: admitted peers are kept, one each
+    return peer if mac is peer.vtep_mac else Peer(peer.key, peer.subnet, peer.public_ip, mac,
+                                                   peer.vni)
