@@ -26,6 +26,7 @@ from vxnet.lab.cluster import PREFIX, Cluster
 from vxnet.store.lease import LeaseAttrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import goals
 from bench.kernel_bench import batch_files, fmt, peer, peers
 
 # the agent's own subnet comes from 10.200.0.0 up, clear of the fake peers below it
@@ -199,6 +200,10 @@ def latency(c: Cluster, node, n: int, ops: int, churn: float, base: int
         print(f"  {kind:>9}: p50 {pct(xs, .5) * 1000:6.2f} ms  p99 {pct(xs, .99) * 1000:6.2f}"
               f" ms  max {max(xs) * 1000:6.2f} ms")
     total = own.pop("count") or 1
+    if churn == 100:
+        goals.check("own part p99", 1000 * min(
+            (float(le) for le, v in own.items() if le != "sum" and v / total >= 0.99),
+            default=float("inf")))
     print(f"  the agent's own part (a watch batch arriving -> its kernel writes done"
           f"{', the churn included' if churn else ''}), mean "
           f"{own.pop('sum') / total * 1000:.2f} ms: " + ", ".join(
@@ -308,8 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             peak["peak RSS"].append((n, max(rss)))
             print(f"{n:>6} | {fmt(ready):>26} | {fmt(first):>26} | {fmt(batch):>24} | "
                   f"{ratio:>9.2f}x | {max(rss):.0f} MiB", flush=True)
+            if args.store == "etcd":
+                size = goals.size(n)
+                if f"peak RSS, {size}" in goals.GOALS:
+                    goals.check(f"peak RSS, {size}", max(rss))
+                if f"start -> ready, {size}" in goals.GOALS:
+                    goals.check(f"start -> ready, {size}", statistics.median(ready) * 1000)
     if args.store == "kube":
-        return 0  # the event latency and idle figures are etcd mode's
+        return 0  # the event latency and idle figures (and the goals) are etcd mode's
 
     with Cluster("bench", config=CONFIG,
                  agent_args=("--resync-interval", "30", *args.agent_arg)) as c:
@@ -320,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         proc = c.start_agent(node)
         c.wait_ready(node, 120)
         res, acked = latency(c, node, n, args.latency_ops, 0, n)
+        if n == 5000:
+            goals.check("event latency p99, quiet",
+                        pct([x for xs in res.values() for x in xs], .99) * 1000)
         if args.churn:
             churned, _ = latency(c, node, n, args.latency_ops, args.churn, n + args.latency_ops)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -348,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         save(f"{args.plot_dir}/agent-latency.png", f"etcd write -> kernel, {n} peers held "
              "(cumulative share of events)", "milliseconds", [("share of events", cdf)],
              logx=True)
+    goals.report()
     return 0
 
 

@@ -26,6 +26,9 @@ from vxnet.kernel.peer import Peer
 from vxnet.kernel.routes import PROTO_VXNET
 from vxnet.lab.netns import Netns
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import goals
+
 LOCAL = ipaddress.ip_network("10.0.0.0/24")
 NETWORK = ipaddress.ip_network("10.0.0.0/8")
 
@@ -170,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             medians[label].append((n, statistics.median(times[name]) * 1000))
         print(f"{n:>6} | {fmt(times['vxnet'])} | {fmt(times['nh'])} | {fmt(times['gw'])} | "
               f"{ratio:.2f}x", flush=True)
+        if f"kernel path / ip -batch, {goals.size(n)}" in goals.GOALS:
+            goals.check(f"kernel path / ip -batch, {goals.size(n)}", ratio)
 
     steady, restart, writes = noop_resync(args.noop_size, args.reps)
     print(f"\nno-op resync at {args.noop_size} peers: steady {fmt(steady)}; "
           f"restart (new caches, adopt) {fmt(restart)}; kernel writes {writes}")
+    if args.noop_size == 5000:
+        goals.check("no-op resync, 5 000", statistics.median(steady) * 1000)
+    goals.report()
     if args.plot:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from bench.plot import save

@@ -249,9 +249,11 @@ class Dataplane:
             return
         t0 = time.perf_counter()
         s = self.spec
-        nexthops = self.nexthop.dump(self.kernel, self.nhids.range) if s.use_nexthops \
-            else NexthopDump({}, set())
-        self.nhids.saw(nexthops, adopt=not self._built)
+        # None: the same dump as last time, with nothing changed since (nothing to file)
+        nexthops = self.nexthop.dump(self.kernel, self.nhids.range, fresh_only=self._built) \
+            if s.use_nexthops else NexthopDump({}, set())
+        if nexthops is not None:
+            self.nhids.saw(nexthops, adopt=not self._built)
         yield
         if not self._built:
             self._built = True
@@ -265,7 +267,8 @@ class Dataplane:
                 if n % chunk == 0:
                     yield
             self.nhids.adopted()
-        self.nexthop.load_kernel(nexthops.ours)
+        if nexthops is not None:
+            self.nexthop.load(nexthops)
         for family in (nl.AF_BRIDGE, s.family):
             yield
             dump_l2(self.kernel, family, s.ifindex, self._l2)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.port import Kernel
 from vxnet.kernel.routes import PROTO_VXNET
-from vxnet.kernel.table import DeviceTable
+from vxnet.kernel.table import DeviceTable, dump_digest
 
 _ODD = b"\0"  # appended to the gateway of a nexthop of ours that is not as we write them
 
@@ -26,10 +26,11 @@ def supported(kernel: Kernel) -> bool:
 @dataclass(frozen=True, slots=True)
 class NexthopDump:
     """Every gateway nexthop in the kernel, filed as it was read: ours on our device (id ->
-    value) and the ids others hold (the id allocator must not give them)."""
+    value) and the ids others hold (the id allocator must not give them); its digest."""
 
     ours: dict[int, bytes]
     foreign: set[int]
+    digest: bytes | None = None
 
 
 class NexthopTable(DeviceTable[int, bytes]):
@@ -52,12 +53,19 @@ class NexthopTable(DeviceTable[int, bytes]):
             return None
         return gw if onlink and fam == self.family else gw + _ODD
 
-    def dump(self, kernel: Kernel, ours_elsewhere: range) -> NexthopDump:
+    def dump(self, kernel: Kernel, ours_elsewhere: range, *, fresh_only: bool = False
+             ) -> NexthopDump | None:
         """Every gateway nexthop; ids in `ours_elsewhere` with our protocol on another device
-        are an earlier device's (ours to reuse), not foreign."""
+        are an earlier device's (ours to reuse), not foreign. `fresh_only`: None when the dump
+        is the one the cache was loaded from and nothing changed the cache since (nexthop
+        dumps are byte for byte the same while nothing changes)."""
+        replies = kernel.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request())
+        digest = dump_digest(replies)
+        if fresh_only and digest == self.dumped:
+            return None
         ours: dict[int, bytes] = {}
         foreign: set[int] = set()
-        for buf, off, end in kernel.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request()):
+        for buf, off, end in replies:
             got = nl.parse_nexthop(buf, off, end)
             if got is None:
                 continue
@@ -67,7 +75,11 @@ class NexthopTable(DeviceTable[int, bytes]):
                 ours[nhid] = value
             elif not (proto == PROTO_VXNET and nhid in ours_elsewhere):
                 foreign.add(nhid)
-        return NexthopDump(ours, foreign)
+        return NexthopDump(ours, foreign, digest)
+
+    def load(self, dumped: NexthopDump) -> None:
+        self.load_kernel(dumped.ours)
+        self.dumped = dumped.digest
 
     @staticmethod
     def gateway(value: bytes) -> bytes:

@@ -7,7 +7,7 @@ import ipaddress
 
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.port import Kernel
-from vxnet.kernel.table import DeviceTable
+from vxnet.kernel.table import DeviceTable, dump_digest
 
 PROTO_VXNET = 118  # our route/nexthop protocol number (free in iproute2's rt_protos)
 
@@ -44,15 +44,26 @@ class RouteTable(DeviceTable[bytes, bytes]):
                                                        onlink=onlink)
 
     def dump(self, kernel: Kernel) -> dict[bytes, bytes]:
+        """Our routes in the kernel now (the cache is left as it is)."""
+        return self._file(kernel.dump(nl.RTM_GETROUTE, nl.route_dump_request(self.family)))
+
+    def _file(self, replies: list[nl.Reply]) -> dict[bytes, bytes]:
         out, ours, parse = {}, self._ours, nl.parse_route
-        for buf, off, end in kernel.dump(nl.RTM_GETROUTE, nl.route_dump_request(self.family)):
+        for buf, off, end in replies:
             got = ours(parse(buf, off, end))
             if got is not None:
                 out[got[0]] = got[1]
         return out
 
     def resync(self, kernel: Kernel) -> None:
-        self.load_kernel(self.dump(kernel))
+        """A fresh dump into the cache. IPv4 route dumps are byte for byte the same while
+        nothing changes, so a periodic resync parses one only when it differs from the one
+        the cache was loaded from and the cache has not changed since."""
+        replies = kernel.dump(nl.RTM_GETROUTE, nl.route_dump_request(self.family))
+        digest = dump_digest(replies)
+        if digest != self.dumped:
+            self.load_kernel(self._file(replies))
+            self.dumped = digest
 
     def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> bool:
         """Fold a route notification into the cache; True if it touched ours."""

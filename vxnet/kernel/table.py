@@ -20,6 +20,7 @@ small bytes.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import operator
 from collections import Counter
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.port import Kernel
+from vxnet.kernel.port import Kernel, Reply
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class DeltaTable(Generic[K, V]):
         self._dirty: set[K] = set()
         self._failing: dict[K, str] = {}  # key -> last error, so each is logged once
         self.writes = 0  # successful kernel writes since start
+        # digest of the dump the cache was loaded from, while nothing has changed the cache
+        # since: a dump with the same digest says nothing new and need not be parsed
+        self.dumped: bytes | None = None
 
     # -- views ----------
     def desired(self, key: K) -> V | None:
@@ -142,6 +146,7 @@ class DeltaTable(Generic[K, V]):
         """Write `value` at the next pass even if the cache says the kernel has it (the kernel
         asked for it: what it has is not usable)."""
         self._kernel.pop(key, None)
+        self.dumped = None
         self._desired[key] = value
         self._dirty.add(key)
 
@@ -157,10 +162,12 @@ class DeltaTable(Generic[K, V]):
     def reset(self) -> None:
         """Forget everything: the device behind the table was replaced."""
         self._desired, self._kernel, self._dirty, self._failing = {}, {}, set(), {}
+        self.dumped = None
 
     # -- what the kernel has ----------
     def load_kernel(self, kernel: dict[K, V]) -> None:
         """A fresh dump replaces the cache: every key where it and desire differ is dirty."""
+        self.dumped = None
         desired = self._desired
         if kernel == desired:  # the common case, compared at C speed
             # desire's own objects, not the dump's equal copies: those would double the
@@ -180,12 +187,14 @@ class DeltaTable(Generic[K, V]):
             return
         else:
             self._kernel[key] = value
+        self.dumped = None
         self._dirty.add(key)
 
     def kernel_forgot(self, key: K) -> None:
         """The kernel dropped `key` by itself: desire follows unless a write is on its way
         (on-demand answers the kernel aged out are not put back)."""
         self._kernel.pop(key, None)
+        self.dumped = None
         if key not in self._dirty:
             self._desired.pop(key, None)
 
@@ -193,10 +202,12 @@ class DeltaTable(Generic[K, V]):
         """Before a fresh dump is filed entry by entry: keep only desires not yet written."""
         pending = {k: self._desired[k] for k in self._dirty if k in self._desired}
         self._kernel, self._desired, self._dirty = {}, pending, set(pending)
+        self.dumped = None
 
     def set_kernel(self, key: K, value: V) -> None:
         """The kernel holds `value` at `key`; whether that is work is for settle() to say."""
         self._kernel[key] = value
+        self.dumped = None
 
     # -- the pass ----------
     def encode_set(self, key: K, value: V) -> bytes:
@@ -265,6 +276,7 @@ class DeltaTable(Generic[K, V]):
         """These writes succeeded: the cache follows; keys now in step are clean (a desire that
         changed while a write was in flight leaves its key dirty)."""
         self.writes += len(keys)
+        self.dumped = None
         desired, kernel = self._desired, self._kernel
         if delete:
             for k in keys:
@@ -281,6 +293,16 @@ class DeltaTable(Generic[K, V]):
                     self._dirty.discard(k)
         if not self._dirty:  # a set never shrinks: after a first sync of 20 000 keys
             self._dirty = set()  # the empty one would keep 2 MiB
+
+
+def dump_digest(replies: list[Reply]) -> bytes:
+    """What a dump said, in 16 bytes: equal digests, equal dumps. The messages' headers are
+    left out (their sequence numbers differ from dump to dump)."""
+    h = hashlib.blake2b(digest_size=16)
+    update = h.update
+    for buf, off, end in replies:
+        update(buf[off:end])
+    return h.digest()
 
 
 class DeviceTable(DeltaTable[K, V]):

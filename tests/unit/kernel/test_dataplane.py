@@ -145,3 +145,26 @@ def test_overlaps_of_other_lengths_are_found_both_ways():
     assert space.conflict(ipa.ip_network("fd00::/8")) is None
     space.remove(ipa.ip_network("10.244.8.0/24"))
     assert space.conflict(ipa.ip_network("10.244.0.0/20")) is None
+
+
+def test_a_resync_parses_route_and_nexthop_dumps_only_when_they_changed(monkeypatch):
+    """Route and nexthop dumps are the same bytes while nothing changes: a periodic resync
+    compares their digest and files nothing; one changed behind our back (a lost
+    notification) is parsed, and what it lacks is written again."""
+    from vxnet.kernel.routes import RouteTable
+    k = FakeKernel()
+    dp = plane(k)
+    dp.set_peers([peer(2), peer(3)])
+    dp.resync()
+    dp.resync()  # the first after our writes parses: the cache changed since its dump
+    filed = []
+    real_file = RouteTable._file
+    monkeypatch.setattr(RouteTable, "_file", lambda self, r: filed.append(1) or real_file(self, r))
+    assert dp.resync().total == 0 and filed == []
+    k.deleted_behind_our_back("route")  # and nobody tells us
+    result = dp.resync()
+    assert filed == [1] and dict(result.writes) == {"route": 1}
+    k.deleted_behind_our_back("nexthop")  # its route goes too, in the real kernel
+    k.state["route"].clear()
+    assert dict(dp.resync().writes) == {"nexthop": 1, "route": 2}
+    assert dp.resync().total == 0 and not dp.drift()
