@@ -19,6 +19,7 @@ class Overlays:
         """Create (or adopt) one VXLAN device per enabled family."""
         cfg = node.cfg
         self._by_version: dict[int, Overlay] = {}
+        self._ips: tuple[tuple[int, ...], frozenset[IPAddress]] = ((), frozenset())
         with open_links() as links:
             for version in node.families():
                 spec = node.device_spec(version)
@@ -55,6 +56,10 @@ class Overlays:
                 changed = await ov.follow(links, spec) or changed
         return changed
 
-    def peer_ips(self) -> set[IPAddress]:
-        """Where VXLAN may come from: the public IPs of the peers we program."""
-        return {p.public_ip for ov in self for p in ov.plane.peers.values()}
+    def peer_ips(self) -> frozenset[IPAddress]:
+        """Where VXLAN may come from: the public IPs of the peers we program (rebuilt only
+        when one came or went, not for every batch of events)."""
+        generations = tuple(ov.plane.admission.ips_generation for ov in self)
+        if generations != self._ips[0]:
+            self._ips = generations, frozenset().union(*(ov.plane.admission.ips for ov in self))
+        return self._ips[1]

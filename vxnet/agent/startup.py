@@ -147,7 +147,8 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
             raise VxnetError("the VXLAN allow-list needs nft (Debian: nftables); install it "
                              "or turn the allow-list off with --no-vxlan-allowlist")
         # asked only from the first sync on, when the overlays exist
-        allow = AllowList(cfg.backend.port, lambda: overlays.peer_ips() if overlays else set())
+        allow = AllowList(cfg.backend.port,
+                          lambda: overlays.peer_ips() if overlays else frozenset())
         await allow.ensure_table()
     overlays = Overlays(sock, node)
     node.write_subnet_env(overlays.mtu)

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from vxnet.backoff import Backoff
@@ -73,7 +74,7 @@ class AllowStatus:
 
 
 class AllowList:
-    def __init__(self, port: int, peers: Callable[[], set[IPAddress]], *,
+    def __init__(self, port: int, peers: Callable[[], AbstractSet[IPAddress]], *,
                  netns: str | None = None) -> None:
         self.port, self.peers, self.netns = port, peers, netns
         self.kernel: set[IPAddress] | None = None  # None: unknown, the next sync checks in full
@@ -157,11 +158,11 @@ class AllowList:
 
     # -- internals ----------
 
-    async def _load(self, want: set[IPAddress]) -> None:
+    async def _load(self, want: AbstractSet[IPAddress]) -> None:
         await self.table.load(script(self.port, want))
         self.kernel = set(want)
 
-    async def _check(self, want: set[IPAddress]) -> set[IPAddress]:
+    async def _check(self, want: AbstractSet[IPAddress]) -> set[IPAddress]:
         """The table put back if it is not as we loaded it (then it holds `want`), else its
         peers read, and counted as a repair if they are not what we left there. Returns the
         peers now in the kernel, which self.kernel is set to."""

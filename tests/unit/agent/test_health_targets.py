@@ -33,3 +33,18 @@ def test_the_same_list_until_a_peer_a_device_or_a_refused_source_changes():
     allow.refused_sources = {"198.51.100.4": 7}
     fourth = targets()
     assert [t.refused_here for t in fourth] == [False, True] and targets() is fourth
+
+
+def test_a_peer_that_did_not_change_keeps_its_target():
+    """Under churn the list is rebuilt every second: only the changed peers' targets are new."""
+    ov = overlay(3)
+    targets = HealthTargets({4: ov}, None)
+    first = {t.key: t for t in targets()}
+    moved = Peer("p3", ipa.ip_network("10.244.3.0/24"), ipa.ip_address("198.51.100.99"),
+                 "0e:00:00:00:00:03")
+    ov.plane.peers["p3"] = moved
+    ov.plane.generation += 1
+    second = {t.key: t for t in targets()}
+    assert second["ipv4 p2"] is first["ipv4 p2"] and second["ipv4 p4"] is first["ipv4 p4"]
+    assert second["ipv4 p3"] is not first["ipv4 p3"]
+    assert second["ipv4 p3"].public_ip == ipa.ip_address("198.51.100.99")

@@ -168,3 +168,19 @@ def test_a_resync_parses_route_and_nexthop_dumps_only_when_they_changed(monkeypa
     k.state["route"].clear()
     assert dict(dp.resync().writes) == {"nexthop": 1, "route": 2}
     assert dp.resync().total == 0 and not dp.drift()
+
+
+def test_the_set_of_peer_ips_changes_only_when_an_ip_comes_or_goes():
+    """The allow-list asks for it after every batch of events: it is kept, not rebuilt."""
+    dp = plane()
+    shared = ipa.ip_address("198.51.100.50")
+    dp.set_peers([peer(2, ip=shared), peer(3, ip=shared)])
+    a = dp.admission
+    assert a.ips == {shared: 2}
+    before = a.ips_generation
+    dp.remove_peer("p2")  # p3 still sends from there
+    assert a.ips == {shared: 1} and a.ips_generation == before
+    dp.add_peer(peer(2, ip=shared))
+    assert a.ips_generation == before
+    dp.set_peers([peer(4)])
+    assert set(a.ips) == {ipa.ip_address("198.51.100.4")} and a.ips_generation == before + 2
