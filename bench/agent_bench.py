@@ -217,16 +217,28 @@ def reset_node(node) -> None:
 
 
 def start_timed(c: Cluster, node) -> tuple[subprocess.Popen[bytes], float]:
-    """An agent started on a node with no VXLAN device: (process, seconds until ready)."""
+    """An agent started on a node with no VXLAN device: (process, seconds until ready).
+    /readyz is asked every 5 ms only once the agent's log says its first sync is done: asked
+    all along, its server thread took the GIL from the first sync 200 times a second (median
+    first sync at 5 000 peers 911 ms against 524 ms polled every 100 ms), which no kubelet
+    probing every 10 s does."""
     reset_node(node)
+    log = c.workdir / node.name / "agent.log"
+    start = log.stat().st_size if log.exists() else 0
     t0 = time.perf_counter()
     proc = c.start_agent(node)
+    synced = False
     while True:
-        try:
-            if c.api(node, "/readyz")[0] == 200:
-                return proc, time.perf_counter() - t0
-        except OSError:
-            pass
+        if not synced:
+            with open(log, "rb") as f:
+                f.seek(start)
+                synced = b"kernel writes; ready" in f.read()
+        if synced:
+            try:
+                if c.api(node, "/readyz")[0] == 200:
+                    return proc, time.perf_counter() - t0
+            except OSError:
+                pass
         if proc.poll() is not None:
             raise RuntimeError(c.log(node)[-2000:])
         time.sleep(0.005)

@@ -60,9 +60,11 @@ class Admission:
         self.generation += 1
         self._space.add(p.subnet, p.key)
         self._macs[p.vtep_mac] = p.key
-        if not self.ips[p.public_ip]:
+        ip = p.public_ip  # hashed twice, not three times: an address hashes as its hex text
+        held = self.ips.get(ip, 0)
+        if not held:
             self.ips_generation += 1
-        self.ips[p.public_ip] += 1
+        self.ips[ip] = held + 1
         return p
 
     def reject(self, key: str, why: str) -> str:
@@ -80,9 +82,10 @@ class Admission:
             self.generation += 1
             self._space.remove(p.subnet)
             self._macs.pop(p.vtep_mac, None)
-            self.ips[p.public_ip] -= 1
-            if not self.ips[p.public_ip]:
-                del self.ips[p.public_ip]
+            held = self.ips.pop(p.public_ip) - 1
+            if held:
+                self.ips[p.public_ip] = held
+            else:
                 self.ips_generation += 1
         return p
 
