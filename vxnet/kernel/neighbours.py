@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.port import Kernel
-from vxnet.kernel.table import DeviceTable
+from vxnet.kernel.table import DeviceTable, dump_digest
 
 NO_MAC = bytes(6)
 Entry = tuple[int, int, int, int, bytes | None, bytes | None]  # nl.parse_neigh's
@@ -134,15 +134,22 @@ L2Tables = Sequence[L2Table]
 
 def dump_l2(kernel: Kernel, family: int, ifindex: int, tables: L2Tables) -> None:
     """One dump of `family`'s entries on our device (AF_BRIDGE: the FDB), each filed with the
-    first of that family's tables that claims it; then each of them loads what it got."""
+    first of that family's tables that claims it; then each of them loads what it got. A dump
+    that says what the last one loaded said (cache ages aside) is not parsed again."""
     tables = [t for t in tables if t.family == family]
-    for buf, off, end in kernel.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(family, ifindex)):
+    replies = kernel.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(family, ifindex))
+    # the same entries as when the tables were loaded, none changed since: nothing to file
+    digest = dump_digest(replies, nl.NDA_CACHEINFO)
+    if all(t.dumped == digest for t in tables):
+        return
+    for buf, off, end in replies:
         entry = nl.parse_neigh(buf, off, end)
         for t in tables:
             if t.offer(entry):
                 break
     for t in tables:
         t.load_staged()
+        t.dumped = digest
 
 
 def notify_l2(tables: L2Tables, deleted: bool, buf: bytes, off: int, end: int) -> bool:

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import logging
 import operator
+import struct
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 _ABSENT = object()
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
+_ATTR = struct.Struct("=HH")
 
 
 @dataclass(slots=True)
@@ -295,13 +297,15 @@ class DeltaTable(Generic[K, V]):
             self._dirty = set()  # the empty one would keep 2 MiB
 
 
-def dump_digest(replies: list[Reply]) -> bytes:
+def dump_digest(replies: list[Reply], volatile_tail: int = 0) -> bytes:
     """What a dump said, in 16 bytes: equal digests, equal dumps. The messages' headers are
-    left out (their sequence numbers differ from dump to dump)."""
+    left out (their sequence numbers differ from dump to dump), and so is a last attribute of
+    type `volatile_tail` (a neighbour's cache ages: they change while the entry does not)."""
     h = hashlib.blake2b(digest_size=16)
     update = h.update
+    tail = _ATTR.pack(20, volatile_tail) if volatile_tail else b"\xff" * 4  # no header is that
     for buf, off, end in replies:
-        update(buf[off:end])
+        update(buf[off:end - 20] if buf[end - 20:end - 16] == tail else buf[off:end])
     return h.digest()
 
 

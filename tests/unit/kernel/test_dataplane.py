@@ -147,10 +147,11 @@ def test_overlaps_of_other_lengths_are_found_both_ways():
     assert space.conflict(ipa.ip_network("10.244.0.0/20")) is None
 
 
-def test_a_resync_parses_route_and_nexthop_dumps_only_when_they_changed(monkeypatch):
-    """Route and nexthop dumps are the same bytes while nothing changes: a periodic resync
-    compares their digest and files nothing; one changed behind our back (a lost
-    notification) is parsed, and what it lacks is written again."""
+def test_a_resync_parses_dumps_only_when_they_changed(monkeypatch):
+    """Dumps are the same bytes while nothing changes (neighbours' cache ages aside): a
+    periodic resync compares their digest and files nothing; one changed behind our back (a
+    lost notification) is parsed, and what it lacks is written again."""
+    from vxnet.kernel.neighbours import L2Table
     from vxnet.kernel.routes import RouteTable
     k = FakeKernel()
     dp = plane(k)
@@ -168,6 +169,13 @@ def test_a_resync_parses_route_and_nexthop_dumps_only_when_they_changed(monkeypa
     k.state["route"].clear()
     assert dict(dp.resync().writes) == {"nexthop": 1, "route": 2}
     assert dp.resync().total == 0 and not dp.drift()
+    dp.resync()
+    offered = []
+    real_offer = L2Table.offer
+    monkeypatch.setattr(L2Table, "offer", lambda self, e: offered.append(1) or real_offer(self, e))
+    assert dp.resync().total == 0 and offered == []  # neighbour and FDB dumps: the same
+    k.state["neigh"].pop(next(iter(k.state["neigh"])))  # an FDB entry or a neighbour, silently
+    assert dp.resync().total == 1 and offered and not dp.drift()
 
 
 def test_the_set_of_peer_ips_changes_only_when_an_ip_comes_or_goes():
