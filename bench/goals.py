@@ -17,14 +17,17 @@ class Goal:
 GOALS = {
     "kernel path / ip -batch, 1 000": Goal("kernel path vs ip + bridge -batch (nhid), 1 000 "
                                            "peers", 0.7, "x"),
-    "kernel path / ip -batch, 5 000": Goal("... 5 000 peers", 0.7, "x"),
-    "kernel path / ip -batch, 20 000": Goal("... 20 000 peers", 0.7, "x"),
+    "kernel path / ip -batch, 5 000": Goal("kernel path vs ip + bridge -batch (nhid), 5 000 "
+                                           "peers", 0.7, "x"),
+    "kernel path / ip -batch, 20 000": Goal("kernel path vs ip + bridge -batch (nhid), 20 000 "
+                                            "peers", 0.7, "x"),
     "no-op resync, 5 000": Goal("no-op resync at 5 000 peers (median)", 30, "ms"),
     "peak RSS, 1 000": Goal("agent peak RSS at 1 000 peers", 40, "MiB"),
-    "peak RSS, 5 000": Goal("... 5 000 peers", 50, "MiB"),
-    "peak RSS, 20 000": Goal("... 20 000 peers", 80, "MiB"),
+    "peak RSS, 5 000": Goal("agent peak RSS at 5 000 peers", 50, "MiB"),
+    "peak RSS, 20 000": Goal("agent peak RSS at 20 000 peers", 80, "MiB"),
     "start -> ready, 5 000": Goal("agent start -> ready at 5 000 peers (median)", 600, "ms"),
-    "start -> ready, 20 000": Goal("... 20 000 peers", 1500, "ms"),
+    "start -> ready, 20 000": Goal("agent start -> ready at 20 000 peers (median)", 1500,
+                                   "ms"),
     "own part p99": Goal("agent's own part of an event under 100 changes/s, p99 (bucket "
                          "bound)", 1, "ms"),
     "event latency p99, quiet": Goal("event latency, quiet, 5 000 peers, p99 (no worse than "
