@@ -56,6 +56,11 @@ U32 = struct.Struct("=I")
 _ERR = struct.Struct("=i")
 
 CHUNK = 64 * 1024  # bytes of requests per sendmsg; their ACKs fit the receive buffer easily
+# Bytes asked for per read. The kernel's datagrams are at most 32 KiB (a dump's; a notification
+# or an ACK is one small message), and a bigger ask is not free: CPython allocates it whole on
+# every read, and one of 1 MiB is an mmap and munmap each time -- 27 us against 3, paid for
+# each of the tens of thousands of notifications a first sync echoes to the monitor.
+RECV_SIZE = 64 * 1024
 
 
 class NetlinkError(VxnetError):
@@ -322,6 +327,7 @@ class RtnlSocket:
         for g in groups:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, g)
         self._seq = 0
+        self._recv_size = RECV_SIZE  # grown if a datagram ever came cut
         self.requests = 0  # kernel writes sent, for metrics and tests
 
     def close(self) -> None:
@@ -372,11 +378,15 @@ class RtnlSocket:
         The walk is inline, not a generator per message: it is the whole Python cost of a
         20 000-entry dump beyond the parsers.
         """
-        recv, hdr_at = self.sock.recv, _HDR.unpack_from
+        recvmsg, hdr_at = self.sock.recvmsg, _HDR.unpack_from
         error, done, control = NLMSG_ERROR, NLMSG_DONE, NLMSG_MIN_TYPE
         add = replies.append
         while True:
-            data = recv(1 << 20, socket.MSG_DONTWAIT) if once else recv(1 << 20)
+            data, _, cut, _ = recvmsg(self._recv_size, 0, socket.MSG_DONTWAIT if once else 0)
+            if cut & socket.MSG_TRUNC:  # the rest of the datagram is gone: say so, read more
+                self._recv_size *= 4  # from now on (the caller retries; an event socket resyncs)
+                raise OSError(errno.EMSGSIZE, f"a netlink datagram over {len(data)} bytes "
+                              "was cut short")
             off, size = 0, len(data)
             while off + 16 <= size:
                 n, t, flags, s, pid = hdr_at(data, off)

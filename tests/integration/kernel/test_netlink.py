@@ -250,3 +250,26 @@ async def test_a_periodic_resync_of_an_unchanged_kernel_parses_no_dump(lab, monk
     assert dict(plane.resync().writes) == {"neigh": 1} and parsed
     assert peer_of(n2).vtep_mac in n1.ns.ip("neigh", "show", "10.244.2.0", "dev",
                                             "flannel.1").stdout
+
+
+async def test_a_datagram_cut_short_is_an_error_and_the_reads_grow(lab):
+    """Reads ask for 64 KiB (a bigger ask is allocated whole on every read); a datagram that
+    did not fit is reported, never parsed half, and the next reads are bigger."""
+    n1 = lab.add_node(1)
+    with n1.ns.entered():
+        sock = nl.RtnlSocket()
+    try:
+        sock._recv_size = 64  # smaller than any dump's first datagram here
+        request = nl.route_dump_request(socket.AF_INET)
+        with pytest.raises(OSError) as cut:
+            sock.dump(nl.RTM_GETROUTE, request)
+        assert cut.value.errno == errno.EMSGSIZE and sock._recv_size == 256
+        while True:  # each cut read grows the next ones: the dump then comes whole
+            try:
+                routes = sock.dump(nl.RTM_GETROUTE, request)
+                break
+            except OSError as e:
+                assert e.errno == errno.EMSGSIZE
+        assert bytes([198, 51, 100, 0]) in {r[2] for m in routes if (r := nl.parse_route(*m))}
+    finally:
+        sock.close()
