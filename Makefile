@@ -85,6 +85,8 @@ bench: setup
 	$(PY) bench/kernel_bench.py --sizes 1000,2000,5000,10000,20000 --reps 3 \
 	    --plot docs/img/kernel-convergence.png
 	$(PY) bench/agent_bench.py --sizes 1000,5000,20000 --reps 3 --plot-dir docs/img
+	$(PY) bench/peer_memory.py --peers 20000
+	$(PY) bench/etcd_client_bench.py --peers 20000 --reps 3
 	$(PY) bench/controlplane_bench.py --nodes 100,250,500,1000 --plot docs/img/controlplane.png
 
 clean:
