@@ -140,7 +140,7 @@ def dump_l2(kernel: Kernel, family: int, ifindex: int, tables: L2Tables) -> None
     replies = kernel.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(family, ifindex))
     # the same entries as when the tables were loaded, none changed since: nothing to file
     digest = dump_digest(replies, nl.NDA_CACHEINFO)
-    if all(t.dumped == digest for t in tables):
+    if all(t.says_nothing_new(digest) for t in tables):
         return
     for buf, off, end in replies:
         entry = nl.parse_neigh(buf, off, end)
@@ -149,7 +149,7 @@ def dump_l2(kernel: Kernel, family: int, ifindex: int, tables: L2Tables) -> None
                 break
     for t in tables:
         t.load_staged()
-        t.dumped = digest
+        t.loaded_from(digest)
 
 
 def notify_l2(tables: L2Tables, deleted: bool, buf: bytes, off: int, end: int) -> bool:

@@ -61,7 +61,7 @@ class NexthopTable(DeviceTable[int, bytes]):
         dumps are byte for byte the same while nothing changes)."""
         replies = kernel.dump(nl.RTM_GETNEXTHOP, nl.nexthop_dump_request())
         digest = dump_digest(replies)
-        if fresh_only and digest == self.dumped:
+        if fresh_only and self.says_nothing_new(digest):
             return None
         ours: dict[int, bytes] = {}
         foreign: set[int] = set()
@@ -79,7 +79,8 @@ class NexthopTable(DeviceTable[int, bytes]):
 
     def load(self, dumped: NexthopDump) -> None:
         self.load_kernel(dumped.ours)
-        self.dumped = dumped.digest
+        if dumped.digest is not None:
+            self.loaded_from(dumped.digest)
 
     @staticmethod
     def gateway(value: bytes) -> bytes:

@@ -61,9 +61,9 @@ class RouteTable(DeviceTable[bytes, bytes]):
         the cache was loaded from and the cache has not changed since."""
         replies = kernel.dump(nl.RTM_GETROUTE, nl.route_dump_request(self.family))
         digest = dump_digest(replies)
-        if digest != self.dumped:
+        if not self.says_nothing_new(digest):
             self.load_kernel(self._file(replies))
-            self.dumped = digest
+            self.loaded_from(digest)
 
     def on_message(self, mtype: int, buf: bytes, off: int, end: int) -> bool:
         """Fold a route notification into the cache; True if it touched ours."""

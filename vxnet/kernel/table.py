@@ -80,7 +80,7 @@ class DeltaTable(Generic[K, V]):
         self.writes = 0  # successful kernel writes since start
         # digest of the dump the cache was loaded from, while nothing has changed the cache
         # since: a dump with the same digest says nothing new and need not be parsed
-        self.dumped: bytes | None = None
+        self._dumped: bytes | None = None
 
     # -- views ----------
     def desired(self, key: K) -> V | None:
@@ -148,7 +148,7 @@ class DeltaTable(Generic[K, V]):
         """Write `value` at the next pass even if the cache says the kernel has it (the kernel
         asked for it: what it has is not usable)."""
         self._kernel.pop(key, None)
-        self.dumped = None
+        self._dumped = None
         self._desired[key] = value
         self._dirty.add(key)
 
@@ -164,12 +164,21 @@ class DeltaTable(Generic[K, V]):
     def reset(self) -> None:
         """Forget everything: the device behind the table was replaced."""
         self._desired, self._kernel, self._dirty, self._failing = {}, {}, set(), {}
-        self.dumped = None
+        self._dumped = None
 
     # -- what the kernel has ----------
+    def says_nothing_new(self, digest: bytes) -> bool:
+        """A dump with this digest is the one the cache was loaded from, and nothing changed
+        the cache since (dump_digest())."""
+        return digest == self._dumped
+
+    def loaded_from(self, digest: bytes) -> None:
+        """The cache now holds exactly what the dump with this digest said."""
+        self._dumped = digest
+
     def load_kernel(self, kernel: dict[K, V]) -> None:
         """A fresh dump replaces the cache: every key where it and desire differ is dirty."""
-        self.dumped = None
+        self._dumped = None
         desired = self._desired
         if kernel == desired:  # the common case, compared at C speed
             # desire's own objects, not the dump's equal copies: those would double the
@@ -189,14 +198,14 @@ class DeltaTable(Generic[K, V]):
             return
         else:
             self._kernel[key] = value
-        self.dumped = None
+        self._dumped = None
         self._dirty.add(key)
 
     def kernel_forgot(self, key: K) -> None:
         """The kernel dropped `key` by itself: desire follows unless a write is on its way
         (on-demand answers the kernel aged out are not put back)."""
         self._kernel.pop(key, None)
-        self.dumped = None
+        self._dumped = None
         if key not in self._dirty:
             self._desired.pop(key, None)
 
@@ -204,12 +213,12 @@ class DeltaTable(Generic[K, V]):
         """Before a fresh dump is filed entry by entry: keep only desires not yet written."""
         pending = {k: self._desired[k] for k in self._dirty if k in self._desired}
         self._kernel, self._desired, self._dirty = {}, pending, set(pending)
-        self.dumped = None
+        self._dumped = None
 
     def set_kernel(self, key: K, value: V) -> None:
         """The kernel holds `value` at `key`; whether that is work is for settle() to say."""
         self._kernel[key] = value
-        self.dumped = None
+        self._dumped = None
 
     # -- the pass ----------
     def encode_set(self, key: K, value: V) -> bytes:
@@ -278,7 +287,7 @@ class DeltaTable(Generic[K, V]):
         """These writes succeeded: the cache follows; keys now in step are clean (a desire that
         changed while a write was in flight leaves its key dirty)."""
         self.writes += len(keys)
-        self.dumped = None
+        self._dumped = None
         desired, kernel = self._desired, self._kernel
         if delete:
             for k in keys:
