@@ -1,9 +1,10 @@
 """A small rtnetlink codec for the bulk path: routes, neighbours, FDB, nexthops.
 
 pyroute2 decodes every attribute of every message (~270 us a request here); this packs many
-requests into one send, checks every ACK and maps a failure back to the entry that caused it,
-and parses only the fields the reconciler compares. Entries are plain tuples of bytes/ints so
-that a dump of 20k entries and its diff cost milliseconds.
+requests into one send, checks every ACK and maps a failure back to the request that caused it,
+and parses only the fields the reconciler compares. What the tables keep of an entry is a key
+and a value of packed bytes (or an id), so that a dump of 20k entries and its diff cost
+milliseconds and 20k entries cost little memory.
 """
 
 from __future__ import annotations
