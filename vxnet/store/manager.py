@@ -96,9 +96,11 @@ class LeaseManager:
 
     async def _list(self) -> _Listing:
         snap = await list_leases(self.etcd, self.paths)
-        owner_kvs, _ = await self.etcd.get_prefix(self.paths.owners)
-        owners = {kv.key[len(self.paths.owners):].decode(errors="replace"):
-                  kv.value.decode(errors="replace") for kv in owner_kvs}
+        owners: dict[str, str] = {}
+        cut = len(self.paths.owners)
+        async for owner_kvs, _ in self.etcd.prefix_pages(self.paths.owners):
+            owners.update((kv.key[cut:].decode(errors="replace"),
+                           kv.value.decode(errors="replace")) for kv in owner_kvs)
         self._snapshot = snap
         return _Listing(snap, owners)
 

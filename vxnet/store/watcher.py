@@ -29,20 +29,22 @@ CHUNK = 200  # events decoded per loop turn: a 5 000-key transaction takes 25
 
 
 async def list_leases(etcd: Etcd, paths: Paths) -> Snapshot:
-    """All of `subnets/` at one revision, decoded; undecodable entries reported, not raised."""
-    kvs, revision = await etcd.get_prefix(paths.subnets)
-    snap = Snapshot({}, {}, revision)
+    """All of `subnets/` at one revision, decoded page by page; undecodable entries reported,
+    not raised."""
+    snap = Snapshot({}, {}, 0)
     cut = len(paths.subnets)
-    for kv in kvs:
-        key = kv.key[cut:].decode(errors="replace")
-        snap.create_revisions[key] = kv.create_revision
-        try:
-            lease = snap.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
-            snap.keys[key] = lease.key
-        except LeaseDecodeError as e:
-            snap.invalid[key] = e
-            with contextlib.suppress(LeaseDecodeError):  # a garbled value still holds a subnet
-                snap.keys[key] = SubnetKey.parse(key)
+    async for kvs, revision in etcd.prefix_pages(paths.subnets):
+        snap.revision = revision
+        for kv in kvs:
+            key = kv.key[cut:].decode(errors="replace")
+            snap.create_revisions[key] = kv.create_revision
+            try:
+                lease = snap.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+                snap.keys[key] = lease.key
+            except LeaseDecodeError as e:
+                snap.invalid[key] = e
+                with contextlib.suppress(LeaseDecodeError):  # a garbled value holds a subnet
+                    snap.keys[key] = SubnetKey.parse(key)
     return snap
 
 

@@ -143,3 +143,22 @@ async def test_a_frozen_member_is_noticed_and_the_watch_resumes_after(etcd_serve
         await until(lambda: [e.key for e in got] == ["10.244.2.0-24"], 15)
     finally:
         task.cancel()
+
+
+async def test_a_prefix_is_listed_page_by_page_at_one_revision(etcd, paths):
+    """The start-up listing comes a page at a time (never the whole answer in memory), every
+    page at the first page's revision: a write between pages is not half in the listing."""
+    for i in range(1, 6):
+        await etcd.put(paths.subnet(f"10.244.{i}.0-24"), value(i))
+    pages = etcd.prefix_pages(paths.subnets, page=2)
+    first, revision = await anext(pages)
+    await etcd.put(paths.subnet("10.244.3.0-24"), value(33))  # after the listing's revision
+    await etcd.put(paths.subnet("10.244.6.0-24"), value(6))
+    rest = [(kvs, rev) async for kvs, rev in pages]
+    assert [len(first)] + [len(kvs) for kvs, _ in rest] == [2, 2, 1]
+    assert {rev for _, rev in rest} == {revision}
+    listed = {kv.key: kv.value for kvs in [first, *(k for k, _ in rest)] for kv in kvs}
+    assert listed[paths.subnet("10.244.3.0-24")] == value(3)
+    assert paths.subnet("10.244.6.0-24") not in listed
+    snap = await list_leases(etcd, paths)  # and the whole of it, now
+    assert len(snap.leases) == 6 and snap.revision > revision

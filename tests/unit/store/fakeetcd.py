@@ -52,6 +52,9 @@ class FakeEtcd:
     async def get_prefix(self, prefix: bytes):
         return [kv for k, kv in sorted(self.kvs.items()) if k.startswith(prefix)], self.revision
 
+    async def prefix_pages(self, prefix: bytes):
+        yield await self.get_prefix(prefix)
+
     async def watch_prefix(self, prefix: bytes, start_revision: int):
         self.watch_starts.append(start_revision)
         what = self.script.pop(0) if self.script else "deliver"
