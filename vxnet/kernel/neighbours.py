@@ -139,7 +139,7 @@ def dump_l2(kernel: Kernel, family: int, ifindex: int, tables: L2Tables) -> None
     tables = [t for t in tables if t.family == family]
     replies = kernel.dump(nl.RTM_GETNEIGH, nl.neigh_dump_request(family, ifindex))
     # the same entries as when the tables were loaded, none changed since: nothing to file
-    digest = dump_digest(replies, nl.NDA_CACHEINFO)
+    digest = dump_digest(replies, strip_cacheinfo=True)
     if all(t.says_nothing_new(digest) for t in tables):
         return
     for buf, off, end in replies:

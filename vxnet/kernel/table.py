@@ -38,7 +38,8 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 _ABSENT = object()
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # deleting what is already gone is success
-_ATTR = struct.Struct("=HH")
+_CACHEINFO_LEN = 20  # NDA_CACHEINFO: its header and struct nda_cacheinfo (four u32)
+_CACHEINFO = struct.pack("=HH", _CACHEINFO_LEN, nl.NDA_CACHEINFO)
 
 
 @dataclass(slots=True)
@@ -306,15 +307,18 @@ class DeltaTable(Generic[K, V]):
             self._dirty = set()  # the empty one would keep 2 MiB
 
 
-def dump_digest(replies: list[Reply], volatile_tail: int = 0) -> bytes:
+def dump_digest(replies: list[Reply], strip_cacheinfo: bool = False) -> bytes:
     """What a dump said, in 16 bytes: equal digests, equal dumps. The messages' headers are
-    left out (their sequence numbers differ from dump to dump), and so is a last attribute of
-    type `volatile_tail` (a neighbour's cache ages: they change while the entry does not)."""
+    left out (their sequence numbers differ from dump to dump); `strip_cacheinfo`: so is a
+    neighbour message's last attribute when it is its cache ages (they change while the entry
+    does not)."""
     h = hashlib.blake2b(digest_size=16)
     update = h.update
-    tail = _ATTR.pack(20, volatile_tail) if volatile_tail else b"\xff" * 4  # no header is that
     for buf, off, end in replies:
-        update(buf[off:end - 20] if buf[end - 20:end - 16] == tail else buf[off:end])
+        if strip_cacheinfo and buf[end - _CACHEINFO_LEN:end - _CACHEINFO_LEN + 4] == _CACHEINFO:
+            update(buf[off:end - _CACHEINFO_LEN])
+        else:
+            update(buf[off:end])
     return h.digest()
 
 
