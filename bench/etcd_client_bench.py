@@ -1,5 +1,7 @@
-"""The etcd client's own cost, side by side: gRPC (aetcd, what the agent uses today) against
-etcd's JSON/HTTP gateway through httpx (etcd >= 3.4 serves /v3/* as JSON, watches included).
+"""The etcd client's own cost, side by side: gRPC (aetcd, what the agent used until issue 21)
+against the agent's client over etcd's JSON/HTTP gateway through httpx (etcd >= 3.4 serves /v3/*
+as JSON, watches included). The gRPC side needs aetcd, no longer a dependency:
+`.venv/bin/pip install aetcd==1.0.0` first.
 Each client runs in a fresh process against one lab etcd holding N leases: it imports what it
 needs, reads the prefix, opens a watch and receives one event; RSS and threads are read after
 each step. Medians of --reps runs, the two alternated.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import statistics
 import subprocess
@@ -37,6 +38,31 @@ def status() -> tuple[float, int]:
 
 
 def _grpc(endpoint: str) -> dict[str, tuple[float, int]]:
+    """aetcd, the gRPC client the agent used until it moved to the gateway (not a dependency
+    any more: `.venv/bin/pip install aetcd==1.0.0` to run this side)."""
+    out = {"python": status()}
+    import aetcd
+    out["imported"] = status()
+    host, port = endpoint.rsplit("/", 1)[1].split(":")
+
+    async def run() -> None:
+        async with aetcd.Client(host, int(port), timeout=10) as etcd:
+            kvs = list(await etcd.get_prefix(PREFIX))
+            assert kvs
+            out["prefix read"] = status()
+            watch = await etcd.watch_prefix(PREFIX)
+            await etcd.put(PREFIX + b"new", b"{}")
+            async for _ in watch:
+                break
+            out["watching"] = status()
+            await watch.cancel()
+
+    asyncio.run(run())
+    return out
+
+
+def _gateway(endpoint: str) -> dict[str, tuple[float, int]]:
+    """The agent's own client (vxnet.store.etcd: the JSON gateway over httpx)."""
     out = {"python": status()}
     from vxnet.store.etcd import Etcd
     out["imported"] = status()
@@ -45,6 +71,7 @@ def _grpc(endpoint: str) -> dict[str, tuple[float, int]]:
         etcd = Etcd(endpoint, timeout=10)
         kvs, rev = await etcd.get_prefix(PREFIX)
         assert kvs
+        del kvs
         out["prefix read"] = status()
         watch = etcd.watch_prefix(PREFIX, rev + 1)
         first = asyncio.ensure_future(anext(watch))
@@ -54,42 +81,6 @@ def _grpc(endpoint: str) -> dict[str, tuple[float, int]]:
         out["watching"] = status()
         await watch.aclose()
         await etcd.close()
-
-    asyncio.run(run())
-    return out
-
-
-def _gateway(endpoint: str) -> dict[str, tuple[float, int]]:
-    out = {"python": status()}
-    import httpx
-    out["imported"] = status()
-    b64 = base64.b64encode
-    end = PREFIX[:-1] + bytes([PREFIX[-1] + 1])
-
-    async def run() -> None:
-        async with httpx.AsyncClient(base_url=endpoint, timeout=10) as http:
-            r = await http.post("/v3/kv/range", json={"key": b64(PREFIX).decode(),
-                                                      "range_end": b64(end).decode()})
-            r.raise_for_status()
-            body = r.json()
-            kvs = [(base64.b64decode(kv["key"]), base64.b64decode(kv["value"]))
-                   for kv in body["kvs"]]
-            assert kvs
-            rev = int(body["header"]["revision"])
-            del body
-            out["prefix read"] = status()
-            create = {"create_request": {"key": b64(PREFIX).decode(),
-                                         "range_end": b64(end).decode(),
-                                         "start_revision": rev + 1, "progress_notify": True}}
-            async with http.stream("POST", "/v3/watch", json=create,
-                                   timeout=httpx.Timeout(10, read=None)) as stream:
-                lines = stream.aiter_lines()
-                assert json.loads(await anext(lines))["result"]["created"]
-                await http.post("/v3/kv/put", json={"key": b64(PREFIX + b"new").decode(),
-                                                    "value": b64(b"{}").decode()})
-                event = json.loads(await asyncio.wait_for(anext(lines), 10))
-                assert event["result"]["events"]
-                out["watching"] = status()
 
     asyncio.run(run())
     return out
@@ -130,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                 runs[kind].append(client(kind, etcd.endpoint))
     steps = list(runs["grpc"][0])
     print(f"\n{'step':>12} | {'gRPC (aetcd): RSS, threads':>28} | "
-          f"{'JSON gateway (httpx): RSS, threads':>36} | difference")
+          f"{'vxnet over the JSON gateway: RSS, threads':>42} | difference")
     for step in steps:
         g = statistics.median(r[step][0] for r in runs["grpc"])
         h = statistics.median(r[step][0] for r in runs["gateway"])
         gt = max(r[step][1] for r in runs["grpc"])
         ht = max(r[step][1] for r in runs["gateway"])
-        print(f"{step:>12} | {g:18.1f} MiB, {gt:2d} | {h:26.1f} MiB, {ht:2d} | {g - h:+.1f} MiB")
+        print(f"{step:>12} | {g:18.1f} MiB, {gt:2d} | {h:32.1f} MiB, {ht:2d} | {g - h:+.1f} MiB")
     return 0
 
 

@@ -14,8 +14,6 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import aetcd.exceptions as aexc
-
 from vxnet.errors import VxnetError
 from vxnet.kernel.allowlist import TABLE as ALLOWLIST_TABLE
 from vxnet.kernel.masq import TABLE as MASQ_TABLE
@@ -81,6 +79,6 @@ async def release_lease(etcd: Etcd, paths: Paths, node_name: str, say: Callable[
         await etcd.delete(paths.owner(key))
         if kv is not None and kv.lease:
             # expired meanwhile ("lease not found"): nothing left to give back
-            with contextlib.suppress(VxnetError, aexc.ClientError):
+            with contextlib.suppress(VxnetError):
                 await etcd.revoke(kv.lease)
         say(f"released lease {key}")

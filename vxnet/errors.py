@@ -40,3 +40,20 @@ class StoreUnavailable(VxnetError):
 
 class StoreAuthError(VxnetError):
     """etcd refused our credentials or our role's permissions (a configuration error)."""
+
+
+class StoreError(VxnetError):
+    """etcd refused a request for a reason that retrying will not change (a lease it does not
+    know, a malformed request); `code` is etcd's gRPC status code."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RevisionCompacted(StoreError):
+    """The revision asked for is older than etcd's history: list again instead."""
+
+    def __init__(self, message: str, revision: int = 0) -> None:
+        super().__init__(message, 11)
+        self.revision = revision  # the oldest revision etcd still has, when it said

@@ -8,8 +8,7 @@ import ipaddress
 import json
 import sys
 
-from aetcd import transactions as tx
-
+from vxnet.store import txn
 from vxnet.store.etcd import Etcd
 from vxnet.store.lease import LeaseAttrs
 from vxnet.store.paths import Paths
@@ -31,18 +30,18 @@ async def main(endpoint: str, prefix: str, what: str, n: int) -> None:
         if what == "load":
             lease = await etcd.grant(3600)
             for at in range(0, n, 1000):
-                await etcd.txn([], [tx.Put(key[i], value(i, 1), lease)
+                await etcd.txn([], [txn.put(key[i], value(i, 1), lease)
                                     for i in range(at, min(n, at + 1000))])
         elif what == "burst":  # 4 transactions, n changes each: 4n lease changes in all
             lease = await etcd.grant(3600)
-            await etcd.txn([], [tx.Put(key[i], value(i, 2), lease) for i in range(n)])
-            await etcd.txn([], [tx.Delete(key[i]) for i in range(1, n, 2)]
-                           + [tx.Put(key[i], value(i, 3), lease) for i in range(0, n, 2)])
+            await etcd.txn([], [txn.put(key[i], value(i, 2), lease) for i in range(n)])
+            await etcd.txn([], [txn.delete(key[i]) for i in range(1, n, 2)]
+                           + [txn.put(key[i], value(i, 3), lease) for i in range(0, n, 2)])
             print("half", flush=True)
-            await etcd.txn([], [tx.Put(key[i], value(i, 3), lease) for i in range(n)])
-            await etcd.txn([], [tx.Put(key[i], value(i, 4), lease) for i in range(n)])
+            await etcd.txn([], [txn.put(key[i], value(i, 3), lease) for i in range(n)])
+            await etcd.txn([], [txn.put(key[i], value(i, 4), lease) for i in range(n)])
         elif what == "clear":
-            await etcd.txn([], [tx.Delete(k) for k in key])
+            await etcd.txn([], [txn.delete(k) for k in key])
         elif what == "expect":
             print(json.dumps({"subnets": [subnet(i) for i in range(n)],
                               "macs": [f"0e:04:{i >> 8 & 255:02x}:{i & 255:02x}:00:01"

@@ -1,115 +1,97 @@
-"""etcd v3 access over aetcd: endpoints, TLS, a timeout on every call, endpoint failover.
+"""etcd v3 through its JSON gateway (the /v3/ API every etcd 3.4+ member serves on its client
+URLs), over httpx: endpoints, TLS, authentication, a timeout on every call, endpoint failover.
 
-aetcd talks to one host and only over plain gRPC; this wraps it so the rest of vxnet sees one
-client over a list of endpoints, and one transient error type (StoreUnavailable) to retry on.
+Why not gRPC: the gateway carries every call vxnet makes (ranges, transactions, leases, watch),
+and gRPC's C core, its threads and protobuf cost the agent ~8 MiB and a quarter of its import
+time (bench/etcd_client_bench.py). What HTTP/1.1 cannot do is send on an open watch: there is
+no progress request, so a silent watch is checked with a linearizable read instead (see
+`watch_prefix`), and a dead connection is found by TCP keepalive (`KEEPALIVE`).
+
+The rest of vxnet sees one client over a list of endpoints and a few typed errors: transient
+trouble is StoreUnavailable (rotate to the next endpoint, retry later), refused credentials or
+permissions StoreAuthError, a compacted revision RevisionCompacted, anything else etcd refuses
+StoreError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import socket
+import ssl
+from base64 import b64decode, b64encode
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import aetcd
-import aetcd.exceptions as aexc
-import grpc
-from aetcd import rpc
+import httpx
 
-from vxnet.errors import StoreAuthError, StoreUnavailable, VxnetError
+from vxnet.errors import (
+    RevisionCompacted,
+    StoreAuthError,
+    StoreError,
+    StoreUnavailable,
+    VxnetError,
+)
+from vxnet.store import txn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-# -- aetcd, typed: the library ships no type information, so these Protocols say what vxnet
-# -- calls on its client and reads from its answers (aetcd's rtypes and etcd's protobufs).
-
-class KeyValue(Protocol):
-    """One key as etcd answers it: aetcd's rtypes.KeyValue and Get, a watch event's kv."""
-
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def value(self) -> bytes: ...
-    @property
-    def create_revision(self) -> int: ...
-    @property
-    def mod_revision(self) -> int: ...
-    @property
-    def lease(self) -> int: ...
-
-
-class WatchEvent(Protocol):
-    """mvccpb.Event: `type` is PUT (0) or DELETE (1), `kv` the key after the change."""
-
-    @property
-    def type(self) -> int: ...
-    @property
-    def kv(self) -> KeyValue: ...
-
-
-class _Header(Protocol):
-    @property
-    def revision(self) -> int: ...
-
-
-class _Response(Protocol):  # rtypes.Put
-    @property
-    def header(self) -> _Header: ...
-
-
-class _Range(_Response, Protocol):  # rtypes.GetRange
-    def __iter__(self) -> Iterator[KeyValue]: ...
-
-
-class _Deleted(Protocol):  # rtypes.Delete
-    @property
-    def deleted(self) -> int: ...
-
-
-class _Granted(Protocol):  # aetcd.leases.Lease
-    @property
-    def id(self) -> int: ...
-
-
-class _KeepAlive(Protocol):  # rpc.LeaseKeepAliveResponse
-    @property
-    def TTL(self) -> int: ...
-
-
-class AetcdClient(Protocol):
-    """The part of aetcd.Client that vxnet uses."""
-
-    @property
-    def channel(self) -> grpc.aio.Channel: ...
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...] | None: ...
-    async def close(self) -> None: ...
-    async def get(self, key: bytes) -> KeyValue | None: ...
-    async def get_prefix(self, key_prefix: bytes) -> _Range: ...
-    async def put(self, key: bytes, value: bytes, lease: int | None = None) -> _Response: ...
-    async def delete(self, key: bytes) -> _Deleted | None: ...
-    # compare and ops: aetcd.transactions objects; answers: a protobuf per put or delete, a
-    # list of (value, rtypes.Get) per get
-    async def transaction(self, compare: list[Any], success: list[Any] | None = None,
-                          failure: list[Any] | None = None) -> tuple[bool, list[Any]]: ...
-    async def lease(self, ttl: int) -> _Granted: ...
-    async def refresh_lease(self, lease_id: int) -> _KeepAlive | None: ...
-    async def revoke_lease(self, lease_id: int) -> None: ...
-    async def compact(self, revision: int, physical: bool = False) -> None: ...
-    async def range_page(self, key: bytes, range_end: bytes, limit: int, revision: int
-                         ) -> Any: ...  # rpc.RangeResponse: kvs, more, header
-
+Json = dict[str, Any]
 
 PAGE = 1000  # keys per answer when listing a prefix
+PUT, DELETE = 0, 1  # mvccpb.Event.EventType
 
-# Errors that mean "this endpoint is not answering now": rotate, report, retry later.
-TRANSIENT = (aexc.ConnectionFailedError, aexc.ConnectionTimeoutError, aexc.InternalError,
-             aexc.WatchTimeoutError, asyncio.TimeoutError, grpc.aio.AioRpcError)
+# A connection whose packets go nowhere (black-holed, the member's host gone) is noticed in
+# ~10 s rather than at TCP's own timeout: keepalive probes after 6 s idle, 2 probes 2 s apart,
+# and unacknowledged data given up after 10 s. This is what gRPC's keepalive pings did.
+KEEPALIVE = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+             (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 6),
+             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2),
+             (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2),
+             (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 10_000)]
+
+# etcd's gRPC status codes (as the gateway passes them) that mean "this member cannot answer
+# now" -- no leader, a timed-out proposal, a leader change, overload: rotate and retry.
+_TRANSIENT_CODES = frozenset({1, 2, 4, 8, 10, 13, 14})
+_UNAUTHENTICATED = 16  # our token expired or was revoked: log in again
+# The connection failed: httpx's own errors, and what it passes through unwrapped (a TLS alert
+# on a read is an ssl.SSLError; TimeoutError from our own deadlines). All are OSErrors.
+_TRANSPORT = (httpx.HTTPError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key as etcd answers it (mvccpb.KeyValue)."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+    @classmethod
+    def of(cls, kv: Json) -> KeyValue:
+        # proto3 JSON: int64 as strings, bytes as base64, zero values left out
+        return cls(b64decode(kv["key"]), b64decode(kv.get("value", "")),
+                   int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)),
+                   int(kv.get("lease", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """mvccpb.Event: `type` is PUT or DELETE, `kv` the key after the change."""
+
+    type: int
+    kv: KeyValue
+
+    @classmethod
+    def of(cls, ev: Json) -> WatchEvent:
+        return cls(DELETE if ev.get("type") == "DELETE" else PUT, KeyValue.of(ev["kv"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,19 +123,22 @@ class TLSFiles:
     certfile: str | None = None
     keyfile: str | None = None
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(name: str, path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return Path(path).read_bytes()
-            except OSError as e:
-                raise VxnetError(f"--etcd-{name} {path}: {e.strerror}") from None
-
-        return grpc.ssl_channel_credentials(
-            read("cafile", self.cafile), read("keyfile", self.keyfile),
-            read("certfile", self.certfile),
-        )
+    def context(self) -> ssl.SSLContext:
+        """The TLS context for https endpoints: the CA (else the system's), our certificate."""
+        for name, path in (("cafile", self.cafile), ("certfile", self.certfile),
+                           ("keyfile", self.keyfile)):
+            if path is not None:
+                try:
+                    Path(path).read_bytes()
+                except OSError as e:
+                    raise VxnetError(f"--etcd-{name} {path}: {e.strerror}") from None
+        try:
+            ctx = ssl.create_default_context(cafile=self.cafile)
+            if self.certfile:
+                ctx.load_cert_chain(self.certfile, self.keyfile)
+        except ssl.SSLError as e:
+            raise VxnetError(f"--etcd-cafile/--etcd-certfile/--etcd-keyfile: {e}") from None
+        return ctx
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,73 +157,86 @@ def credentials(username: str | None, password: str | None) -> Credentials | Non
     return Credentials(username, password)
 
 
-# gRPC keepalive: a black-holed connection is noticed in ~10 s, not at the next TCP timeout.
-# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), and pings while no
-# call is open (it answers them with GOAWAY "too_many_pings"): the agent always has its watch
-# open, which is what keepalive guards; an idle connection needs no pings. A subchannel pool
-# of its own per channel: a new channel (after failover, or our address changing) must make a
-# new connection, not share the old one that gRPC keeps in its global pool.
-CHANNEL_OPTIONS = {"grpc.keepalive_time_ms": 6000, "grpc.keepalive_timeout_ms": 4000,
-                   "grpc.keepalive_permit_without_calls": 0,
-                   "grpc.http2.max_pings_without_data": 0, "grpc.use_local_subchannel_pool": 1}
 
-# Answers that mean "these credentials will never work", as opposed to "try again later".
-_AUTH_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                 grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+class _Refused(Exception):
+    """etcd answered with an error: its gRPC status code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
-class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd.Client is untyped (Any) to mypy
-    """aetcd's client with TLS and authentication over either channel: aetcd alone has no TLS,
-    and its own connect() would authenticate only over plain gRPC."""
+def _answer(raw: bytes | str) -> Json:
+    """A gateway answer decoded; an error answer raised as _Refused. Unary calls answer errors
+    as {"error": msg, "code": N}, a stream's line as {"error": {"grpc_code": N, ...}}."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise _Refused(14, f"not an answer from etcd's JSON gateway: {raw[:80]!r}")
+    err = doc.get("error")
+    if err is None:
+        return doc
+    if isinstance(err, dict):
+        raise _Refused(int(err.get("grpc_code", 2)), str(err.get("message", "")))
+    raise _Refused(int(doc.get("code", 2)), str(doc.get("message") or err))
+
+
+def _b64(raw: bytes) -> str:
+    return b64encode(raw).decode()
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, httpx.TimeoutException | TimeoutError):
+        return f"no answer in time ({type(e).__name__})"
+    return str(e) or type(e).__name__
+
+
+class _Session:
+    """One endpoint: a pool of HTTP/1.1 connections, and our authentication token."""
 
     def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float,
                  auth: Credentials | None) -> None:
-        super().__init__(ep.host, ep.port, timeout=timeout,
-                         options=CHANNEL_OPTIONS)
-        self._endpoint, self._auth = ep, auth
-        self._creds = tls.credentials() if ep.tls or tls.cafile else None
+        secure = ep.tls or tls.cafile is not None
+        host = f"[{ep.host}]" if ":" in ep.host else ep.host
+        self.endpoint, self.timeout, self._auth = ep, timeout, auth
+        self._headers: dict[str, str] = {}
+        # trust_env off: an operator's HTTP(S)_PROXY is for the world, not the cluster's etcd
+        self._http = httpx.AsyncClient(
+            base_url=f"{'https' if secure else 'http'}://{host}:{ep.port}",
+            transport=httpx.AsyncHTTPTransport(verify=tls.context() if secure else True,
+                                               socket_options=KEEPALIVE),
+            timeout=httpx.Timeout(timeout), trust_env=False)
 
-    async def connect(self) -> None:
-        if self._connected.is_set():
+    async def login(self) -> None:
+        if self._auth is None:
             return
-        target = f"{self._host}:{self._port}"
-        self.channel = (grpc.aio.secure_channel(target, self._creds, self._options.items())
-                        if self._creds is not None
-                        else grpc.aio.insecure_channel(target, self._options.items()))
-        if self._auth is not None:
-            await self._authenticate(self._auth)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
-                                              metadata=self.metadata)
-        self._connected.set()
-
-    async def range_page(self, key: bytes, range_end: bytes, limit: int, revision: int
-                         ) -> Any:
-        """At most `limit` keys from `key` at `revision` (0: now): aetcd's get_range has no
-        limit. Its errors mapped as aetcd maps its own (permission, auth, compaction)."""
-        await self.connect()
-        request = rpc.RangeRequest(key=key, range_end=range_end, limit=limit, revision=revision)
+        name = self._auth.username
         try:
-            return await self.kvstub.Range(request, timeout=self._timeout,
-                                           metadata=self.metadata)
-        except grpc.aio.AioRpcError as e:
-            aexc._handle_exception(e)  # aetcd's own mapping: raises its error for the code
-            raise
+            doc = await self.post("/v3/auth/authenticate",
+                                  {"name": name, "password": self._auth.password})
+        except _Refused as e:
+            if e.code in _TRANSIENT_CODES:
+                raise
+            raise StoreAuthError(f"etcd {self.endpoint} refused user {name!r}: {e.message}"
+                                 ) from None
+        self._headers = {"Authorization": str(doc.get("token", ""))}
 
-    async def _authenticate(self, auth: Credentials) -> None:
-        self.auth_stub = rpc.AuthStub(self.channel)
-        request = rpc.AuthenticateRequest(name=auth.username, password=auth.password)
-        try:
-            resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as e:
-            if e.code() in _AUTH_REFUSED:
-                raise StoreAuthError(f"etcd {self._endpoint} refused user {auth.username!r}: "
-                                     f"{e.details()}") from None
-            raise  # transport trouble: transient
-        self.metadata = (("token", resp.token),)
+    async def post(self, path: str, body: Json) -> Json:
+        resp = await self._http.post(path, content=json.dumps(body).encode(),
+                                     headers=self._headers)
+        return _answer(resp.content)
+
+    def stream(self, path: str, body: Json, headers: dict[str, str]
+               ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        """A streaming answer: no read deadline (the caller watches for silence)."""
+        return self._http.stream("POST", path, content=json.dumps(body).encode(),
+                                 headers={**self._headers, **headers},
+                                 timeout=httpx.Timeout(self.timeout, read=None))
+
+    async def close(self) -> None:
+        await self._http.aclose()
 
 
 class Etcd:
@@ -255,7 +253,7 @@ class Etcd:
         self.auth = auth
         self.timeout = timeout
         self._index = 0
-        self._client: _Client | None = None
+        self._session: _Session | None = None
         self.reconnects = 0  # exported as a metric by the agent
         self.watching = False  # a watch stream is open and answering (its last read did)
 
@@ -263,72 +261,91 @@ class Etcd:
     def endpoint(self) -> Endpoint:
         return self.endpoints[self._index]
 
-    async def client(self) -> AetcdClient:
-        if self._client is None:
-            self._client = _Client(self.endpoint, self.tls, self.timeout, self.auth)
-            await self._client.connect()
-        return self._client
+    async def client(self) -> _Session:
+        if self._session is None:
+            session = _Session(self.endpoint, self.tls, self.timeout, self.auth)
+            try:
+                await session.login()
+            except BaseException:
+                await session.close()
+                raise
+            self._session = session
+        return self._session
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        session, self._session = self._session, None
+        if session is not None:
             try:
-                await asyncio.wait_for(client.close(), self.timeout)
-            except (TimeoutError, Exception) as e:  # closing a dead channel may fail
+                await asyncio.wait_for(session.close(), self.timeout)
+            except (TimeoutError, Exception) as e:  # closing a dead connection may fail
                 log.debug("closing etcd client: %r", e)
 
     async def reconnect(self) -> None:
-        """Drop the connection and make a new one to the same endpoint at the next call: after
-        our own address changed, the old connection's packets go nowhere."""
+        """Drop the connections and make new ones to the same endpoint at the next call: after
+        our own address changed, the old connections' packets go nowhere."""
         await self.close()
         self.reconnects += 1
 
-    async def failover(self, failed: AetcdClient | None = None) -> None:
-        """Drop the current connection and move to the next endpoint -- unless the connection
+    async def failover(self, failed: _Session | None = None) -> None:
+        """Drop the current connections and move to the next endpoint -- unless the session
         that failed (`failed`) was already replaced by another task's failover."""
-        if failed is not None and failed is not self._client:
+        if failed is not None and failed is not self._session:
             return
         await self.close()
         self._index = (self._index + 1) % len(self.endpoints)
         self.reconnects += 1
 
-    async def call(self, fn: Callable[[AetcdClient], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[_Session], Awaitable[T]]) -> T:
         """Run one request; on a transport failure rotate endpoints and raise StoreUnavailable."""
-        client = None
+        session = None
         try:
-            client = await self.client()
-            return await asyncio.wait_for(fn(client), self.timeout * 2)
-        except aexc.UnauthenticatedError as e:  # our token expired or was revoked: log in again
-            await self.close()
-            raise StoreUnavailable(f"etcd {self.endpoint}: {e}; authenticating again") from None
+            session = await self.client()
+            return await asyncio.wait_for(fn(session), self.timeout * 2)
         except asyncio.CancelledError:
             if cancelling():
                 raise
-            # not us being cancelled: gRPC cancels the calls of a channel another task closed
+            # not us being cancelled: a request on connections another task closed
             raise StoreUnavailable(f"etcd {self.endpoint}: connection closed under the request"
                                    ) from None
-        except TRANSIENT as e:
+        except _TRANSPORT as e:
             failed = self.endpoint
-            await self.failover(client)
-            raise StoreUnavailable(f"etcd {failed}: {type(e).__name__}: {e}") from None
-        except aexc.ClientError as e:
-            if "user name is empty" in str(e):
-                raise StoreAuthError(f"etcd {self.endpoint} requires authentication: give "
-                                     "--etcd-username and --etcd-password") from None
-            if "permission denied" not in str(e):
-                raise
+            await self.failover(session)
+            raise StoreUnavailable(f"etcd {failed}: {_why(e)}") from None
+        except _Refused as e:
+            raise await self._refused(e, session) from None
+
+    async def _refused(self, e: _Refused, session: _Session | None) -> VxnetError:
+        """What etcd's refusal means to the caller (and to our connection)."""
+        where = self.endpoint
+        if e.code in _TRANSIENT_CODES:
+            await self.failover(session)
+            return StoreUnavailable(f"etcd {where}: {e.message}")
+        if e.code == _UNAUTHENTICATED:  # our token expired or was revoked: log in again
+            await self.close()
+            return StoreUnavailable(f"etcd {where}: {e.message}; authenticating again")
+        if "user name is empty" in e.message:
+            return StoreAuthError(f"etcd {where} requires authentication: give "
+                                  "--etcd-username and --etcd-password")
+        if "permission denied" in e.message:
             user = f" to user {self.auth.username!r}" if self.auth else ""
-            raise StoreAuthError(f"etcd {self.endpoint}: permission denied{user} (does the "
-                                 "user's role cover the prefix?)") from None
+            return StoreAuthError(f"etcd {where}: permission denied{user} (does the user's "
+                                  "role cover the prefix?)")
+        if "compacted" in e.message:
+            return RevisionCompacted(f"etcd {where}: {e.message}")
+        return StoreError(f"etcd {where}: {e.message}", e.code)
 
-    # Thin typed helpers over call(): the only operations the store needs.
+    async def _request(self, path: str, body: Json) -> Json:
+        return await self.call(lambda s: s.post(path, body))
 
-    async def connected(self) -> AetcdClient:
-        """A connected client, connecting (and failing over) as call() does."""
+    # The operations the store needs.
+
+    async def connected(self) -> _Session:
+        """A connected session, connecting (and failing over) as call() does."""
         return await self.call(_itself)
 
     async def get(self, key: bytes) -> KeyValue | None:
-        return await self.call(lambda c: c.get(key))
+        kvs = (await self._request("/v3/kv/range", {"key": _b64(key)})).get("kvs")
+        return KeyValue.of(kvs[0]) if kvs else None
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         kvs: list[KeyValue] = []
@@ -345,116 +362,129 @@ class Etcd:
         leases in one answer were ~8 MiB of peak memory at start-up)."""
         end, start, revision = prefix_end(prefix), prefix, 0
         while True:
-            resp = await self.call(_page(start, end, page, revision))
-            revision = revision or resp.header.revision
-            kvs = list(resp.kvs)
+            doc = await self._request("/v3/kv/range", {
+                "key": _b64(start), "range_end": _b64(end), "limit": page, "revision": revision})
+            revision = revision or int(doc["header"]["revision"])
+            kvs = [KeyValue.of(kv) for kv in doc.get("kvs", ())]
+            more = doc.get("more", False)
+            del doc
             yield kvs, revision
-            if not resp.more or not kvs:
+            if not more or not kvs:
                 return
             start = kvs[-1].key + b"\0"
 
     async def put(self, key: bytes, value: bytes, lease: int | None = None) -> int:
-        r = await self.call(lambda c: c.put(key, value, lease=lease or None))
-        return r.header.revision
+        doc = await self._request("/v3/kv/put", txn.put(key, value, lease or 0)["request_put"])
+        return int(doc["header"]["revision"])
 
     async def delete(self, key: bytes) -> bool:
-        r = await self.call(lambda c: c.delete(key))
-        return r is not None and r.deleted > 0
+        doc = await self._request("/v3/kv/deleterange", txn.delete(key)["request_delete_range"])
+        return int(doc.get("deleted", 0)) > 0
 
-    async def txn(self, compare: list[Any], success: list[Any],
-                  failure: list[Any] | None = None) -> tuple[bool, list[Any]]:
-        return await self.call(lambda c: c.transaction(compare, success, failure or []))
+    async def txn(self, compare: list[txn.Compare], success: list[txn.Op],
+                  failure: list[txn.Op] | None = None) -> tuple[bool, list[KeyValue | None]]:
+        """Whether the compares held, and what each `txn.get` of the branch taken found."""
+        doc = await self._request("/v3/kv/txn", {"compare": compare, "success": success,
+                                                  "failure": failure or []})
+        got = [r["response_range"].get("kvs") for r in doc.get("responses", ())
+               if "response_range" in r]
+        return bool(doc.get("succeeded")), [KeyValue.of(kvs[0]) if kvs else None for kvs in got]
 
     async def grant(self, ttl: int) -> int:
-        lease = await self.call(lambda c: c.lease(ttl))
-        return lease.id
+        return int((await self._request("/v3/lease/grant", {"TTL": ttl}))["ID"])
 
     async def refresh(self, lease_id: int) -> int:
         """Keep a lease alive once; returns its remaining TTL (0 or less: it is gone)."""
-        reply = await self.call(lambda c: c.refresh_lease(lease_id))
-        return reply.TTL if reply is not None else 0
+        doc = await self._request("/v3/lease/keepalive", {"ID": lease_id})
+        return int(doc.get("result", {}).get("TTL", 0))
 
     async def revoke(self, lease_id: int) -> None:
-        await self.call(lambda c: c.revoke_lease(lease_id))
+        await self._request("/v3/lease/revoke", {"ID": lease_id})
 
     async def compact(self, revision: int) -> None:
-        await self.call(lambda c: c.compact(revision, physical=True))
+        await self._request("/v3/kv/compaction", {"revision": revision, "physical": True})
 
-    async def watch_prefix(self, prefix: bytes, start_revision: int, *,
-                           progress_every: float = 5.0
+    async def watch_prefix(self, prefix: bytes, start_revision: int, *, silence: float = 5.0
                            ) -> AsyncIterator[list[WatchEvent]]:
         """Batches of events under prefix from start_revision on, one batch per etcd response
-        (a transaction's events arrive together). Our own stream rather than aetcd's watcher:
-        it requires a leader (a member cut off from quorum ends the stream instead of keeping
-        it silently open), and after `progress_every` seconds of silence it asks for progress;
-        no answer to that either means a dead connection. Both raise StoreUnavailable after
-        moving to the next endpoint; a compacted start raises RevisionCompactedError."""
-        client = await self.connected()
-        metadata = (*(client.metadata or ()), ("hasleader", "true"))
-        call = rpc.WatchStub(client.channel).Watch(metadata=metadata)
-        create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
-            key=prefix, range_end=prefix_end(prefix), start_revision=start_revision,
-            progress_notify=True))
-        progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-        # one read stays in flight across progress checks: cancelling it would end the call
-        read: asyncio.Future[Any] | None = None
+        (a transaction's events arrive together). It requires a leader (a member cut off from
+        quorum ends the stream instead of keeping it silently open). Over HTTP/1.1 nothing
+        can be sent on an open watch, so after `silence` seconds without a word the member is
+        asked a linearizable read on another connection: no answer within `silence` more
+        means a frozen member or no quorum. Both raise StoreUnavailable after moving to the
+        next endpoint; a compacted start raises RevisionCompacted."""
+        session = await self.connected()
+        create = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                     "start_revision": start_revision, "progress_notify": True}}
+        # one read stays in flight across silence checks: cancelling it would end the stream
+        read: asyncio.Future[str] | None = None
         try:
-            await asyncio.wait_for(call.write(create), self.timeout)
-            asked = False
-            while True:
-                read = read or asyncio.ensure_future(call.read())
-                if not (await asyncio.wait({read}, timeout=progress_every))[0]:
-                    if asked:
-                        raise StoreUnavailable("watch stream silent: no answer to a progress "
-                                               "request")
-                    await asyncio.wait_for(call.write(progress), self.timeout)
-                    asked = True
-                    continue
-                if read.cancelled():  # the channel was closed (another task's failover)
-                    raise StoreUnavailable("watch stream closed")
-                resp, read, asked = read.result(), None, False
-                self.watching = resp is not grpc.aio.EOF
-                if resp is grpc.aio.EOF:
-                    raise StoreUnavailable("watch stream ended")
-                if resp.compact_revision:
-                    raise aexc.RevisionCompactedError(resp.compact_revision)
-                if resp.canceled:
-                    raise StoreUnavailable(f"watch canceled: {resp.cancel_reason or 'no reason'}")
-                if resp.events:
-                    yield list(resp.events)  # mvccpb.Event as they came: no copying
+            async with session.stream("/v3/watch", create,
+                                      {"Grpc-Metadata-hasleader": "true"}) as resp:
+                lines = resp.aiter_lines()
+                while True:
+                    read = read or asyncio.ensure_future(anext(lines))
+                    if not (await asyncio.wait({read}, timeout=silence))[0]:
+                        await self._answers(session, prefix, silence)
+                        continue
+                    try:
+                        line = read.result()
+                    except StopAsyncIteration:
+                        raise StoreUnavailable("watch stream ended") from None
+                    read = None
+                    if not line.strip():
+                        continue
+                    result = _answer(line).get("result", {})
+                    self.watching = True
+                    if result.get("compact_revision"):
+                        raise RevisionCompacted(
+                            f"etcd {self.endpoint}: watch from {start_revision}: compacted",
+                            int(result["compact_revision"]))
+                    if result.get("canceled"):
+                        raise StoreUnavailable(
+                            f"watch canceled: {result.get('cancel_reason') or 'no reason'}")
+                    if events := result.get("events"):
+                        yield [WatchEvent.of(e) for e in events]
         except asyncio.CancelledError:
             if cancelling():
                 raise
-            await self.failover(client)
+            await self.failover(session)
             raise StoreUnavailable(f"etcd {self.endpoint}: watch: connection closed") from None
-        except (StoreUnavailable, grpc.aio.AioRpcError, TimeoutError) as e:
+        except _Refused as e:
+            raise await self._refused(e, session) from None
+        except (StoreUnavailable, *_TRANSPORT) as e:
             failed = self.endpoint
-            await self.failover(client)
-            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            raise StoreUnavailable(f"etcd {failed}: watch: {detail or type(e).__name__}"
-                                   ) from None
+            await self.failover(session)
+            raise StoreUnavailable(f"etcd {failed}: watch: {_why(e)}") from None
         finally:
             self.watching = False
             if read is not None:
                 read.cancel()
-            call.cancel()
 
-
-def _page(start: bytes, end: bytes, limit: int, revision: int
-          ) -> Callable[[AetcdClient], Awaitable[Any]]:
-    return lambda c: c.range_page(start, end, limit, revision)
+    async def _answers(self, session: _Session, prefix: bytes, within: float) -> None:
+        """The member still serves linearizable reads (it has a leader and is not frozen)."""
+        ask = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "count_only": True}
+        try:
+            await asyncio.wait_for(session.post("/v3/kv/range", ask), within)
+        except (*_TRANSPORT, _Refused) as e:
+            raise StoreUnavailable(f"watch stream silent, and the member answers no read "
+                                   f"either ({_why(e)})") from None
 
 
 def cancelling() -> bool:
-    """Is the current task itself being cancelled (rather than an awaited gRPC call)?"""
+    """Is the current task itself being cancelled (rather than an awaited request)?"""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
 
-async def _itself(client: AetcdClient) -> AetcdClient:
-    return client
+async def _itself(session: _Session) -> _Session:
+    return session
 
 
 def prefix_end(prefix: bytes) -> bytes:
-    end: bytes = aetcd.utils.prefix_range_end(prefix)  # aetcd is untyped (Any) to mypy
-    return end
+    """The end of the key range holding every key that starts with `prefix` (etcd's rule: the
+    prefix with its last byte below 0xff incremented; b"\\0", every key, if there is none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"
+    return stripped[:-1] + bytes([stripped[-1] + 1])

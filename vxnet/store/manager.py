@@ -11,9 +11,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, overload
-
-from aetcd import transactions as tx
+from typing import overload
 
 from vxnet.backoff import Backoff
 from vxnet.errors import (
@@ -24,6 +22,7 @@ from vxnet.errors import (
     VxnetError,
 )
 from vxnet.ip import NetworkT
+from vxnet.store import txn
 from vxnet.store.allocator import choose, taken_in_pool
 from vxnet.store.config import NetworkConfig, Pool, parse_config
 from vxnet.store.etcd import Etcd, prefix_end
@@ -154,7 +153,7 @@ class LeaseManager:
             log.info("reusing lease %s untouched", key)
             return mine
         revision = await self._write(
-            [tx.Mod(self.paths.subnet(key)) == mine.mod_revision], key, attrs, lease_id)
+            [txn.mod_is(self.paths.subnet(key), mine.mod_revision)], key, attrs, lease_id)
         if revision is None:
             if lease_id and lease_id != mine.etcd_lease:
                 await self.etcd.revoke(lease_id)
@@ -190,7 +189,7 @@ class LeaseManager:
         # Create-if-absent. For IPv4 the compare covers every key starting with our IPv4 half,
         # so a dual-stack key holding the same IPv4 subnet also counts as taken.
         first = self.paths.subnet(str(SubnetKey(sub4)) if sub4 else name)
-        compare = [tx.Create(first, prefix_end(first) if sub4 else None) == 0]
+        compare = [txn.created_is(first, 0, prefix_end(first) if sub4 else None)]
         revision = await self._write(compare, name, attrs, lease_id)
         if revision is None:
             await self.etcd.revoke(lease_id)
@@ -220,7 +219,7 @@ class LeaseManager:
                                   "not taking it: free it, or give this node another name")
         name = str(key)
         lease_id = await self.etcd.grant(self.ttl)
-        compare = [tx.Version(self.paths.subnet(name)) == 0]
+        compare = [txn.version_is(self.paths.subnet(name), 0)]
         revision = await self._write(compare, name, self.attrs_for(key), lease_id)
         if revision is None:  # someone got there first: the next look names them
             await self.etcd.revoke(lease_id)
@@ -232,20 +231,22 @@ class LeaseManager:
     async def _write(self, compare: None, key: str, attrs: LeaseAttrs, lease_id: int) -> int: ...
 
     @overload
-    async def _write(self, compare: list[Any], key: str, attrs: LeaseAttrs, lease_id: int
+    async def _write(self, compare: list[txn.Compare], key: str, attrs: LeaseAttrs, lease_id: int
                      ) -> int | None: ...
 
-    async def _write(self, compare: list[Any] | None, key: str, attrs: LeaseAttrs,
+    async def _write(self, compare: list[txn.Compare] | None, key: str, attrs: LeaseAttrs,
                      lease_id: int) -> int | None:
         """Put the subnet key and its owner record if `compare` holds; the key's new revision,
         None if it did not hold. compare=None: unconditionally, which etcd never refuses (a
         transaction without compares takes its success branch), hence always a revision."""
-        ok, resp = await self.etcd.txn(compare or [], [
-            tx.Put(self.paths.subnet(key), attrs.encode(), lease_id or None),
-            tx.Put(self.paths.owner(key), self.node.name.encode(), lease_id or None),
-            tx.Get(self.paths.subnet(key)),
+        ok, got = await self.etcd.txn(compare or [], [
+            txn.put(self.paths.subnet(key), attrs.encode(), lease_id),
+            txn.put(self.paths.owner(key), self.node.name.encode(), lease_id),
+            txn.get(self.paths.subnet(key)),
         ])
-        return resp[2][0][1].mod_revision if ok else None
+        if not ok or got[0] is None:  # the failure branch is empty: nothing got
+            return None
+        return got[0].mod_revision
 
     async def _won_ipv6(self, lease: Lease, revision: int) -> bool:
         """An IPv6 half can't be prefix-compared inside a dual-stack key: check after writing,
@@ -261,8 +262,8 @@ class LeaseManager:
     async def _delete(self, lease: Lease) -> None:
         key = str(lease.key)
         await self.etcd.txn(
-            [tx.Mod(self.paths.subnet(key)) == lease.mod_revision],
-            [tx.Delete(self.paths.subnet(key)), tx.Delete(self.paths.owner(key))],
+            [txn.mod_is(self.paths.subnet(key), lease.mod_revision)],
+            [txn.delete(self.paths.subnet(key)), txn.delete(self.paths.owner(key))],
         )
 
     def _held(self, caller: str) -> Lease:
@@ -344,12 +345,12 @@ class LeaseManager:
             if kv is None and lease.reserved:
                 return "reservation deleted"  # the operator freed it: take a leased subnet
             if kv is None:
-                found, compare = "deleted", tx.Version(self.paths.subnet(key)) == 0
+                found, compare = "deleted", txn.version_is(self.paths.subnet(key), 0)
             else:
                 foreign = _foreign(key, kv.value, kv.lease, lease)
                 if foreign is None:
                     return None
-                found, compare = foreign, tx.Mod(self.paths.subnet(key)) == kv.mod_revision
+                found, compare = foreign, txn.mod_is(self.paths.subnet(key), kv.mod_revision)
             self.takeovers += 1
             log.warning("lease %s: another writer changed our key (%s); putting back our value "
                         "under our etcd lease %s", key, found, lease.etcd_lease or "(reserved)")

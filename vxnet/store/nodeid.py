@@ -5,9 +5,8 @@ Kept under `<prefix>/vxnet/` without an etcd lease: an ID survives restarts and 
 
 from __future__ import annotations
 
-from aetcd import transactions as tx
-
 from vxnet.errors import VxnetError
+from vxnet.store import txn
 from vxnet.store.etcd import Etcd
 from vxnet.store.paths import Paths
 from vxnet.store.store import check_node_name
@@ -28,8 +27,8 @@ async def node_id(etcd: Etcd, paths: Paths, name: str, attempts: int = 100) -> i
         used = {int(kv.key.rsplit(b"/", 1)[1]) for kv in kvs if kv.key.rsplit(b"/", 1)[1].isdigit()}
         n = next(i for i in range(1, len(used) + 2) if i not in used)
         ok, _ = await etcd.txn(
-            [tx.Create(paths.node(name)) == 0, tx.Create(paths.node_id(n)) == 0],
-            [tx.Put(paths.node(name), str(n).encode()), tx.Put(paths.node_id(n), name.encode())],
+            [txn.created_is(paths.node(name), 0), txn.created_is(paths.node_id(n), 0)],
+            [txn.put(paths.node(name), str(n).encode()), txn.put(paths.node_id(n), name.encode())],
         )
         if ok:
             return n

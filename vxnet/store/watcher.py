@@ -14,17 +14,14 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aetcd.exceptions as aexc
-
 from vxnet.backoff import Backoff
-from vxnet.errors import LeaseDecodeError, StoreUnavailable
-from vxnet.store.etcd import Etcd, WatchEvent
+from vxnet.errors import LeaseDecodeError, RevisionCompacted, StoreUnavailable
+from vxnet.store.etcd import DELETE, Etcd, WatchEvent
 from vxnet.store.lease import Lease, SubnetKey, decode_lease
 from vxnet.store.paths import Paths
 from vxnet.store.store import EventKind, LeaseEvent, Snapshot
 
 log = logging.getLogger(__name__)
-DELETE = 1  # mvccpb.Event.EventType
 CHUNK = 200  # events decoded per loop turn: a 5 000-key transaction takes 25
 
 
@@ -105,7 +102,7 @@ class LeaseWatcher:
                 self.rewatches += 1
                 log.warning("lease watch: %s; resuming from revision %d", e, s.revision)
                 await backoff.sleep()
-            except aexc.RevisionCompactedError as e:
+            except RevisionCompacted as e:
                 self.relists += 1
                 log.warning("lease watch: revision %d compacted (%s); re-listing", start, e)
                 try:

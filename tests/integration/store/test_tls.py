@@ -70,4 +70,4 @@ async def test_without_a_client_certificate_it_is_unavailable_not_a_crash(tls_et
 
 def test_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(VxnetError, match=r"--etcd-cafile .*/nope.pem: No such file or directory"):
-        TLSFiles(str(tmp_path / "nope.pem")).credentials()
+        TLSFiles(str(tmp_path / "nope.pem")).context()

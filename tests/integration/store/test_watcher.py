@@ -120,7 +120,7 @@ async def test_a_frozen_member_is_noticed_and_the_watch_resumes_after(etcd_serve
 
     revision = await etcd.put(paths.subnet("10.244.1.0-24"), value(1))
     # from the put's own revision: its event arriving says the watch is created; then it idles
-    stream = etcd.watch_prefix(paths.subnets, revision, progress_every=0.5)
+    stream = etcd.watch_prefix(paths.subnets, revision, silence=0.5)
     await asyncio.wait_for(stream.__anext__(), 5)
     first = asyncio.ensure_future(stream.__anext__())
     os.kill(etcd_server.proc.pid, signal.SIGSTOP)
@@ -131,7 +131,7 @@ async def test_a_frozen_member_is_noticed_and_the_watch_resumes_after(etcd_serve
             raise AssertionError("a frozen member delivered an event")
         except StoreUnavailable as e:
             assert "silent" in str(e) or "watch" in str(e)
-        assert time.monotonic() - t0 < 5  # progress asked after 0.5 s, given up 0.5 s later
+        assert time.monotonic() - t0 < 5  # read asked after 0.5 s of silence, given up 0.5 s later
     finally:
         os.kill(etcd_server.proc.pid, signal.SIGCONT)
     w = LeaseWatcher(etcd, paths)

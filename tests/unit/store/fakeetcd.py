@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aetcd.exceptions as aexc
-
-from vxnet.errors import StoreUnavailable
+from vxnet.errors import RevisionCompacted, StoreAuthError, StoreUnavailable
 
 
 @dataclass
@@ -61,9 +59,9 @@ class FakeEtcd:
         if what == "timeout":
             raise StoreUnavailable("etcd: watch: no answer to a progress request")
         if what == "compact":
-            raise aexc.RevisionCompactedError(self.revision)
+            raise RevisionCompacted("etcd: compacted", self.revision)
         if what == "auth":
-            raise aexc.ClientError("etcdserver: invalid auth token")
+            raise StoreAuthError("etcd: permission denied to user 'node'")
         pending = [e for e in self.history if e.kv.mod_revision >= start_revision]
         if what == "drop":  # one event gets through, then the stream breaks
             yield pending[:1]

@@ -87,14 +87,14 @@ async def test_deleting_an_invalid_key_is_an_event():
                                                 (EventKind.REMOVED, "10.244.5.0-24")]
 
 
-async def test_a_rejected_token_reaches_the_caller_and_a_restart_resumes_exactly():
-    import aetcd.exceptions as aexc
+async def test_refused_permissions_reach_the_caller_and_a_restart_resumes_exactly():
+    from vxnet.errors import StoreAuthError
 
     etcd = FakeEtcd(PATHS.subnets)
     w = await started(etcd)
     etcd.put("10.244.6.0-24", value(6))
     etcd.script = ["auth"]
-    with pytest.raises(aexc.ClientError):  # the supervisor restarts the watch task
+    with pytest.raises(StoreAuthError):  # the supervisor restarts the watch task
         await take(w, 1)
     etcd.put("10.244.7.0-24", value(7))
     events = await take(w, 2)  # the same watcher, restarted: nothing lost, nothing twice
