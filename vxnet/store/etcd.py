@@ -196,8 +196,8 @@ def _why(e: BaseException) -> str:
 class _Session:
     """One endpoint: a pool of HTTP/1.1 connections, and our authentication token."""
 
-    def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float,
-                 auth: Credentials | None) -> None:
+    def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float, auth: Credentials | None,
+                 transport: httpx.AsyncBaseTransport | None) -> None:
         secure = ep.tls or tls.cafile is not None
         host = f"[{ep.host}]" if ":" in ep.host else ep.host
         self.endpoint, self.timeout, self._auth = ep, timeout, auth
@@ -205,8 +205,8 @@ class _Session:
         # trust_env off: an operator's HTTP(S)_PROXY is for the world, not the cluster's etcd
         self._http = httpx.AsyncClient(
             base_url=f"{'https' if secure else 'http'}://{host}:{ep.port}",
-            transport=httpx.AsyncHTTPTransport(verify=tls.context() if secure else True,
-                                               socket_options=KEEPALIVE),
+            transport=transport or httpx.AsyncHTTPTransport(
+                verify=tls.context() if secure else True, socket_options=KEEPALIVE),
             timeout=httpx.Timeout(timeout), trust_env=False)
 
     async def login(self) -> None:
@@ -243,7 +243,9 @@ class Etcd:
     """One logical etcd client over several endpoints. Every call has a deadline."""
 
     def __init__(self, endpoints: Sequence[str] | str, *, tls: TLSFiles | None = None,
-                 timeout: float = 5.0, auth: Credentials | None = None) -> None:
+                 timeout: float = 5.0, auth: Credentials | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """transport: what carries the requests (tests: httpx.MockTransport); default TCP."""
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -252,6 +254,7 @@ class Etcd:
         self.tls = tls or TLSFiles()
         self.auth = auth
         self.timeout = timeout
+        self._transport = transport
         self._index = 0
         self._session: _Session | None = None
         self.reconnects = 0  # exported as a metric by the agent
@@ -263,7 +266,8 @@ class Etcd:
 
     async def client(self) -> _Session:
         if self._session is None:
-            session = _Session(self.endpoint, self.tls, self.timeout, self.auth)
+            session = _Session(self.endpoint, self.tls, self.timeout, self.auth,
+                               self._transport)
             try:
                 await session.login()
             except BaseException:
