@@ -58,12 +58,13 @@ class PeerFeed:
             else:
                 ov.plane.add_peer(p)
 
-    def replan(self, leases: Iterable[Lease], own: str) -> None:
-        """Every peer checked again (the devices or our lease changed under them)."""
-        leases = list(leases)
-        for version, ov in self.overlays.items():
+    def replan(self, own: str) -> None:
+        """Every peer checked again (the devices or our lease changed under them): each plane
+        is offered again what it was offered, accepted or refused, except our own key."""
+        for ov in self.overlays:
+            offered = [p for p in ov.plane.admission.offered() if p.key != own]
             ov.plane.set_peers([])
-            ov.plane.set_peers(peers_of(leases, version, own))
+            ov.plane.set_peers(offered)
 
 
 REFUSED_LATELY = 120.0  # seconds: a peer refused this recently fails probes because of it

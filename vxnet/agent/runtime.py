@@ -109,7 +109,7 @@ class Runtime:
 
     def _replan(self, why: str) -> None:
         """Devices were rebuilt: every peer checked again against the new surroundings."""
-        self.feed.replan(self.store.leases.values(), str(self.node.lease.key))
+        self.feed.replan(str(self.node.lease.key))
         self.reconciler.request_resync(why)
         self._changed()
 

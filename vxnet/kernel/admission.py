@@ -31,6 +31,7 @@ class Admission:
         self.rules = rules
         self.peers: dict[str, Peer] = {}  # accepted, by lease key (read-only for others)
         self.rejected: dict[str, str] = {}  # lease key -> why
+        self._refused: dict[str, Peer] = {}  # lease key -> the peer as offered, to offer again
         self.generation = 0  # counts changes to `peers`, for readers that cache a view of them
         self._space = SubnetSpace()
         self._macs: dict[str, str] = {}  # VTEP MAC -> lease key
@@ -55,7 +56,7 @@ class Admission:
                 raise PeerError(f"peer {p.key}: VTEP MAC {p.vtep_mac} is already peer "
                                 f"{self._macs[p.vtep_mac]}'s")
         except PeerError as e:
-            return self.reject(peer.key, str(e))
+            return self.reject(peer, str(e))
         self.peers[p.key] = p
         self.generation += 1
         self._space.add(p.subnet, p.key)
@@ -67,16 +68,23 @@ class Admission:
         self.ips[ip] = held + 1
         return p
 
-    def reject(self, key: str, why: str) -> str:
+    def reject(self, peer: Peer, why: str) -> str:
         """Not (or no longer) accepted; logged once per reason."""
-        if self.rejected.get(key) != why:
+        if self.rejected.get(peer.key) != why:
             log.warning("skipping %s", why)
-        self.rejected[key] = why
+        self.rejected[peer.key] = why
+        self._refused[peer.key] = peer
         return why
+
+    def offered(self) -> list[Peer]:
+        """Every peer offered and not withdrawn, accepted or refused: what to offer again when
+        the rules change (the store keeps no decoded leases to rebuild them from)."""
+        return [*self.peers.values(), *self._refused.values()]
 
     def remove(self, key: str) -> Peer | None:
         """Forget the peer at `key` (accepted or rejected); the accepted one it was, if any."""
         self.rejected.pop(key, None)
+        self._refused.pop(key, None)
         p = self.peers.pop(key, None)
         if p is not None:
             self.generation += 1

@@ -176,7 +176,7 @@ class Dataplane:
             self._install(p)
         except PeerError as e:  # no nexthop id left: this peer waits, the others do not
             self.remove_peer(p.key)
-            return self.admission.reject(p.key, str(e))
+            return self.admission.reject(p, str(e))
         return None
 
     def remove_peer(self, key: str) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from vxnet.store.allocator import node_subnet
 from vxnet.store.config import NetworkConfig
@@ -73,10 +73,6 @@ class EtcdStore:
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         return self._watcher.batches()
-
-    @property
-    def leases(self) -> Mapping[str, Lease]:
-        return self._watcher.leases
 
     async def reconnect(self) -> None:
         await self.etcd.reconnect()

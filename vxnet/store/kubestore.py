@@ -185,7 +185,7 @@ class KubeStore:
         self._attrs_for: AttrsFor | None = None
         self._check = asyncio.Event()
         self._snapshot: Snapshot | None = None
-        self._leases: dict[str, Lease] = {}  # lease key -> lease, of every peer Node
+        self._leases: dict[str, int] = {}  # lease key -> its fingerprint, of every peer Node
         self._keys: dict[str, str] = {}  # Node name -> its lease key (or invalid key)
         self._invalid: dict[str, LeaseDecodeError] = {}
         self._rv = ""  # where the watch resumes
@@ -357,7 +357,8 @@ class KubeStore:
                 invalid[got.key] = got
                 keys[_name(obj)] = got.key
         rv = _rv(doc)
-        self._leases, self._invalid, self._keys, self._rv = dict(leases), invalid, keys, rv
+        self._invalid, self._keys, self._rv = invalid, keys, rv
+        self._leases = {k: lease.fingerprint() for k, lease in leases.items()}
         return Snapshot(leases, invalid, _revision(rv))
 
     def take_snapshot(self) -> Snapshot:
@@ -365,10 +366,6 @@ class KubeStore:
         if snap is None:
             raise RuntimeError("take_snapshot() without a new acquire()")
         return snap
-
-    @property
-    def leases(self) -> Mapping[str, Lease]:
-        return self._leases
 
     async def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         """Node changes from the snapshot on, as lease events; a dead or silent watch is
@@ -434,14 +431,13 @@ class KubeStore:
         old_key = self._keys.pop(name, None)
         new_key = None if got is None else str(got.key) if isinstance(got, Lease) else got.key
         if old_key is not None and old_key != new_key:
-            old = self._leases.pop(old_key, None)
+            self._leases.pop(old_key, None)
             self._invalid.pop(old_key, None)
-            out.append(LeaseEvent(EventKind.REMOVED, old_key, old, revision))
+            out.append(LeaseEvent(EventKind.REMOVED, old_key, None, revision))
         if isinstance(got, Lease) and new_key is not None:
             self._keys[name] = new_key
-            before = self._leases.get(new_key)
-            if before is None or not before.same_peer(got):
-                self._leases[new_key] = got
+            before, self._leases[new_key] = self._leases.get(new_key), got.fingerprint()
+            if before != self._leases[new_key]:
                 kind = EventKind.ADDED if before is None else EventKind.CHANGED
                 out.append(LeaseEvent(kind, new_key, got, revision))
         elif isinstance(got, LeaseDecodeError) and new_key is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
@@ -47,7 +47,7 @@ AttrsFor = Callable[[SubnetKey], LeaseAttrs]
 class EventKind(enum.Enum):
     ADDED = "added"
     CHANGED = "changed"
-    REMOVED = "removed"  # carries the last known lease (None for a key that was invalid)
+    REMOVED = "removed"  # carries no lease: the key is all there is to know
     INVALID = "invalid"  # a key whose value could not be decoded: skip it, report it
 
 
@@ -125,11 +125,6 @@ class Store(Protocol):
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         """Changes since the snapshot, in batches, resumed after any fault (re-listed when
         history is gone)."""
-        ...
-
-    @property
-    def leases(self) -> Mapping[str, Lease]:
-        """Everyone's leases as the watch last saw them."""
         ...
 
     async def reconnect(self) -> None:

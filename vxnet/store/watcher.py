@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, KeysView
 from dataclasses import dataclass, field
 
 from vxnet.backoff import Backoff
 from vxnet.errors import LeaseDecodeError, RevisionCompacted, StoreUnavailable
 from vxnet.store.etcd import DELETE, Etcd, WatchEvent
-from vxnet.store.lease import Lease, SubnetKey, decode_lease
+from vxnet.store.lease import SubnetKey, decode_lease
 from vxnet.store.paths import Paths
 from vxnet.store.store import EventKind, LeaseEvent, Snapshot
 
@@ -47,7 +47,8 @@ async def list_leases(etcd: Etcd, paths: Paths) -> Snapshot:
 
 @dataclass(slots=True)
 class _State:
-    known: dict[str, Lease] = field(default_factory=dict)
+    # lease key -> its fingerprint: the decoded lease lives on only as the peer built from it
+    known: dict[str, int] = field(default_factory=dict)
     invalid: dict[str, LeaseDecodeError] = field(default_factory=dict)
     revision: int = 0
     seen_at_revision: set[str] = field(default_factory=set)
@@ -61,8 +62,9 @@ class LeaseWatcher:
         self.rewatches = 0
 
     @property
-    def leases(self) -> dict[str, Lease]:
-        return self._s.known
+    def keys(self) -> KeysView[str]:
+        """The keys of the valid leases, as the watch last saw them."""
+        return self._s.known.keys()
 
     @property
     def revision(self) -> int:
@@ -78,7 +80,7 @@ class LeaseWatcher:
     def adopt(self, snap: Snapshot) -> Snapshot:
         """Continue from a listing made elsewhere (the lease manager's): events() resumes at
         its revision + 1, so nothing after it is missed."""
-        self._s = _State(dict(snap.leases), dict(snap.invalid), snap.revision)
+        self._s = _State(_fingerprints(snap), dict(snap.invalid), snap.revision)
         return snap
 
     async def batches(self) -> AsyncIterator[list[LeaseEvent]]:
@@ -131,42 +133,44 @@ class LeaseWatcher:
         s.seen_at_revision.add(key)
         if ev.type == DELETE:
             was_invalid = s.invalid.pop(key, None) is not None
-            prev = s.known.pop(key, None)
-            if prev is None and not was_invalid:
+            if s.known.pop(key, None) is None and not was_invalid:
                 return []
-            return [LeaseEvent(EventKind.REMOVED, key, prev, rev)]
+            return [LeaseEvent(EventKind.REMOVED, key, None, rev)]
         try:
             lease = decode_lease(key, ev.kv.value, ev.kv.lease, rev)
         except LeaseDecodeError as e:
             s.invalid[key] = e
-            prev = s.known.pop(key, None)
             invalid = LeaseEvent(EventKind.INVALID, key, None, rev, e)
             # the peer's valid data is gone: stop routing to it rather than to stale data
-            return [invalid] if prev is None else [LeaseEvent(EventKind.REMOVED, key, prev, rev),
-                                                   invalid]
+            if s.known.pop(key, None) is None:
+                return [invalid]
+            return [LeaseEvent(EventKind.REMOVED, key, None, rev), invalid]
         s.invalid.pop(key, None)
-        prev = s.known.get(key)
-        s.known[key] = lease
+        prev, s.known[key] = s.known.get(key), lease.fingerprint()
         if prev is None:
             return [LeaseEvent(EventKind.ADDED, key, lease, rev)]
-        if prev.same_peer(lease) and prev.etcd_lease == lease.etcd_lease:
+        if prev == s.known[key]:
             return []  # a rewrite of the same value: nothing for anyone to do
         return [LeaseEvent(EventKind.CHANGED, key, lease, rev)]
 
     async def _relist(self) -> list[LeaseEvent]:
         snap = await list_leases(self.etcd, self.paths)
         s, rev = self._s, snap.revision
-        out = [LeaseEvent(EventKind.REMOVED, k, old, rev)
-               for k, old in s.known.items() if k not in snap.leases]
+        known = _fingerprints(snap)
+        out = [LeaseEvent(EventKind.REMOVED, k, None, rev) for k in s.known if k not in known]
         out += [LeaseEvent(EventKind.REMOVED, k, None, rev) for k in s.invalid
-                if k not in snap.invalid and k not in snap.leases]
+                if k not in snap.invalid and k not in known]
         for k, new in snap.leases.items():
             old = s.known.get(k)
             if old is None:
                 out.append(LeaseEvent(EventKind.ADDED, k, new, rev))
-            elif not (old.same_peer(new) and old.etcd_lease == new.etcd_lease):
+            elif old != known[k]:
                 out.append(LeaseEvent(EventKind.CHANGED, k, new, rev))
         out += [LeaseEvent(EventKind.INVALID, k, None, rev, e)
                 for k, e in snap.invalid.items() if k not in s.invalid]
-        self._s = _State(dict(snap.leases), dict(snap.invalid), rev)
+        self._s = _State(known, dict(snap.invalid), rev)
         return out
+
+
+def _fingerprints(snap: Snapshot) -> dict[str, int]:
+    return {k: lease.fingerprint() for k, lease in snap.leases.items()}

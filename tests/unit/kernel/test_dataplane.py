@@ -116,6 +116,21 @@ def test_a_rejected_peer_can_come_back_valid():
     assert "p5" in dp.peers and "p5" not in dp.rejected
 
 
+def test_what_was_offered_is_offered_again_when_the_rules_change():
+    """The store keeps no decoded leases: after our address or subnet moved, the agent
+    re-offers each plane what it was offered, so a peer refused for being on our old address
+    is accepted now, and one accepted is checked against the new rules."""
+    dp = plane(own_ips=frozenset({ipa.ip_address("198.51.100.5")}))
+    assert "this node's own" in dp.add_peer(peer(5))
+    dp.add_peer(peer(2))
+    dp.rebind(7, own_ips=frozenset({ipa.ip_address("198.51.100.2")}))
+    offered = dp.admission.offered()
+    assert sorted(p.key for p in offered) == ["p2", "p5"]
+    dp.set_peers([])
+    dp.set_peers(offered)
+    assert set(dp.peers) == {"p5"} and "this node's own" in dp.rejected["p2"]
+
+
 def test_duplicate_vtep_mac_is_rejected():
     dp = plane()
     dp.add_peer(peer(2))

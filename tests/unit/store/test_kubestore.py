@@ -196,7 +196,7 @@ async def test_nodes_become_lease_events():
         await until(lambda: len(seen) >= 6, SOON)
         assert {(e.kind, e.key) for e in seen[4:]} == {
             (EventKind.REMOVED, "10.244.4.0-24"), (EventKind.ADDED, "10.244.5.0-24")}
-        assert s.relists == 1 and set(s.leases) == {"10.244.1.0-24", "10.244.5.0-24"}
+        assert s.relists == 1 and set(s._leases) == {"10.244.1.0-24", "10.244.5.0-24"}
     finally:
         task.cancel()
 
