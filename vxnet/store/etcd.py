@@ -223,9 +223,15 @@ class _Session:
                                  ) from None
         self._headers = {"Authorization": str(doc.get("token", ""))}
 
-    async def post(self, path: str, body: Json) -> Json:
+    async def post(self, path: str, body: Json, sent: asyncio.Event | None = None) -> Json:
+        """The answer to one request; `sent` is set once the request has left."""
+        async def trace(event: str, info: object) -> None:
+            if sent is not None and event == "http11.send_request_body.complete":
+                sent.set()
+
         resp = await self._http.post(path, content=json.dumps(body).encode(),
-                                     headers=self._headers)
+                                     headers=self._headers,
+                                     extensions={"trace": trace} if sent else None)
         return _answer(resp.content)
 
     def stream(self, path: str, body: Json, headers: dict[str, str]
@@ -338,8 +344,8 @@ class Etcd:
             return RevisionCompacted(f"etcd {where}: {e.message}")
         return StoreError(f"etcd {where}: {e.message}", e.code)
 
-    async def _request(self, path: str, body: Json) -> Json:
-        return await self.call(lambda s: s.post(path, body))
+    async def _request(self, path: str, body: Json, sent: asyncio.Event | None = None) -> Json:
+        return await self.call(lambda s: s.post(path, body, sent))
 
     # The operations the store needs.
 
@@ -363,19 +369,39 @@ class Etcd:
                            ) -> AsyncIterator[tuple[list[KeyValue], int]]:
         """Everything under prefix at one revision, `page` keys at a time, with that revision:
         a caller that decodes each page as it comes never holds the whole answer (20 000
-        leases in one answer were ~8 MiB of peak memory at start-up)."""
-        end, start, revision = prefix_end(prefix), prefix, 0
-        while True:
-            doc = await self._request("/v3/kv/range", {
-                "key": _b64(start), "range_end": _b64(end), "limit": page, "revision": revision})
-            revision = revision or int(doc["header"]["revision"])
-            kvs = [KeyValue.of(kv) for kv in doc.get("kvs", ())]
-            more = doc.get("more", False)
-            del doc
-            yield kvs, revision
-            if not more or not kvs:
-                return
-            start = kvs[-1].key + b"\0"
+        leases in one answer were ~8 MiB of peak memory at start-up). The next page is asked
+        for before this one is handed over: etcd's gateway encodes it (~30 ms per 1 000 keys)
+        while the caller decodes this one."""
+        end = _b64(prefix_end(prefix))
+
+        async def ask(start: bytes, revision: int) -> asyncio.Task[Json]:
+            """The request for a page, on its way: returns once it has been sent."""
+            sent = asyncio.Event()
+            task = asyncio.ensure_future(self._request("/v3/kv/range", {
+                "key": _b64(start), "range_end": end, "limit": page, "revision": revision},
+                sent))
+            left = asyncio.ensure_future(sent.wait())
+            await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+            left.cancel()
+            return task
+
+        doc = await (await ask(prefix, 0))
+        revision = int(doc["header"]["revision"])
+        following: asyncio.Task[Json] | None = None
+        try:
+            while True:
+                kvs = [KeyValue.of(kv) for kv in doc.get("kvs", ())]
+                more = bool(doc.get("more")) and bool(kvs)
+                del doc
+                if more:
+                    following = await ask(kvs[-1].key + b"\0", revision)
+                yield kvs, revision
+                if following is None:
+                    return
+                doc, following = await following, None
+        finally:
+            if following is not None:  # the caller stopped early
+                following.cancel()
 
     async def put(self, key: bytes, value: bytes, lease: int | None = None) -> int:
         doc = await self._request("/v3/kv/put", txn.put(key, value, lease or 0)["request_put"])
