@@ -33,8 +33,8 @@ class EventSocket:
     """Notifications of `groups` (netlink `protocol`, NETLINK_ROUTE by default) delivered to
     `on_events` as lists of (type, buffer, payload offset, payload end), never empty.
 
-    `skip_portid`: leave out the notifications of that socket's own requests (the kernel names
-    the requester in them); read at every turn, so it may be set after construction.
+    `skip_portid`: have the kernel leave out the notifications of that socket's own requests
+    (it names the requester in them).
     `on_lost(error)`: notifications were lost (ENOBUFS) or the socket failed; it is called
     once a new socket is listening, or, if none could be opened, with `error` set and the
     socket closed (the owner may raise it, to be restarted).
@@ -69,6 +69,8 @@ class EventSocket:
         with in_netns(self.netns):
             sock = nl.RtnlSocket(self.groups, rcvbuf=self.rcvbuf, protocol=self.protocol)
         try:
+            if self.skip_portid:
+                sock.drop_echoes(self.skip_portid)
             loop.add_reader(sock.fileno(), self._readable)
         except BaseException:
             sock.close()
@@ -105,7 +107,7 @@ class EventSocket:
         lost: OSError | None = None
         try:
             # extend keeps what came before a failure: it is delivered, then the loss handled
-            events.extend(sock.recv_events(self.datagrams, self.skip_portid))
+            events.extend(sock.recv_events(self.datagrams))
         except OSError as e:
             lost = e
         if events:

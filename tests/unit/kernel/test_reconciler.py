@@ -188,7 +188,7 @@ async def test_lost_notifications_mean_a_new_socket_and_a_full_resync(monkeypatc
             self.r.close()
             self.w.close()
 
-        def recv_events(self, datagrams=1000, skip_portid=0):
+        def recv_events(self, datagrams=1000):
             raise OSError(errno.ENOBUFS, "No buffer space available")
 
     monkeypatch.setattr(monitor_mod.nl, "RtnlSocket", FakeEvents)
