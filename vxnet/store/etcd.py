@@ -25,7 +25,7 @@ from base64 import b64decode, b64encode
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -59,6 +59,8 @@ KEEPALIVE = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
 # now" -- no leader, a timed-out proposal, a leader change, overload: rotate and retry.
 _TRANSIENT_CODES = frozenset({1, 2, 4, 8, 10, 13, 14})
 _UNAUTHENTICATED = 16  # our token expired or was revoked: log in again
+COMMON_NAME = -1  # not etcd's: its gateway refused a client certificate carrying a Common Name
+_COMMON_NAME_REFUSED = b"CommonName of client sending a request against gateway"
 # The connection failed: httpx's own errors, and what it passes through unwrapped (a TLS alert
 # on a read is an ssl.SSLError; TimeoutError from our own deadlines). All are OSErrors.
 _TRANSPORT = (httpx.HTTPError, OSError)
@@ -158,8 +160,15 @@ def credentials(username: str | None, password: str | None) -> Credentials | Non
 
 
 
-class _Refused(Exception):
-    """etcd answered with an error: its gRPC status code and message."""
+class Lines(Protocol):
+    """A streaming answer, line by line (httpx's Response; GrpcSession's watch)."""
+
+    def aiter_lines(self) -> AsyncIterator[str]: ...
+
+
+class Refused(Exception):
+    """etcd answered with an error: its gRPC status code and message (code COMMON_NAME: the
+    gateway refused our client certificate, see GrpcSession)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -167,20 +176,23 @@ class _Refused(Exception):
 
 
 def _answer(raw: bytes | str) -> Json:
-    """A gateway answer decoded; an error answer raised as _Refused. Unary calls answer errors
+    """A gateway answer decoded; an error answer raised as Refused. Unary calls answer errors
     as {"error": msg, "code": N}, a stream's line as {"error": {"grpc_code": N, ...}}."""
     try:
         doc = json.loads(raw)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        raise _Refused(14, f"not an answer from etcd's JSON gateway: {raw[:80]!r}")
+        text = raw.encode() if isinstance(raw, str) else raw
+        if text.startswith(_COMMON_NAME_REFUSED):
+            raise Refused(COMMON_NAME, text.decode(errors="replace").strip())
+        raise Refused(14, f"not an answer from etcd's JSON gateway: {raw[:80]!r}")
     err = doc.get("error")
     if err is None:
         return doc
     if isinstance(err, dict):
-        raise _Refused(int(err.get("grpc_code", 2)), str(err.get("message", "")))
-    raise _Refused(int(doc.get("code", 2)), str(doc.get("message") or err))
+        raise Refused(int(err.get("grpc_code", 2)), str(err.get("message", "")))
+    raise Refused(int(doc.get("code", 2)), str(doc.get("message") or err))
 
 
 def _b64(raw: bytes) -> str:
@@ -193,7 +205,7 @@ def _why(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-class _Session:
+class Session:
     """One endpoint: a pool of HTTP/1.1 connections, and our authentication token."""
 
     def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float, auth: Credentials | None,
@@ -216,12 +228,15 @@ class _Session:
         try:
             doc = await self.post("/v3/auth/authenticate",
                                   {"name": name, "password": self._auth.password})
-        except _Refused as e:
-            if e.code in _TRANSIENT_CODES:
+        except Refused as e:
+            if e.code in _TRANSIENT_CODES or e.code == COMMON_NAME:
                 raise
             raise StoreAuthError(f"etcd {self.endpoint} refused user {name!r}: {e.message}"
                                  ) from None
-        self._headers = {"Authorization": str(doc.get("token", ""))}
+        self._use_token(str(doc.get("token", "")))
+
+    def _use_token(self, token: str) -> None:
+        self._headers = {"Authorization": token}
 
     async def post(self, path: str, body: Json, sent: asyncio.Event | None = None) -> Json:
         """The answer to one request; `sent` is set once the request has left."""
@@ -235,7 +250,7 @@ class _Session:
         return _answer(resp.content)
 
     def stream(self, path: str, body: Json, headers: dict[str, str]
-               ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+               ) -> contextlib.AbstractAsyncContextManager[Lines]:
         """A streaming answer: no read deadline (the caller watches for silence)."""
         return self._http.stream("POST", path, content=json.dumps(body).encode(),
                                  headers={**self._headers, **headers},
@@ -262,7 +277,8 @@ class Etcd:
         self.timeout = timeout
         self._transport = transport
         self._index = 0
-        self._session: _Session | None = None
+        self._session: Session | None = None
+        self.grpc = False  # talking gRPC, not the gateway (see GrpcSession)
         self.reconnects = 0  # exported as a metric by the agent
         self.watching = False  # a watch stream is open and answering (its last read did)
 
@@ -270,10 +286,15 @@ class Etcd:
     def endpoint(self) -> Endpoint:
         return self.endpoints[self._index]
 
-    async def client(self) -> _Session:
+    async def client(self) -> Session:
         if self._session is None:
-            session = _Session(self.endpoint, self.tls, self.timeout, self.auth,
-                               self._transport)
+            if self.grpc:
+                from vxnet.store.grpcsession import GrpcSession  # ~8 MiB: only when needed
+
+                session: Session = GrpcSession(self.endpoint, self.tls, self.timeout, self.auth)
+            else:
+                session = Session(self.endpoint, self.tls, self.timeout, self.auth,
+                                   self._transport)
             try:
                 await session.login()
             except BaseException:
@@ -296,7 +317,7 @@ class Etcd:
         await self.close()
         self.reconnects += 1
 
-    async def failover(self, failed: _Session | None = None) -> None:
+    async def failover(self, failed: Session | None = None) -> None:
         """Drop the current connections and move to the next endpoint -- unless the session
         that failed (`failed`) was already replaced by another task's failover."""
         if failed is not None and failed is not self._session:
@@ -305,7 +326,7 @@ class Etcd:
         self._index = (self._index + 1) % len(self.endpoints)
         self.reconnects += 1
 
-    async def call(self, fn: Callable[[_Session], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[Session], Awaitable[T]]) -> T:
         """Run one request; on a transport failure rotate endpoints and raise StoreUnavailable."""
         session = None
         try:
@@ -321,12 +342,25 @@ class Etcd:
             failed = self.endpoint
             await self.failover(session)
             raise StoreUnavailable(f"etcd {failed}: {_why(e)}") from None
-        except _Refused as e:
+        except Refused as e:
+            if e.code == COMMON_NAME and not self.grpc:
+                await self._to_grpc()
+                return await self.call(fn)  # once: over gRPC the gateway's refusal cannot come
             raise await self._refused(e, session) from None
 
-    async def _refused(self, e: _Refused, session: _Session | None) -> VxnetError:
+    async def _to_grpc(self) -> None:
+        log.warning("etcd %s refuses client certificates that carry a Common Name on its JSON "
+                    "gateway (--client-cert-auth with authentication on); talking gRPC to etcd "
+                    "instead (~8 MiB more)", self.endpoint)
+        self.grpc = True
+        await self.close()
+
+    async def _refused(self, e: Refused, session: Session | None) -> VxnetError:
         """What etcd's refusal means to the caller (and to our connection)."""
         where = self.endpoint
+        if e.code == COMMON_NAME:  # a watch (a call switches and tries again itself)
+            await self._to_grpc()
+            return StoreUnavailable(f"etcd {where}: {e.message}; trying gRPC")
         if e.code in _TRANSIENT_CODES:
             await self.failover(session)
             return StoreUnavailable(f"etcd {where}: {e.message}")
@@ -349,7 +383,7 @@ class Etcd:
 
     # The operations the store needs.
 
-    async def connected(self) -> _Session:
+    async def connected(self) -> Session:
         """A connected session, connecting (and failing over) as call() does."""
         return await self.call(_itself)
 
@@ -480,7 +514,7 @@ class Etcd:
                 raise
             await self.failover(session)
             raise StoreUnavailable(f"etcd {self.endpoint}: watch: connection closed") from None
-        except _Refused as e:
+        except Refused as e:
             raise await self._refused(e, session) from None
         except (StoreUnavailable, *_TRANSPORT) as e:
             failed = self.endpoint
@@ -491,12 +525,12 @@ class Etcd:
             if read is not None:
                 read.cancel()
 
-    async def _answers(self, session: _Session, prefix: bytes, within: float) -> None:
+    async def _answers(self, session: Session, prefix: bytes, within: float) -> None:
         """The member still serves linearizable reads (it has a leader and is not frozen)."""
         ask = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "count_only": True}
         try:
             await asyncio.wait_for(session.post("/v3/kv/range", ask), within)
-        except (*_TRANSPORT, _Refused) as e:
+        except (*_TRANSPORT, Refused) as e:
             raise StoreUnavailable(f"watch stream silent, and the member answers no read "
                                    f"either ({_why(e)})") from None
 
@@ -507,7 +541,7 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def _itself(session: _Session) -> _Session:
+async def _itself(session: Session) -> Session:
     return session
 
 

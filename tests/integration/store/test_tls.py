@@ -1,14 +1,16 @@
 """etcd over TLS with client certificates, as --etcd-cafile/--etcd-certfile/--etcd-keyfile
 configure it: certificates made by the test, a real etcd requiring them."""
 
+import asyncio
 import shutil
 import subprocess
 
 import pytest
 
-from vxnet.errors import StoreUnavailable, VxnetError
+from vxnet.errors import StoreAuthError, StoreUnavailable, VxnetError
 from vxnet.lab.etcd import EtcdServer
-from vxnet.store.etcd import Etcd, TLSFiles
+from vxnet.store import txn
+from vxnet.store.etcd import Credentials, Etcd, TLSFiles
 
 if not shutil.which("openssl") or not shutil.which("etcd"):
     pytest.skip("needs openssl and etcd-server (run `make test`)", allow_module_level=True)
@@ -71,3 +73,30 @@ async def test_without_a_client_certificate_it_is_unavailable_not_a_crash(tls_et
 def test_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(VxnetError, match=r"--etcd-cafile .*/nope.pem: No such file or directory"):
         TLSFiles(str(tmp_path / "nope.pem")).context()
+
+
+async def test_a_common_name_refused_by_the_gateway_moves_the_client_to_grpc(tls_etcd):
+    """etcd with --client-cert-auth and authentication on refuses, on its JSON gateway, every
+    client certificate that carries a Common Name (it cannot pass the name on). The client
+    then talks gRPC to it: the same answers, a watch included."""
+    srv, files = tls_etcd
+    srv.enable_auth("/vxnet-tls", "node", "s3cret")
+    etcd = Etcd(srv.endpoint, tls=files, timeout=3, auth=Credentials("node", "s3cret"))
+    try:
+        assert await etcd.get(b"/vxnet-tls/k") is None  # refused, then asked again over gRPC
+        assert etcd.grpc
+        revision = await etcd.put(b"/vxnet-tls/k", b"v")
+        assert (await etcd.get(b"/vxnet-tls/k")).value == b"v"
+        ok, got = await etcd.txn([txn.mod_is(b"/vxnet-tls/k", revision)],
+                                 [txn.put(b"/vxnet-tls/k", b"w"), txn.get(b"/vxnet-tls/k")])
+        assert ok and got[0].value == b"w"
+        lease = await etcd.grant(30)
+        assert await etcd.refresh(lease) > 0
+        watch = etcd.watch_prefix(b"/vxnet-tls/", revision)
+        events = await asyncio.wait_for(anext(watch), 5)
+        assert [e.kv.value for e in events] == [b"v", b"w"]  # history: one answer
+        await watch.aclose()
+        with pytest.raises(StoreAuthError, match="permission denied"):
+            await etcd.get(b"/elsewhere")
+    finally:
+        await etcd.close()
