@@ -1,5 +1,6 @@
-"""What one peer costs the agent, per structure it lives in (tracemalloc): the leases as the
-store keeps them, the peers made from them, the data plane's admission and kernel tables
+"""What one peer costs the agent, per structure it lives in (tracemalloc): the peers made from
+the leases (with what the lease watch keeps per key: a fingerprint, the decoded lease living on
+only as its peer), the data plane's admission and kernel tables
 after a sync into a real VXLAN device, the probe targets and the allow-list's addresses. The
 peers look like a real cluster's: one public IP each.
 
@@ -58,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             steps.append((name, tracemalloc.take_snapshot()))
 
         leases = {k: decode_lease(k, v, 7 << 40, 1 << 20) for k, v in values}
-        step("leases as the store keeps them (decoded)")
         plane = Dataplane(sock, PlaneSpec(socket.AF_INET, ifindex, 4, LOCAL, NETWORK))
-        plane.set_peers(peers_of(leases.values(), 4, "10.0.0.0-24"))
-        step("peers admitted (the Peer made from each lease, admission's indexes)")
+        plane.set_peers(peers_of(leases, 4, "10.0.0.0-24"))
+        watch = {k: lease.fingerprint() for k, lease in leases.items()}
+        del leases
+        step("peers admitted (each Peer, what it shares with its lease, admission's indexes) "
+             "and the lease watch's fingerprints")
         result = plane.resync()
         assert not result.failures, result.failures
         plane.resync()  # the periodic one: the caches as they stay
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"          {d.size_diff / n:5.0f} B  {d.count_diff / n:4.1f} objects"
                           f"  {Path(frame.filename).name}:{frame.lineno}")
         print(f"{total:7.0f} B  in all ({total * n / 2**20:.1f} MiB at {n} peers)")
-        del ips, targets
+        del ips, targets, watch
         sock.close()
     finally:
         ns.delete()

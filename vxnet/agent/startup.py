@@ -172,7 +172,7 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
     gc.disable()
     try:
         for version, ov in overlays.items():
-            ov.plane.set_peers(peers_of(snap.leases.values(), version, str(lease.key)))
+            ov.plane.set_peers(peers_of(snap.leases, version, str(lease.key)))
         if allow is not None:  # peers' packets are let in before we send them any
             await allow.sync(full=True)
         writes = await reconciler.resync_now("first")
