@@ -5,7 +5,10 @@ Why not gRPC: the gateway carries every call vxnet makes (ranges, transactions, 
 and gRPC's C core, its threads and protobuf cost the agent ~8 MiB and a quarter of its import
 time (bench/etcd_client_bench.py). What HTTP/1.1 cannot do is send on an open watch: there is
 no progress request, so a silent watch is checked with a linearizable read instead (see
-`watch_prefix`), and a dead connection is found by TCP keepalive (`KEEPALIVE`).
+`watch_prefix`), and a dead connection is found by TCP keepalive (`KEEPALIVE`). One setup
+refuses the gateway -- etcd with --client-cert-auth and authentication on, to a client
+certificate carrying a Common Name --: there the client switches to gRPC on its own
+(grpcsession.py, behind the same Session interface).
 
 The rest of vxnet sees one client over a list of endpoints and a few typed errors: transient
 trouble is StoreUnavailable (rotate to the next endpoint, retry later), refused credentials or
