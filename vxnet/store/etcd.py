@@ -41,6 +41,7 @@ from vxnet.errors import (
     VxnetError,
 )
 from vxnet.store import txn
+from vxnet.store.transport import why
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,12 +203,6 @@ def _b64(raw: bytes) -> str:
     return b64encode(raw).decode()
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, httpx.TimeoutException | TimeoutError):
-        return f"no answer in time ({type(e).__name__})"
-    return str(e) or type(e).__name__
-
-
 class Session:
     """One endpoint: a pool of HTTP/1.1 connections, and our authentication token."""
 
@@ -344,7 +339,7 @@ class Etcd:
         except _TRANSPORT as e:
             failed = self.endpoint
             await self.failover(session)
-            raise StoreUnavailable(f"etcd {failed}: {_why(e)}") from None
+            raise StoreUnavailable(f"etcd {failed}: {why(e)}") from None
         except Refused as e:
             if e.code == COMMON_NAME and not self.grpc:
                 await self._to_grpc()
@@ -522,7 +517,7 @@ class Etcd:
         except (StoreUnavailable, *_TRANSPORT) as e:
             failed = self.endpoint
             await self.failover(session)
-            raise StoreUnavailable(f"etcd {failed}: watch: {_why(e)}") from None
+            raise StoreUnavailable(f"etcd {failed}: watch: {why(e)}") from None
         finally:
             self.watching = False
             if read is not None:
@@ -535,7 +530,7 @@ class Etcd:
             await asyncio.wait_for(session.post("/v3/kv/range", ask), within)
         except (*_TRANSPORT, Refused) as e:
             raise StoreUnavailable(f"watch stream silent, and the member answers no read "
-                                   f"either ({_why(e)})") from None
+                                   f"either ({why(e)})") from None
 
 
 def cancelling() -> bool:

@@ -29,6 +29,7 @@ import httpx
 import yaml
 
 from vxnet.errors import StoreUnavailable, VxnetError
+from vxnet.store.transport import why
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = 10.0  # seconds for one request
@@ -225,7 +226,7 @@ class KubeClient:
                 method, path, params=params, headers=headers,
                 content=None if body is None else json.dumps(body).encode())
         except httpx.HTTPError as e:
-            raise StoreUnavailable(f"kubernetes API {self.server}: {_why(e)}") from None
+            raise StoreUnavailable(f"kubernetes API {self.server}: {why(e)}") from None
         if resp.status_code >= 400:
             raise _error(resp.status_code, resp.content)
         try:
@@ -268,13 +269,7 @@ class KubeClient:
                     if isinstance(event, dict):
                         yield event
         except httpx.HTTPError as e:
-            raise StoreUnavailable(f"kubernetes API {self.server}: watch: {_why(e)}") from None
-
-
-def _why(e: httpx.HTTPError) -> str:
-    if isinstance(e, httpx.TimeoutException):
-        return f"no answer in time ({type(e).__name__})"
-    return str(e) or type(e).__name__
+            raise StoreUnavailable(f"kubernetes API {self.server}: watch: {why(e)}") from None
 
 
 def _error(status: int, raw: bytes) -> KubeError:
