@@ -118,9 +118,14 @@ class Endpoint:
             raise VxnetError(f"--etcd-endpoints: {url!r} has an invalid port") from None
         return cls(parts.hostname, port, parts.scheme == "https")
 
-    def __str__(self) -> str:
+    @property
+    def netloc(self) -> str:
+        """host:port, an IPv6 host in brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.netloc}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +214,11 @@ class Session:
     def __init__(self, ep: Endpoint, tls: TLSFiles, timeout: float, auth: Credentials | None,
                  transport: httpx.AsyncBaseTransport | None) -> None:
         secure = ep.tls or tls.cafile is not None
-        host = f"[{ep.host}]" if ":" in ep.host else ep.host
         self.endpoint, self.timeout, self._auth = ep, timeout, auth
         self._headers: dict[str, str] = {}
         # trust_env off: an operator's HTTP(S)_PROXY is for the world, not the cluster's etcd
         self._http = httpx.AsyncClient(
-            base_url=f"{'https' if secure else 'http'}://{host}:{ep.port}",
+            base_url=f"{'https' if secure else 'http'}://{ep.netloc}",
             transport=transport or httpx.AsyncHTTPTransport(
                 verify=tls.context() if secure else True, socket_options=KEEPALIVE),
             timeout=httpx.Timeout(timeout), trust_env=False)

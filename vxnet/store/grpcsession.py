@@ -58,7 +58,6 @@ class GrpcSession(Session):
                  auth: Credentials | None) -> None:
         self.endpoint, self.timeout, self._auth = ep, timeout, auth
         self._metadata: tuple[tuple[str, str], ...] = ()
-        host = f"[{ep.host}]" if ":" in ep.host else ep.host
         if ep.tls or tls.cafile is not None:
             tls.context()  # the files' own errors, named by flag
 
@@ -67,9 +66,9 @@ class GrpcSession(Session):
 
             creds = grpc.ssl_channel_credentials(read(tls.cafile), read(tls.keyfile),
                                                  read(tls.certfile))
-            self._channel = grpc.aio.secure_channel(f"{host}:{ep.port}", creds, CHANNEL_OPTIONS)
+            self._channel = grpc.aio.secure_channel(ep.netloc, creds, CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.aio.insecure_channel(f"{host}:{ep.port}", CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(ep.netloc, CHANNEL_OPTIONS)
 
     def _use_token(self, token: str) -> None:
         self._metadata = (("token", token),)
