@@ -39,7 +39,7 @@ def peer(i: int) -> Peer:
     # FDB destinations only need to be addresses; nothing is ever sent to them here. They stay
     # clear of the lab's node addresses (.11-.30): a lease with a node's own public IP is that
     # node's lease (flannel's rule), which is not what a fake peer is for.
-    return Peer(f"p{i}", sub, ipaddress.ip_address(f"198.51.100.{100 + i % 150}"),
+    return Peer.of(f"p{i}", sub, ipaddress.ip_address(f"198.51.100.{100 + i % 150}"),
                 vtep_mac(sub))
 
 

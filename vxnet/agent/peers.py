@@ -23,9 +23,9 @@ def peer_of(key: str, lease: Lease, version: int) -> Peer | None:
     it (str(lease.key)): passing the store's own string shares it (~60 B per peer)."""
     a = lease.attrs
     if version == 4 and lease.key.subnet and a.vtep_mac and a.public_ip:
-        return Peer(key, lease.key.subnet, a.public_ip, a.vtep_mac, a.vni)
+        return Peer.of(key, lease.key.subnet, a.public_ip, a.vtep_mac, a.vni)
     if version == 6 and lease.key.subnet6 and a.vtep_mac6 and a.public_ipv6:
-        return Peer(key, lease.key.subnet6, a.public_ipv6, a.vtep_mac6, a.vni)
+        return Peer.of(key, lease.key.subnet6, a.public_ipv6, a.vtep_mac6, a.vni)
     return None
 
 
@@ -101,11 +101,10 @@ class HealthTargets:
                 old, new = self._made.get(v, {}), made.setdefault(v, {})
                 for key, p in ov.plane.peers.items():
                     t = old.get(key)
-                    if t is None or t.public_ip is not p.public_ip \
-                            or t.vxlan_ip != p.subnet.network_address:
-                        t = Target(f"ipv{v} {key}", p.subnet.network_address, p.public_ip,
-                                   ov.device.mtu, ov.device.port,
-                                   bool(refused_ips) and p.public_ip in refused_ips)
+                    if t is None or int(t.public_ip) != p.ip or int(t.vxlan_ip) != p.net:
+                        ip = p.public_ip
+                        t = Target(f"ipv{v} {key}", ip_address(p.gateway), ip, ov.device.mtu,
+                                   ov.device.port, bool(refused_ips) and ip in refused_ips)
                     new[key] = t
             self._made, self._seen = made, seen
             self._targets = [t for per in made.values() for t in per.values()]

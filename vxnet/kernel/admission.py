@@ -6,24 +6,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 
-from vxnet.ip import IPAddress, IPNetwork
-from vxnet.kernel.peer import Peer, PeerError, SubnetSpace, check_peer
+from vxnet.ip import IPAddress
+from vxnet.kernel.peer import Peer, PeerError, Rules, SubnetSpace, check_peer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """What a peer is checked against: our side of the overlay."""
-
-    overlay_version: int
-    underlay_version: int
-    local: IPNetwork | None = None  # our own subnet
-    network: IPNetwork | None = None  # the cluster's
-    vni: int | None = None  # peers must carry ours
-    own_ips: frozenset[IPAddress] = frozenset()  # this node's addresses: never a peer's
 
 
 class Admission:
@@ -34,39 +21,36 @@ class Admission:
         self._refused: dict[str, Peer] = {}  # lease key -> the peer as offered, to offer again
         self.generation = 0  # counts changes to `peers`, for readers that cache a view of them
         self._space = SubnetSpace()
-        self._macs: dict[str, str] = {}  # VTEP MAC -> lease key
+        self._macs: dict[bytes, str] = {}  # VTEP MAC -> lease key
         # accepted peers' public IPs (several peers may share one), and a count of changes to
         # that set: the allow-list asks after every batch of events, and rebuilding the set from
         # every peer each time cost ~5 ms at 5 000 peers
         self.ips: Counter[IPAddress] = Counter()
         self.ips_generation = 0
 
-    def admit(self, peer: Peer) -> Peer | str:
-        """The peer as accepted (MAC normalised), or why not. The caller removed any earlier
-        peer at the same key first."""
-        r = self.rules
+    def admit(self, p: Peer) -> str | None:
+        """Accept the peer, or say why not. The caller removed any earlier peer at the same
+        key first."""
         try:
-            p = check_peer(peer, overlay_version=r.overlay_version,
-                           underlay_version=r.underlay_version, local=r.local,
-                           network=r.network, vni=r.vni, own_ips=r.own_ips)
-            other = self._space.conflict(p.subnet)
+            check_peer(p, self.rules)
+            other = self._space.conflict(p.version, p.net, p.plen)
             if other is not None:
                 raise PeerError(f"peer {p.key}: subnet {p.subnet} overlaps peer {other}")
-            if p.vtep_mac in self._macs:
+            if p.mac in self._macs:
                 raise PeerError(f"peer {p.key}: VTEP MAC {p.vtep_mac} is already peer "
-                                f"{self._macs[p.vtep_mac]}'s")
+                                f"{self._macs[p.mac]}'s")
         except PeerError as e:
-            return self.reject(peer, str(e))
+            return self.reject(p, str(e))
         self.peers[p.key] = p
         self.generation += 1
-        self._space.add(p.subnet, p.key)
-        self._macs[p.vtep_mac] = p.key
+        self._space.add(p.version, p.net, p.plen, p.key)
+        self._macs[p.mac] = p.key
         ip = p.public_ip  # hashed twice, not three times: an address hashes as its hex text
         held = self.ips.get(ip, 0)
         if not held:
             self.ips_generation += 1
         self.ips[ip] = held + 1
-        return p
+        return None
 
     def reject(self, peer: Peer, why: str) -> str:
         """Not (or no longer) accepted; logged once per reason."""
@@ -88,11 +72,12 @@ class Admission:
         p = self.peers.pop(key, None)
         if p is not None:
             self.generation += 1
-            self._space.remove(p.subnet)
-            self._macs.pop(p.vtep_mac, None)
-            held = self.ips.pop(p.public_ip) - 1
+            self._space.remove(p.version, p.net, p.plen)
+            self._macs.pop(p.mac, None)
+            ip = p.public_ip
+            held = self.ips.pop(ip) - 1
             if held:
-                self.ips[p.public_ip] = held
+                self.ips[ip] = held
             else:
                 self.ips_generation += 1
         return p
@@ -103,5 +88,5 @@ class Admission:
         return self.peers.get(key) if key is not None else None
 
     def by_mac(self, mac: bytes) -> Peer | None:
-        key = self._macs.get(mac.hex(":"))
+        key = self._macs.get(mac)
         return self.peers.get(key) if key is not None else None

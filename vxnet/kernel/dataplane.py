@@ -22,13 +22,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vxnet.ip import IPAddress, IPNetwork
+from vxnet.ip import BITS, IPAddress, IPNetwork, Span
 from vxnet.kernel import netlink as nl
-from vxnet.kernel.admission import Admission, Rules
+from vxnet.kernel.admission import Admission
 from vxnet.kernel.neighbours import FdbTable, L2Table, NeighTable, dump_l2, notify_l2
 from vxnet.kernel.nexthops import NexthopDump, NexthopTable
 from vxnet.kernel.nhids import NexthopIds
-from vxnet.kernel.peer import Peer, PeerError
+from vxnet.kernel.peer import Peer, PeerError, Rules
 from vxnet.kernel.port import Kernel
 from vxnet.kernel.resolver import MissResolver, OnDemandStatus
 from vxnet.kernel.routes import PROTO_VXNET, RouteTable
@@ -80,13 +80,14 @@ class PlaneSpec:
         return 4 if self.family == nl.AF_INET else 6
 
     def rules(self) -> Rules:
-        return Rules(self.version, self.underlay_version, self.local_subnet, self.network,
-                     self.vni, self.own_ips)
+        return Rules.of(self.version, self.underlay_version, self.local_subnet, self.network,
+                        self.vni, self.own_ips)
 
 
 class Dataplane:
     def __init__(self, kernel: Kernel, spec: PlaneSpec) -> None:
-        self.kernel, self.spec = kernel, spec
+        self.kernel = kernel
+        self.spec, self._parents = spec, _parents(spec)
         self.admission = Admission(spec.rules())
         self.fdb = FdbTable(spec.ifindex)
         self.neigh = NeighTable(spec.family, spec.ifindex)
@@ -137,11 +138,11 @@ class Dataplane:
 
     def _owner_mac(self, addr: bytes) -> bytes | None:
         p = self._peer_for(self.admission.owner(addr))
-        return p.mac_bytes if p is not None else None
+        return p.mac if p is not None else None
 
     def _mac_ip(self, mac: bytes) -> bytes | None:
         p = self._peer_for(self.admission.by_mac(mac))
-        return p.public_ip.packed if p is not None else None
+        return p.ip_bytes if p is not None else None
 
     # -- peers (desired state) ----------
 
@@ -159,17 +160,17 @@ class Dataplane:
         """Accept (or replace) a peer; returns why it was rejected, if it was."""
         old = self.peers.get(peer.key)
         # a replaced peer keeps its nexthop id, so a changed MAC or IP rewrites nothing else
-        keep = self.nhids.held(_gw(old)) if old is not None and old.subnet == peer.subnet \
-            else None
+        keep = self.nhids.held(old.gateway) if old is not None and old.net == peer.net \
+            and old.plen == peer.plen and old.version == peer.version else None
         self.remove_peer(peer.key)
         if keep is not None:
-            self.nhids.keep(_gw(peer), keep)
-        got = self.admission.admit(peer)
-        if isinstance(got, str):
-            return got
+            self.nhids.keep(peer.gateway, keep)
+        why = self.admission.admit(peer)
+        if why is not None:
+            return why
         if self.resolver is not None:
-            self.resolver.peer_changed(got.mac_bytes)
-        return self._install_or_reject(got) if self._built else None
+            self.resolver.peer_changed(peer.mac)
+        return self._install_or_reject(peer) if self._built else None
 
     def _install_or_reject(self, p: Peer) -> str | None:
         try:
@@ -184,14 +185,13 @@ class Dataplane:
         if p is None:
             return
         if self.resolver is not None:
-            self.resolver.peer_changed(p.mac_bytes)
+            self.resolver.peer_changed(p.mac)
         for table, k, _ in self._entries(p):
             table.delete_desired(k)
-        self.nhids.release(_gw(p))
+        self.nhids.release(p.gateway)
 
     def _direct(self, p: Peer) -> bool:
-        return self.spec.direct_routing and any(p.public_ip in n for n in
-                                                self.spec.parent_networks)
+        return any(n.holds(p.ip_version, p.ip, BITS[p.ip_version]) for n in self._parents)
 
     def _entries(self, p: Peer, install: bool = False) -> list[tuple[AnyTable, Any, Any]]:
         """(table, key, value) of each entry an admitted peer needs, as compact keys and values
@@ -199,14 +199,14 @@ class Dataplane:
         peer's keys follow from the peer, the spec and its nexthop id (given out only when
         `install`)."""
         s = self.spec
-        gw = _gw(p)
-        rkey = nl.route_key(gw, p.subnet.prefixlen)
+        gw = p.gateway
+        rkey = nl.route_key(gw, p.plen)
         if self._direct(p):
             return [(self.route, rkey, nl.route_value(PROTO_VXNET, oif=s.parent_ifindex,
-                                                      gateway=p.public_ip.packed))]
-        mac = p.mac_bytes
+                                                      gateway=p.ip_bytes))]
+        mac = p.mac
         ents: list[tuple[AnyTable, Any, Any]] = [] if s.fdb_on_demand else [
-            (self.fdb, mac, p.public_ip.packed)]
+            (self.fdb, mac, p.ip_bytes)]
         if s.neigh_on_demand:  # the network route covers it; the kernel asks for the rest
             return ents
         ents.append((self.neigh, gw, mac))
@@ -318,6 +318,7 @@ class Dataplane:
         state against it at the next resync. Admitted peers stay (and are checked again by
         whoever changed the rules)."""
         self.spec = replace(self.spec, ifindex=ifindex, **changes)
+        self._parents = _parents(self.spec)
         self.admission.rules = self.spec.rules()
         for t in (self.fdb, self.neigh, self.nexthop, self.route):
             t.rebind(ifindex)
@@ -377,7 +378,7 @@ class Dataplane:
         return PlaneDetail(self.peers, frozenset(self.programmed()), self.drift())
 
 
-def _gw(p: Peer) -> bytes:
-    """A peer's gateway on the overlay: its subnet's network address."""
-    return p.subnet.network_address.packed
+def _parents(spec: PlaneSpec) -> tuple[Span, ...]:
+    """The connected networks whose peers are routed directly (DirectRouting), as integers."""
+    return tuple(Span.of(n) for n in spec.parent_networks) if spec.direct_routing else ()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import IPAddress, IPNetwork, contains, normalize_mac, overlap, unsendable
+from vxnet.ip import BITS, IPAddress, IPNetwork, Span, network, unsendable
 
 
 class PeerError(VxnetError):
@@ -15,15 +17,70 @@ class PeerError(VxnetError):
 
 @dataclass(frozen=True, slots=True)
 class Peer:
+    """Addresses as integers and the MAC as its six bytes: a peer is built, checked, indexed
+    and turned into kernel entries for every lease at start-up, and ipaddress objects made all
+    of that slow (~15 µs a peer) and heavy; they are made only to show a peer."""
+
     key: str  # the lease key it came from, for logs and /v1/state
-    subnet: IPNetwork
-    public_ip: IPAddress
-    vtep_mac: str
+    version: int  # of the subnet (the overlay's)
+    net: int  # the subnet's network address
+    plen: int
+    ip_version: int  # of the public IP (the underlay's)
+    ip: int  # the public IP
+    mac: bytes  # the VTEP MAC
     vni: int = 1  # what the lease says; must be ours
 
+    @classmethod
+    def of(cls, key: str, subnet: IPNetwork, public_ip: IPAddress, vtep_mac: str,
+           vni: int = 1) -> Peer:
+        """From a lease's values (ValueError for a MAC that is not six hex octets)."""
+        mac = bytes.fromhex(vtep_mac.replace(":", "").replace("-", ""))
+        if len(mac) != 6:
+            raise ValueError(f"not a MAC address: {vtep_mac!r}")
+        return cls(key, subnet.version, int(subnet.network_address), subnet.prefixlen,
+                   public_ip.version, int(public_ip), mac, vni)
+
     @property
-    def mac_bytes(self) -> bytes:
-        return bytes.fromhex(self.vtep_mac.replace(":", ""))
+    def gateway(self) -> bytes:
+        """Its address on the overlay, packed: its subnet's network address."""
+        return self.net.to_bytes(4 if self.version == 4 else 16)
+
+    @property
+    def ip_bytes(self) -> bytes:
+        return self.ip.to_bytes(4 if self.ip_version == 4 else 16)
+
+    @property
+    def subnet(self) -> IPNetwork:
+        return network(self.version, self.net, self.plen)
+
+    @property
+    def public_ip(self) -> IPAddress:
+        return (ipaddress.IPv4Address if self.ip_version == 4 else ipaddress.IPv6Address)(self.ip)
+
+    @property
+    def vtep_mac(self) -> str:
+        return self.mac.hex(":")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a peer is checked against: our side of the overlay."""
+
+    overlay_version: int
+    underlay_version: int
+    local: Span | None = None  # our own subnet
+    network: Span | None = None  # the cluster's
+    vni: int | None = None  # peers must carry ours
+    own_ips: frozenset[int] = frozenset()  # this node's addresses of the underlay's family
+
+    @classmethod
+    def of(cls, overlay_version: int, underlay_version: int, local: IPNetwork | None = None,
+           network: IPNetwork | None = None, vni: int | None = None,
+           own_ips: Iterable[IPAddress] = ()) -> Rules:
+        return cls(overlay_version, underlay_version,
+                   Span.of(local) if local is not None else None,
+                   Span.of(network) if network is not None else None, vni,
+                   frozenset(int(a) for a in own_ips if a.version == underlay_version))
 
 
 class SubnetSpace:
@@ -41,23 +98,22 @@ class SubnetSpace:
 
     def _owner_at(self, version: int, plen: int, addr: int) -> str | None:
         """Who holds the subnet of length `plen` that holds `addr`."""
-        bits = 32 if version == 4 else 128
+        bits = BITS[version]
         return self._exact.get(self._id(version, plen, addr >> (bits - plen) << (bits - plen)))
 
-    def conflict(self, net: IPNetwork) -> str | None:
-        """The owner of an accepted subnet that overlaps `net`, if any."""
-        v, plen, addr = net.version, net.prefixlen, int(net.network_address)
+    def conflict(self, version: int, addr: int, plen: int) -> str | None:
+        """The owner of an accepted subnet that overlaps this one, if any."""
         for lv, lp in self._lens:
-            if lv != v:
+            if lv != version:
                 continue
-            if lp <= plen:  # an equal or larger accepted subnet containing net
-                owner = self._owner_at(v, lp, addr)
+            if lp <= plen:  # an equal or larger accepted subnet containing this one
+                owner = self._owner_at(version, lp, addr)
                 if owner is not None:
                     return owner
-            else:  # smaller accepted subnets inside net: only with mixed lengths, so rare
-                shift = net.max_prefixlen - plen
+            else:  # smaller accepted subnets inside this one: only with mixed lengths, so rare
+                shift = BITS[version] - plen
                 for sid, owner in self._exact.items():
-                    if sid & 1 == (v == 6) and sid >> 1 & 0xFF == lp \
+                    if sid & 1 == (version == 6) and sid >> 1 & 0xFF == lp \
                             and sid >> 9 >> shift == addr >> shift:
                         return owner
         return None
@@ -71,47 +127,42 @@ class SubnetSpace:
                     return owner
         return None
 
-    def add(self, net: IPNetwork, owner: str) -> None:
-        self._exact[self._id(net.version, net.prefixlen, int(net.network_address))] = owner
-        self._lens[(net.version, net.prefixlen)] += 1
+    def add(self, version: int, addr: int, plen: int, owner: str) -> None:
+        self._exact[self._id(version, plen, addr)] = owner
+        self._lens[(version, plen)] += 1
 
-    def remove(self, net: IPNetwork) -> None:
-        sid = self._id(net.version, net.prefixlen, int(net.network_address))
-        if self._exact.pop(sid, None) is not None:
-            key = (net.version, net.prefixlen)
+    def remove(self, version: int, addr: int, plen: int) -> None:
+        if self._exact.pop(self._id(version, plen, addr), None) is not None:
+            key = (version, plen)
             self._lens[key] -= 1
             if not self._lens[key]:
                 del self._lens[key]
 
 
-def check_peer(peer: Peer, *, overlay_version: int, underlay_version: int,
-               local: IPNetwork | None, network: IPNetwork | None, vni: int | None = None,
-               own_ips: frozenset[IPAddress] = frozenset()) -> Peer:
-    """Raise PeerError naming the problem, or return the peer with its MAC normalised. Only a
-    peer that passes steers our traffic: its FDB entry sends pods' packets to its public IP."""
-    if vni is not None and peer.vni != vni:
-        raise PeerError(f"peer {peer.key}: VNI {peer.vni} is not ours ({vni})")
-    if peer.subnet.version != overlay_version:
-        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is not IPv{overlay_version}")
-    if peer.public_ip.version != underlay_version:
-        raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is not IPv{underlay_version}"
+def check_peer(peer: Peer, rules: Rules) -> None:
+    """Raise PeerError naming the problem. Only a peer that passes steers our traffic: its FDB
+    entry sends pods' packets to its public IP."""
+    r, p = rules, peer
+    if r.vni is not None and p.vni != r.vni:
+        raise PeerError(f"peer {p.key}: VNI {p.vni} is not ours ({r.vni})")
+    if p.version != r.overlay_version:
+        raise PeerError(f"peer {p.key}: subnet {p.subnet} is not IPv{r.overlay_version}")
+    if p.ip_version != r.underlay_version:
+        raise PeerError(f"peer {p.key}: public IP {p.public_ip} is not IPv{r.underlay_version}"
                         " like our underlay")
-    why = unsendable(peer.public_ip)
+    why = unsendable(p.ip, p.ip_version)
     if why is not None:
-        raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is {why}, not a unicast "
+        raise PeerError(f"peer {p.key}: public IP {p.public_ip} is {why}, not a unicast "
                         "address a VXLAN packet can go to")
-    if peer.public_ip in own_ips:
-        raise PeerError(f"peer {peer.key}: public IP {peer.public_ip} is one of this node's own")
-    if network is not None and not contains(network, peer.subnet):
-        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is outside the network {network}")
-    if local is not None and overlap(peer.subnet, local):
-        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} overlaps our own {local}")
-    if peer.subnet.prefixlen == peer.subnet.max_prefixlen:  # num_addresses < 2, but cheaper
-        raise PeerError(f"peer {peer.key}: subnet {peer.subnet} is a single address")
-    try:
-        mac = normalize_mac(peer.vtep_mac)
-    except ValueError as e:
-        raise PeerError(f"peer {peer.key}: VTEP {e}") from None
-    # the same object when nothing changed: admitted peers are kept, one each
-    return peer if mac is peer.vtep_mac else Peer(peer.key, peer.subnet, peer.public_ip, mac,
-                                                   peer.vni)
+    if p.ip in r.own_ips:
+        raise PeerError(f"peer {p.key}: public IP {p.public_ip} is one of this node's own")
+    if r.network is not None and not r.network.holds(p.version, p.net, p.plen):
+        raise PeerError(f"peer {p.key}: subnet {p.subnet} is outside the network {r.network}")
+    if r.local is not None and r.local.overlaps(p.version, p.net, p.plen):
+        raise PeerError(f"peer {p.key}: subnet {p.subnet} overlaps our own {r.local}")
+    if p.plen == BITS[p.version]:
+        raise PeerError(f"peer {p.key}: subnet {p.subnet} is a single address")
+    if p.mac[0] & 1:
+        raise PeerError(f"peer {p.key}: VTEP multicast MAC address: {p.vtep_mac!r}")
+    if p.mac == bytes(6):
+        raise PeerError(f"peer {p.key}: VTEP all-zero MAC address: {p.vtep_mac!r}")

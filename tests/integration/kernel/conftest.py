@@ -28,10 +28,12 @@ def subnet(node: Node, version: int = 4):
                           else f"fd00:10:244:{node.index}::/64")
 
 
-def peer_of(node: Node, version: int = 4, **override) -> Peer:
-    sub = subnet(node, version)
-    p = Peer(f"{node.name}-v{version}", sub, node.ip if version == 4 else node.ip6, vtep_mac(sub))
-    return dataclasses.replace(p, **override)
+def peer_of(node: Node, version: int = 4, *, key: str | None = None, net=None, public_ip=None,
+            mac: str | None = None) -> Peer:
+    """The node's peer as a lease would give it, any of its values overridden."""
+    own = subnet(node, version)
+    return Peer.of(key or f"{node.name}-v{version}", net or own,
+                   public_ip or (node.ip if version == 4 else node.ip6), mac or vtep_mac(own))
 
 
 @dataclasses.dataclass

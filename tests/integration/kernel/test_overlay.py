@@ -120,21 +120,23 @@ async def test_bad_peers_are_skipped_and_the_rest_programmed(lab, caplog):
     k1 = await open_node(n1)
     good = [peer_of(n2), peer_of(n3)]
     bad = [
-        peer_of(n2, key="badmac", subnet=ipa.ip_network("10.244.50.0/24"), vtep_mac="zz:11"),
-        peer_of(n2, key="family", subnet=ipa.ip_network("fd00:10:244:9::/64")),
-        peer_of(n2, key="ours", subnet=ipa.ip_network("10.244.1.0/25")),
-        peer_of(n2, key="outside", subnet=ipa.ip_network("10.9.0.0/24")),
-        peer_of(n2, key="underlay6", subnet=ipa.ip_network("10.244.60.0/24"),
+        peer_of(n2, key="badmac", net=ipa.ip_network("10.244.50.0/24"),
+                mac="01:00:5e:00:00:01"),
+        peer_of(n2, key="family", net=ipa.ip_network("fd00:10:244:9::/64")),
+        peer_of(n2, key="ours", net=ipa.ip_network("10.244.1.0/25")),
+        peer_of(n2, key="outside", net=ipa.ip_network("10.9.0.0/24")),
+        peer_of(n2, key="underlay6", net=ipa.ip_network("10.244.60.0/24"),
                 public_ip=ipa.ip_address("2001:db8:100::9")),
-        peer_of(n3, key="dup", subnet=ipa.ip_network("10.244.3.0/25")),
+        peer_of(n3, key="dup", net=ipa.ip_network("10.244.3.0/25")),
     ]
     with caplog.at_level(logging.WARNING):
         k1.plane().set_peers(bad[:3] + good + bad[3:])
         assert k1.plane().resync().failures == []
     assert set(k1.plane().peers) == {"node2-v4", "node3-v4"}
     assert set(k1.plane().rejected) == {p.key for p in bad}
-    for line in ["peer badmac: VTEP not a MAC address", "peer family: subnet fd00:10:244:9::/64 "
-                 "is not IPv4", "peer ours: subnet 10.244.1.0/25 overlaps our own",
+    for line in ["peer badmac: VTEP multicast MAC address",
+                 "peer family: subnet fd00:10:244:9::/64 is not IPv4",
+                 "peer ours: subnet 10.244.1.0/25 overlaps our own",
                  "peer outside: subnet 10.9.0.0/24 is outside the network",
                  "peer underlay6: public IP 2001:db8:100::9 is not IPv4",
                  "peer dup: subnet 10.244.3.0/25 overlaps peer node3-v4"]:

@@ -8,7 +8,7 @@ from vxnet.kernel.peer import Peer
 
 
 def overlay(n):
-    peers = {f"p{i}": Peer(f"p{i}", ipa.ip_network(f"10.244.{i}.0/24"),
+    peers = {f"p{i}": Peer.of(f"p{i}", ipa.ip_network(f"10.244.{i}.0/24"),
                            ipa.ip_address(f"198.51.100.{i}"), f"0e:00:00:00:00:{i:02x}")
              for i in range(2, 2 + n)}
     return SimpleNamespace(plane=SimpleNamespace(peers=peers, generation=0),
@@ -40,7 +40,7 @@ def test_a_peer_that_did_not_change_keeps_its_target():
     ov = overlay(3)
     targets = HealthTargets({4: ov}, None)
     first = {t.key: t for t in targets()}
-    moved = Peer("p3", ipa.ip_network("10.244.3.0/24"), ipa.ip_address("198.51.100.99"),
+    moved = Peer.of("p3", ipa.ip_network("10.244.3.0/24"), ipa.ip_address("198.51.100.99"),
                  "0e:00:00:00:00:03")
     ov.plane.peers["p3"] = moved
     ov.plane.generation += 1

@@ -4,7 +4,7 @@ import ipaddress as ipa
 
 import pytest
 
-from vxnet.kernel.peer import Peer, PeerError, check_peer
+from vxnet.kernel.peer import Peer, PeerError, Rules, check_peer
 
 OWN = frozenset({ipa.ip_address("198.51.100.11"), ipa.ip_address("2001:db8:100::11")})
 
@@ -13,9 +13,10 @@ def check(public_ip: str, *, subnet: str = "10.244.2.0/24", vni: int = 1,
           mac: str = "0e:0a:f4:02:00:00"):
     ip = ipa.ip_address(public_ip)
     net = ipa.ip_network(subnet)
-    return check_peer(Peer("k", net, ip, mac, vni), overlay_version=net.version,
-                      underlay_version=ip.version, local=ipa.ip_network("10.244.1.0/24"),
-                      network=ipa.ip_network("10.244.0.0/16"), vni=1, own_ips=OWN)
+    p = Peer.of("k", net, ip, mac, vni)
+    check_peer(p, Rules.of(net.version, ip.version, ipa.ip_network("10.244.1.0/24"),
+                           ipa.ip_network("10.244.0.0/16"), 1, OWN))
+    return p
 
 
 @pytest.mark.parametrize(("public_ip", "why"), [
@@ -74,9 +75,9 @@ def test_one_bad_lease_does_not_disturb_the_others():
     from tests.unit.kernel.test_dataplane import peer, plane
 
     dp = plane(own_ips=OWN, vni=1)
-    bad = [Peer("lo", ipa.ip_network("10.244.20.0/24"), ipa.ip_address("127.0.0.1"),
+    bad = [Peer.of("lo", ipa.ip_network("10.244.20.0/24"), ipa.ip_address("127.0.0.1"),
                 "0e:00:00:00:00:20"),
-           Peer("vni", ipa.ip_network("10.244.21.0/24"), ipa.ip_address("198.51.100.21"),
+           Peer.of("vni", ipa.ip_network("10.244.21.0/24"), ipa.ip_address("198.51.100.21"),
                 "0e:00:00:00:00:21", 7)]
     dp.set_peers([peer(2), *bad, peer(3)])
     dp.resync()

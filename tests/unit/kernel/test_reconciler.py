@@ -133,7 +133,7 @@ async def test_a_big_first_sync_lets_the_event_loop_in_between_steps():
     peers = []
     for i in range(20_000):
         sub = ipa.ip_network((0x0A000000 + (i << 8), 24))
-        peers.append(dataplane.Peer(f"p{i}", sub, ipa.ip_address("198.51.100.2"),
+        peers.append(dataplane.Peer.of(f"p{i}", sub, ipa.ip_address("198.51.100.2"),
                                     f"0e:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:"
                                     f"{i & 255:02x}:01"))
     ov.plane.set_peers(peers)

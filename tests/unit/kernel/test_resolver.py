@@ -83,7 +83,7 @@ def test_with_fdb_on_demand_the_l3_answer_brings_its_fdb_entry_and_l2_misses_are
     miss(dp, l3_miss("10.244.2.5"))
     dp.apply()
     assert fdb(k) == {peer(2).vtep_mac: ("198.51.100.2", nl.NUD_REACHABLE)}
-    assert miss(dp, l2_miss(peer(3).mac_bytes))
+    assert miss(dp, l2_miss(peer(3).mac))
     dp.apply()
     assert fdb(k)[peer(3).vtep_mac] == ("198.51.100.3", nl.NUD_REACHABLE)
 
@@ -108,7 +108,7 @@ def test_a_peer_that_goes_takes_its_entries_and_a_new_mac_rewrites_them():
         miss(dp, l3_miss(addr))
     dp.apply()
     moved = peer(3)
-    moved = type(moved)(moved.key, moved.subnet, moved.public_ip, "0e:00:00:00:03:33")
+    moved = type(moved).of(moved.key, moved.subnet, moved.public_ip, "0e:00:00:00:03:33")
     dp.set_peers([peer(2), moved])
     dp.apply()
     assert neighbours(k)["10.244.3.5"] == ("0e:00:00:00:03:33", nl.NUD_REACHABLE)
