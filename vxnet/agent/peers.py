@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 
 from vxnet.agent.overlays import Overlays
-from vxnet.health.checker import Target
+from vxnet.health.checker import Target, TargetView
+from vxnet.ip import IPAddress
 from vxnet.kernel.allowlist import AllowList
+from vxnet.kernel.overlay import Overlay
 from vxnet.kernel.peer import Peer
 from vxnet.store.lease import Lease
 from vxnet.store.store import EventKind, LeaseEvent
@@ -75,37 +77,51 @@ REFUSED_LATELY = 120.0  # seconds: a peer refused this recently fails probes bec
 
 class HealthTargets:
     """What the peer probes aim at: every accepted peer, per family (its VXLAN address is its
-    subnet's network address). The checker asks every second; the list is rebuilt only when a
-    peer, a device or the refused sources changed, and then each unchanged peer keeps its
-    target (building all 5 000 anew cost ~75 ms, every second under churn)."""
+    subnet's network address). The checker asks once a second; a target is made again only for
+    a peer that changed since (the data plane's journal says which), and every one only when a
+    device or the refused sources changed or the journal no longer reaches back."""
 
     def __init__(self, overlays: Overlays, allow: AllowList | None) -> None:
         self.overlays, self.allow = overlays, allow
-        self._seen: object = None
         self._shape: object = None  # what every target shares: MTUs, ports, refused sources
-        self._targets: list[Target] = []
-        self._made: dict[int, dict[str, Target]] = {}  # per family: lease key -> its target
+        self._seen: dict[int, int] = {}  # per family: the plane's generation last followed
+        self._refused: set[IPAddress] = set()
+        self._targets: dict[str, Target] = {}  # "ipv4 <lease key>" -> its target
 
-    def __call__(self) -> list[Target]:
+    def __call__(self) -> TargetView:
         refused = self.allow.refused_lately(REFUSED_LATELY) if self.allow is not None \
             else frozenset()
         shape = (refused, tuple((v, id(ov.plane), ov.device.mtu, ov.device.port)
                                 for v, ov in self.overlays.items()))
-        seen = (shape, tuple(ov.plane.generation for _, ov in self.overlays.items()))
-        if seen != self._seen:
-            if shape != self._shape:
-                self._made, self._shape = {}, shape
-            refused_ips = {ip_address(s) for s in refused}
-            made: dict[int, dict[str, Target]] = {}
-            for v, ov in self.overlays.items():
-                old, new = self._made.get(v, {}), made.setdefault(v, {})
-                for key, p in ov.plane.peers.items():
-                    t = old.get(key)
-                    if t is None or int(t.public_ip) != p.ip or int(t.vxlan_ip) != p.net:
-                        ip = p.public_ip
-                        t = Target(f"ipv{v} {key}", ip_address(p.gateway), ip, ov.device.mtu,
-                                   ov.device.port, bool(refused_ips) and ip in refused_ips)
-                    new[key] = t
-            self._made, self._seen = made, seen
-            self._targets = [t for per in made.values() for t in per.values()]
-        return self._targets
+        if shape != self._shape:
+            self._shape, self._seen, self._targets = shape, {}, {}
+            self._refused = {ip_address(s) for s in refused}
+        full = not self._targets
+        changed: list[str] = []
+        for v, ov in self.overlays.items():
+            plane = ov.plane
+            keys = plane.changed_since(self._seen[v]) if v in self._seen else None
+            self._seen[v] = plane.generation
+            if keys is None:  # every peer of this family, and the targets of its gone ones
+                full = True
+                prefix = f"ipv{v} "
+                for key in [k for k in self._targets if k.startswith(prefix)
+                            and k[len(prefix):] not in plane.peers]:
+                    del self._targets[key]
+                keys = list(plane.peers)
+            for key in dict.fromkeys(keys):  # a replaced peer is named twice
+                changed.append(self._follow(v, ov, key, plane.peers.get(key)))
+        return TargetView(self._targets, None if full else changed)
+
+    def _follow(self, v: int, ov: Overlay, key: str, p: Peer | None) -> str:
+        """The target of one peer made again if it changed (dropped if the peer is gone);
+        its target key."""
+        tkey = f"ipv{v} {key}"
+        t = self._targets.get(tkey)
+        if p is None:
+            self._targets.pop(tkey, None)
+        elif t is None or int(t.public_ip) != p.ip or int(t.vxlan_ip) != p.net:
+            ip = p.public_ip
+            self._targets[tkey] = Target(tkey, p.vxlan_ip, ip, ov.device.mtu, ov.device.port,
+                                         bool(self._refused) and ip in self._refused)
+        return tkey

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +38,17 @@ class Target:
     mtu: int  # our overlay MTU: a full-size probe is this big
     port: int  # the VXLAN port, for the diagnosis
     refused_here: bool = False  # our own VXLAN allow-list dropped packets from its public IP
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """What to probe, as asked for once a second: every target by key, and the keys whose
+    target came, went or changed since the last view (None: any may have). With thousands of
+    peers under churn, a view that had to be compared in full every second held the event loop
+    for milliseconds (~5 ms at 5 000 peers)."""
+
+    targets: Mapping[str, Target]
+    changed: Collection[str] | None
 
 
 @dataclass(slots=True)
@@ -98,7 +109,7 @@ class HealthStatus:
 
 
 class HealthChecker:
-    def __init__(self, targets: Callable[[], list[Target]], interval: float,
+    def __init__(self, targets: Callable[[], TargetView], interval: float,
                  observer: Observer | None = None,
                  pinger: Callable[[int], Pinger] = Pinger) -> None:
         """pinger: makes the echo sender for an address family (tests pass a fake)."""
@@ -129,26 +140,18 @@ class HealthChecker:
         round takes one interval whatever their number."""
         queue: deque[str] = deque()
         owed, refreshed = 0.0, -1.0
-        current: dict[str, Target] = {}
-        targets: list[Target] | None = None
-        known: list[Target] | None = None
+        current: Mapping[str, Target] = {}
         try:
             while True:
-                # the peer list, once a second at most
-                if targets is None or time.monotonic() - refreshed >= 1.0:
+                if time.monotonic() - refreshed >= 1.0:  # the targets, once a second at most
                     refreshed = time.monotonic()
-                    targets = self.targets()
-                if targets is not known:  # the same list object: nothing changed
-                    known = targets
-                    current = {t.key: t for t in targets}
-                    for key in [k for k in self.peers if k not in current]:
-                        del self.peers[key]
-                    for key, t in current.items():
-                        if key not in self.peers:
-                            self.peers[key] = PeerHealth(t)
-                            queue.append(key)
-                        else:
-                            self.peers[key].target = t
+                    view = self.targets()
+                    current = view.targets
+                    if view.changed is None:
+                        for key in [k for k in self.peers if k not in current]:
+                            del self.peers[key]
+                    for key in current if view.changed is None else view.changed:
+                        self._follow(key, current.get(key), queue)
                 # several checks per tick when there are many peers: 20 ticks a second at most
                 tick = max(TICK_MIN, min(1.0, self.interval / max(len(current), 1)))
                 owed += len(current) * tick / self.interval
@@ -169,6 +172,17 @@ class HealthChecker:
             for p in self._pingers.values():
                 p.close()
             self._pingers.clear()
+
+    def _follow(self, key: str, t: Target | None, queue: deque[str]) -> None:
+        """A target came, changed or went (None)."""
+        p = self.peers.get(key)
+        if t is None:
+            self.peers.pop(key, None)  # its key leaves the queue when its turn comes
+        elif p is None:
+            self.peers[key] = PeerHealth(t)
+            queue.append(key)
+        else:
+            p.target = t
 
     @property
     def sent(self) -> int:

@@ -5,12 +5,13 @@ peer holds (an overlapping subnet, the same VTEP MAC); every other peer gets a r
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 
 from vxnet.ip import IPAddress
 from vxnet.kernel.peer import Peer, PeerError, Rules, SubnetSpace, check_peer
 
 log = logging.getLogger(__name__)
+JOURNAL = 4096  # changes to `peers` remembered for readers that follow them one by one
 
 
 class Admission:
@@ -20,6 +21,7 @@ class Admission:
         self.rejected: dict[str, str] = {}  # lease key -> why
         self._refused: dict[str, Peer] = {}  # lease key -> the peer as offered, to offer again
         self.generation = 0  # counts changes to `peers`, for readers that cache a view of them
+        self._journal: deque[str] = deque(maxlen=JOURNAL)  # the keys of the last changes
         self._space = SubnetSpace()
         self._macs: dict[bytes, str] = {}  # VTEP MAC -> lease key
         # accepted peers' public IPs (several peers may share one), and a count of changes to
@@ -42,7 +44,7 @@ class Admission:
         except PeerError as e:
             return self.reject(p, str(e))
         self.peers[p.key] = p
-        self.generation += 1
+        self._changed(p.key)
         self._space.add(p.version, p.net, p.plen, p.key)
         self._macs[p.mac] = p.key
         ip = p.public_ip  # hashed twice, not three times: an address hashes as its hex text
@@ -71,7 +73,7 @@ class Admission:
         self._refused.pop(key, None)
         p = self.peers.pop(key, None)
         if p is not None:
-            self.generation += 1
+            self._changed(key)
             self._space.remove(p.version, p.net, p.plen)
             self._macs.pop(p.mac, None)
             ip = p.public_ip
@@ -81,6 +83,19 @@ class Admission:
             else:
                 self.ips_generation += 1
         return p
+
+    def _changed(self, key: str) -> None:
+        self.generation += 1
+        self._journal.append(key)
+
+    def changed_since(self, generation: int) -> list[str] | None:
+        """The keys of the peers accepted or dropped since `generation` (a key may repeat), or
+        None when that is further back than the journal reaches: then only `peers` can say.
+        Readers that follow the peers (the probe targets) pay per change, not per peer."""
+        n = self.generation - generation
+        if n > len(self._journal) or n < 0:
+            return None
+        return list(self._journal)[len(self._journal) - n:] if n else []
 
     def owner(self, addr: bytes) -> Peer | None:
         """The accepted peer whose subnet holds this address."""

@@ -111,6 +111,11 @@ class Dataplane:
         """Counts changes to `peers`, for readers that cache a view of them."""
         return self.admission.generation
 
+    def changed_since(self, generation: int) -> list[str] | None:
+        """The keys of the peers accepted or dropped since `generation`, or None if the
+        journal does not reach back that far (Admission.changed_since)."""
+        return self.admission.changed_since(generation)
+
     @property
     def rejected(self) -> dict[str, str]:
         """Lease key -> why that peer is not programmed."""

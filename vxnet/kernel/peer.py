@@ -54,6 +54,11 @@ class Peer:
         return network(self.version, self.net, self.plen)
 
     @property
+    def vxlan_ip(self) -> IPAddress:
+        """Its VXLAN device's address: its subnet's network address."""
+        return (ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address)(self.net)
+
+    @property
     def public_ip(self) -> IPAddress:
         return (ipaddress.IPv4Address if self.ip_version == 4 else ipaddress.IPv6Address)(self.ip)
 

@@ -6,7 +6,14 @@ import asyncio
 import ipaddress as ipa
 
 from tests.waiting import until
-from vxnet.health.checker import LOG_PER_MINUTE, MTU_EVERY, HealthChecker, Target, diagnose
+from vxnet.health.checker import (
+    LOG_PER_MINUTE,
+    MTU_EVERY,
+    HealthChecker,
+    Target,
+    TargetView,
+    diagnose,
+)
 from vxnet.health.pinger import Reply
 
 T = Target("ipv4 p2", ipa.ip_address("10.244.2.0"), ipa.ip_address("198.51.100.2"), 1450, 8472)
@@ -44,9 +51,14 @@ class FakePinger:
         pass
 
 
+def target(i):
+    return Target(f"ipv4 p{i}", ipa.ip_address(f"10.244.{i}.0"),
+                  ipa.ip_address(f"198.51.100.{i}"), 1450, 8472)
+
+
 def targets(n):
-    return [Target(f"ipv4 p{i}", ipa.ip_address(f"10.244.{i}.0"),
-                   ipa.ip_address(f"198.51.100.{i}"), 1450, 8472) for i in range(2, 2 + n)]
+    """A view that names no change: the checker compares it in full."""
+    return TargetView({t.key: t for t in map(target, range(2, 2 + n))}, None)
 
 
 async def run_for(checker, seconds):
@@ -117,3 +129,29 @@ async def test_many_peers_going_down_at_once_do_not_flood_the_log(caplog):
     checker._roll_log_window()
     assert caplog.records[-1].getMessage().startswith(
         f"{100 - LOG_PER_MINUTE} more peer state changes in the last minute")
+
+
+async def test_peers_follow_the_changes_a_view_names():
+    live = {t.key: t for t in map(target, range(2, 5))}
+    views = [TargetView(live, None)]
+
+    def next_view():
+        return views.pop(0) if views else TargetView(live, [])
+
+    checker = HealthChecker(next_view, 0.1,
+                            pinger=lambda v: FakePinger(v, lambda dst, size: None))
+    task = asyncio.ensure_future(checker.run())
+    try:
+        await until(lambda: set(checker.peers) == {"ipv4 p2", "ipv4 p3", "ipv4 p4"}, 5,
+                    "the first view")
+        del live["ipv4 p3"]
+        live["ipv4 p9"] = target(9)
+        moved = live["ipv4 p2"] = Target("ipv4 p2", ipa.ip_address("10.244.2.0"),
+                                         ipa.ip_address("198.51.100.99"), 1450, 8472)
+        views.append(TargetView(live, ["ipv4 p3", "ipv4 p9", "ipv4 p2"]))
+        await until(lambda: set(checker.peers) == {"ipv4 p2", "ipv4 p4", "ipv4 p9"}, 5,
+                    "the changes")
+        assert checker.peers["ipv4 p2"].target is moved
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
