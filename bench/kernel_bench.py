@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import resource
 import socket
 import statistics
 import subprocess
@@ -66,15 +67,32 @@ def plane(ns: Netns, ifindex: int, use_nexthops: bool = True) -> Dataplane:
                                      use_nexthops=use_nexthops))
 
 
+class Clock:
+    """Wall time and this process's CPU time, user (vxnet's Python) and system (the kernel's
+    own work for our requests), of what runs inside `with`."""
+
+    def __enter__(self) -> Clock:
+        self._t0, self._r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        self.wall = time.perf_counter() - self._t0
+        self.user, self.sys = r.ru_utime - self._r0.ru_utime, r.ru_stime - self._r0.ru_stime
+
+
+CPU: dict[int, list[tuple[float, float]]] = {}  # peers -> (user, sys) seconds of each vxnet run
+
+
 def run_vxnet(ns: Netns, ifindex: int, ps: list[Peer]) -> float:
     dp = plane(ns, ifindex)
-    t0 = time.perf_counter()
-    dp.set_peers(ps)
-    result = dp.resync()
-    elapsed = time.perf_counter() - t0
+    with Clock() as c:
+        dp.set_peers(ps)
+        result = dp.resync()
     assert not result.failures and result.total == 4 * len(ps), result
     dp.kernel.close()
-    return elapsed
+    CPU.setdefault(len(ps), []).append((c.user, c.sys))
+    return c.wall
 
 
 def batch_files(ps: list[Peer], nexthops: bool) -> tuple[str, str]:
@@ -107,33 +125,61 @@ def run_batch(ns: Netns, ps: list[Peer], nexthops: bool) -> float:
         return time.perf_counter() - t0
 
 
+def _busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far (/proc/stat: idle and iowait are not busy)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+
+
+def settle(quiet: float = 0.15, deadline: float = 10.0) -> None:
+    """Wait until the CPUs are nearly idle for two 100 ms windows in a row (or `deadline`
+    passed): a namespace deleted by the previous run is torn down by kernel workers for up to
+    seconds afterwards, and whichever contender ran next paid for it."""
+    end, calm = time.monotonic() + deadline, 0
+    busy0, total0 = _busy()
+    while calm < 2 and time.monotonic() < end:
+        time.sleep(0.1)
+        busy, total = _busy()
+        calm = calm + 1 if busy - busy0 <= quiet * max(1, total - total0) else 0
+        busy0, total0 = busy, total
+
+
 def once(fn: Callable[[Netns, int], float]) -> float:
     ns, ifindex = fresh_node()
     try:
+        settle()
         return fn(ns, ifindex)
     finally:
         ns.delete()
 
 
-def noop_resync(n: int, reps: int) -> tuple[list[float], list[float], int]:
-    """(steady no-op pass, restart pass with empty caches) at n peers, and writes seen."""
+def noop_resync(n: int, reps: int, passes: int = 10
+                ) -> tuple[list[Clock], list[float], int]:
+    """(steady no-op passes, `passes` per rep; restart passes with empty caches) at n peers,
+    and the writes they made. Many steady passes: one pass is a few tens of ms, and a single
+    one per rep measured this machine's hiccups more than the pass."""
     ns, ifindex = fresh_node()
     try:
         ps = peers(n)
         dp = plane(ns, ifindex)
         dp.set_peers(ps)
         dp.resync()
-        steady, restart, writes = [], [], 0
+        steady: list[Clock] = []
+        restart, writes = [], 0
         for _ in range(reps):
-            r = dp.resync()
-            steady.append(r.seconds)
+            settle()
+            for _ in range(passes):
+                with Clock() as c:
+                    r = dp.resync()
+                steady.append(c)
+                writes += r.total
             fresh = plane(ns, ifindex)
             t0 = time.perf_counter()
             fresh.set_peers(ps)
             r2 = fresh.resync()
             restart.append(time.perf_counter() - t0)
             fresh.kernel.close()
-            writes += r.total + r2.total
+            writes += r2.total
         return steady, restart, writes
     finally:
         ns.delete()
@@ -141,6 +187,12 @@ def noop_resync(n: int, reps: int) -> tuple[list[float], list[float], int]:
 
 def fmt(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:8.1f} ms ({min(xs) * 1000:.0f}-{max(xs) * 1000:.0f})"
+
+
+def cpu(runs: list[tuple[float, float]]) -> str:
+    """Median user and system CPU of runs, in ms."""
+    return (f"user {statistics.median(u for u, _ in runs) * 1000:.0f} / "
+            f"sys {statistics.median(s for _, s in runs) * 1000:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         if f"kernel path / ip -batch, {goals.size(n)}" in goals.GOALS:
             goals.check(f"kernel path / ip -batch, {goals.size(n)}", ratio)
 
+    print("\nvxnet's CPU time per run (medians): " + "; ".join(
+        f"{n}: {cpu(CPU[n])}" for n in sizes))
     steady, restart, writes = noop_resync(args.noop_size, args.reps)
-    print(f"\nno-op resync at {args.noop_size} peers: steady {fmt(steady)}; "
+    print(f"\nno-op resync at {args.noop_size} peers: steady {fmt([c.wall for c in steady])} "
+          f"({len(steady)} passes; {cpu([(c.user, c.sys) for c in steady])}); "
           f"restart (new caches, adopt) {fmt(restart)}; kernel writes {writes}")
     if args.noop_size == 5000:
-        goals.check("no-op resync, 5 000", statistics.median(steady) * 1000)
+        goals.check("no-op resync, 5 000", statistics.median(c.wall for c in steady) * 1000)
     goals.report()
     if args.plot:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
