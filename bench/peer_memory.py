@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         step("kernel tables after the sync (desired + in the kernel)")
         ov = SimpleNamespace(plane=plane, device=SimpleNamespace(mtu=1450, port=8472))
         targets = HealthTargets({4: ov}, None)  # type: ignore[arg-type]
-        assert len(targets()) == n
+        assert len(targets().targets) == n
         step("probe targets")
         ips = frozenset(plane.admission.ips)
         step("allow-list addresses (the set it compares)")

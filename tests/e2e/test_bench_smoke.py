@@ -6,9 +6,11 @@ from bench import (
     agent_bench,
     controlplane_bench,
     dataplane_bench,
+    etcd_client_bench,
     health_bench,
     kernel_bench,
     ondemand_bench,
+    peer_memory,
 )
 
 pytestmark = pytest.mark.netns
@@ -49,3 +51,13 @@ def test_controlplane_bench(capsys):
     assert controlplane_bench.main(["--nodes", "6", "--probes", "3",
                                     "--churn-seconds", "2"]) == 0
     assert "3-member etcd cluster" in capsys.readouterr().out
+
+
+def test_peer_memory(capsys):
+    assert peer_memory.main(["--peers", "20"]) == 0
+    assert "in all" in capsys.readouterr().out
+
+
+def test_etcd_client_bench(capsys):
+    assert etcd_client_bench.main(["--peers", "20", "--reps", "1"]) == 0
+    assert "watching" in capsys.readouterr().out
