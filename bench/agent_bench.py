@@ -331,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                     "in kube mode (start-up and memory only)")
     ap.add_argument("--agent-arg", action="append", default=[],
                     help="passed to every agent (e.g. --agent-arg=--health-interval=0)")
+    ap.add_argument("--agent-python", default=sys.executable,
+                    help="the interpreter whose vxnet the agents run (another checkout's venv, "
+                    "to measure two builds one after the other; the drivers stay this one's)")
     args = ap.parse_args(argv)
+    agent = (args.agent_python, "-m", "vxnet")
     sizes = [int(s) for s in args.sizes.split(",")]
 
     cold: dict[str, list[tuple[float, float]]] = {"start -> ready": [], "first sync": [],
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'ip+bridge -batch':>24} | {'sync/batch':>10} | peak RSS")
     for n in sizes:
         with Cluster("bench", config=CONFIG, agent_args=tuple(args.agent_arg),
-                     store=args.store) as c:
+                     store=args.store, vxnet=agent) as c:
             c.start()
             if args.store == "kube":
                 _load_kube(c, n)
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.store == "kube":
         return 0  # the event latency and idle figures (and the goals) are etcd mode's
 
-    with Cluster("bench", config=CONFIG,
+    with Cluster("bench", config=CONFIG, vxnet=agent,
                  agent_args=("--resync-interval", "30", *args.agent_arg)) as c:
         c.start()
         node = c.add_node(1, start_agent=False)
