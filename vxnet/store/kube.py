@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import ssl
-import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -78,6 +77,10 @@ class Credentials:
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False  # kubeconfig's insecure-skip-tls-verify (never the default)
+    # a kubeconfig's inline `<key>-data`, kept in memory instead of the files above
+    ca_data: bytes | None = None
+    cert_data: bytes | None = None
+    key_data: bytes | None = None
 
     @classmethod
     def load(cls, kubeconfig: str | None, api_url: str | None) -> Credentials:
@@ -124,12 +127,15 @@ class Credentials:
         if not isinstance(server, str) or not server:
             raise VxnetError(f"{where}: the cluster has no server")
         return cls(server,
-                   _file(base, cluster, "certificate-authority", where),
+                   _file(base, cluster, "certificate-authority"),
                    token=user.get("token"),
-                   token_file=_file(base, user, "tokenFile", where, data=False),
-                   cert_file=_file(base, user, "client-certificate", where),
-                   key_file=_file(base, user, "client-key", where),
-                   insecure=bool(cluster.get("insecure-skip-tls-verify", False)))
+                   token_file=_file(base, user, "tokenFile"),
+                   cert_file=_file(base, user, "client-certificate"),
+                   key_file=_file(base, user, "client-key"),
+                   insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
+                   ca_data=_data(cluster, "certificate-authority", where),
+                   cert_data=_data(user, "client-certificate", where),
+                   key_data=_data(user, "client-key", where))
 
 
 def _named(doc: Json, section: str, name: Any, inner: str, where: str) -> Json:
@@ -148,21 +154,44 @@ def _only(doc: Json, section: str, inner: str, where: str) -> Json:
     return _named(doc, section, items[0].get("name"), inner, where)
 
 
-def _file(base: Path, section: Json, key: str, where: str, data: bool = True) -> str | None:
-    """A path from the kubeconfig (relative to it), or its inline `<key>-data` written to a
-    private file (the TLS layer takes files)."""
-    if data and section.get(f"{key}-data"):
-        try:
-            raw = base64.b64decode(section[f"{key}-data"], validate=True)
-        except ValueError:
-            raise VxnetError(f"{where}: {key}-data is not base64") from None
-        fd, name = tempfile.mkstemp(prefix="vxnet-kube-", suffix=".pem")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), stat.S_IRUSR | stat.S_IWUSR)
-            f.write(raw)
-        return name
+def _file(base: Path, section: Json, key: str) -> str | None:
+    """A path from the kubeconfig (relative to it)."""
     value = section.get(key)
     return str(base / value) if isinstance(value, str) and value else None
+
+
+def _data(section: Json, key: str, where: str) -> bytes | None:
+    """The kubeconfig's inline `<key>-data`, decoded (client-go prefers it to the file)."""
+    value = section.get(f"{key}-data")
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        raise VxnetError(f"{where}: {key}-data is not base64") from None
+
+
+def _load_cert_chain(ctx: ssl.SSLContext, c: Credentials) -> None:
+    """Our client certificate and key into `ctx`. The ssl module reads them only from files:
+    inline ones go through a private directory removed as soon as they are read (they were
+    once left in /tmp, one file per connection)."""
+    if c.cert_data is None and c.key_data is None:
+        if c.cert_file:
+            ctx.load_cert_chain(c.cert_file, c.key_file)
+        return
+    with tempfile.TemporaryDirectory(prefix="vxnet-kube-") as d:  # mode 0700
+        cert = _written(Path(d, "cert.pem"), c.cert_data) or c.cert_file
+        key = _written(Path(d, "key.pem"), c.key_data) or c.key_file
+        if cert is None:
+            raise ssl.SSLError("a client key without a client certificate")
+        ctx.load_cert_chain(cert, key)
+
+
+def _written(path: Path, data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    path.write_bytes(data)
+    return str(path)
 
 
 class KubeClient:
@@ -184,10 +213,11 @@ class KubeClient:
             verify = False
         else:
             try:
-                verify = ssl.create_default_context(cafile=c.ca_file)
-                if c.cert_file:
-                    verify.load_cert_chain(c.cert_file, c.key_file)
-            except (OSError, ssl.SSLError) as e:
+                ca = c.ca_data.decode("ascii") if c.ca_data is not None else None
+                verify = ssl.create_default_context(
+                    cafile=None if ca is not None else c.ca_file, cadata=ca)
+                _load_cert_chain(verify, c)
+            except (OSError, ssl.SSLError, UnicodeDecodeError) as e:
                 raise VxnetError(f"kubernetes API credentials: {e}") from None
         return httpx.AsyncClient(base_url=c.server, verify=verify,
                                  timeout=httpx.Timeout(self.timeout))
