@@ -79,23 +79,24 @@ class HealthTargets:
     """What the peer probes aim at: every accepted peer, per family (its VXLAN address is its
     subnet's network address). The checker asks once a second; a target is made again only for
     a peer that changed since (the data plane's journal says which), and every one only when a
-    device or the refused sources changed or the journal no longer reaches back."""
+    device changed or the journal no longer reaches back."""
 
     def __init__(self, overlays: Overlays, allow: AllowList | None) -> None:
         self.overlays, self.allow = overlays, allow
-        self._shape: object = None  # what every target shares: MTUs, ports, refused sources
+        self._shape: object = None  # what every target shares: the devices' MTUs and ports
         self._seen: dict[int, int] = {}  # per family: the plane's generation last followed
-        self._refused: set[IPAddress] = set()
+        self._refused: tuple[frozenset[str], frozenset[IPAddress]] = (frozenset(), frozenset())
         self._targets: dict[str, Target] = {}  # "ipv4 <lease key>" -> its target
 
     def __call__(self) -> TargetView:
         refused = self.allow.refused_lately(REFUSED_LATELY) if self.allow is not None \
             else frozenset()
-        shape = (refused, tuple((v, id(ov.plane), ov.device.mtu, ov.device.port)
-                                for v, ov in self.overlays.items()))
+        if refused != self._refused[0]:
+            self._refused = refused, frozenset(ip_address(s) for s in refused)
+        shape = tuple((v, id(ov.plane), ov.device.mtu, ov.device.port)
+                      for v, ov in self.overlays.items())
         if shape != self._shape:
             self._shape, self._seen, self._targets = shape, {}, {}
-            self._refused = {ip_address(s) for s in refused}
         full = not self._targets
         changed: list[str] = []
         for v, ov in self.overlays.items():
@@ -111,7 +112,7 @@ class HealthTargets:
                 keys = list(plane.peers)
             for key in dict.fromkeys(keys):  # a replaced peer is named twice
                 changed.append(self._follow(v, ov, key, plane.peers.get(key)))
-        return TargetView(self._targets, None if full else changed)
+        return TargetView(self._targets, None if full else changed, self._refused[1])
 
     def _follow(self, v: int, ov: Overlay, key: str, p: Peer | None) -> str:
         """The target of one peer made again if it changed (dropped if the peer is gone);
@@ -121,7 +122,6 @@ class HealthTargets:
         if p is None:
             self._targets.pop(tkey, None)
         elif t is None or int(t.public_ip) != p.ip or int(t.vxlan_ip) != p.net:
-            ip = p.public_ip
-            self._targets[tkey] = Target(tkey, p.vxlan_ip, ip, ov.device.mtu, ov.device.port,
-                                         bool(self._refused) and ip in self._refused)
+            self._targets[tkey] = Target(tkey, p.vxlan_ip, p.public_ip, ov.device.mtu,
+                                         ov.device.port)
         return tkey

@@ -14,6 +14,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,7 +38,6 @@ class Target:
     public_ip: IPAddress  # where its lease says it is
     mtu: int  # our overlay MTU: a full-size probe is this big
     port: int  # the VXLAN port, for the diagnosis
-    refused_here: bool = False  # our own VXLAN allow-list dropped packets from its public IP
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,9 @@ class TargetView:
 
     targets: Mapping[str, Target]
     changed: Collection[str] | None
+    # sources our own VXLAN allow-list dropped lately: a target's verdict, not part of it, so
+    # that one source refused or forgiven remakes no target
+    refused: AbstractSet[IPAddress] = frozenset()
 
 
 @dataclass(slots=True)
@@ -72,9 +75,10 @@ class Observer(Protocol):
 CAUSES = ("wrong_source", "underlay_unreachable", "allowlist_refused", "overlay_blocked", "mtu")
 
 
-def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: bool | None
-             ) -> tuple[str, str | None, str | None]:
-    """(state, cause, why) from one check's results; the cause is one of CAUSES."""
+def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: bool | None,
+             refused_here: bool = False) -> tuple[str, str | None, str | None]:
+    """(state, cause, why) from one check's results; the cause is one of CAUSES.
+    refused_here: our own VXLAN allow-list dropped packets from the peer's public IP lately."""
     if underlay is not None and underlay.source != t.public_ip:
         return "unhealthy", "wrong_source", (
             f"answers from {underlay.source}, not from its lease's address {t.public_ip}: the "
@@ -83,7 +87,7 @@ def diagnose(t: Target, overlay: Reply | None, underlay: Reply | None, mtu_ok: b
         return "unhealthy", "underlay_unreachable", (
             "underlay unreachable: the node is down or the network between the nodes is "
             "partitioned")
-    if overlay is None and t.refused_here:
+    if overlay is None and refused_here:
         return "unhealthy", "allowlist_refused", (
             "overlay blocked, underlay fine: this node's VXLAN allow-list drops the peer's "
             f"packets (from {t.public_ip}): its view of the leases is behind, see `vxnet status`")
@@ -122,6 +126,7 @@ class HealthChecker:
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: Counter[str] = Counter()  # checks that failed to run, by error
         self._busy: set[str] = set()  # peers whose check is still running
+        self._refused: AbstractSet[IPAddress] = frozenset()  # as the last view said
         # a partition that takes thousands of peers away at once must not flood the log
         self._log_window, self._logged, self._unlogged = time.monotonic(), 0, 0
 
@@ -146,7 +151,7 @@ class HealthChecker:
                 if time.monotonic() - refreshed >= 1.0:  # the targets, once a second at most
                     refreshed = time.monotonic()
                     view = self.targets()
-                    current = view.targets
+                    current, self._refused = view.targets, view.refused
                     if view.changed is None:
                         for key in [k for k in self.peers if k not in current]:
                             del self.peers[key]
@@ -246,7 +251,8 @@ class HealthChecker:
             if overlay is not None and (peer.rounds % MTU_EVERY == 0 or peer.mtu_ok is False):
                 peer.mtu_ok = await self._echo("mtu", t.vxlan_ip, t.mtu) is not None
             peer.rounds += 1
-        state, cause, why = diagnose(t, overlay, underlay, peer.mtu_ok if overlay else None)
+        state, cause, why = diagnose(t, overlay, underlay, peer.mtu_ok if overlay else None,
+                                     t.public_ip in self._refused)
         peer.rtt = overlay.rtt if overlay else None
         peer.underlay_rtt = underlay.rtt if underlay else None
         if (state, why) != (peer.state, peer.diagnosis):

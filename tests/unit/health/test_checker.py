@@ -26,13 +26,11 @@ def test_the_diagnosis_table():
     assert diagnose(T, None, OK, None)[2].startswith("overlay blocked, underlay fine: VXLAN "
                                                      "(UDP 8472)")
     assert diagnose(T, None, None, None)[2].startswith("underlay unreachable")
-    here = Target(*[getattr(T, f) for f in ("key", "vxlan_ip", "public_ip", "mtu", "port")],
-                  refused_here=True)
     assert "this node's VXLAN allow-list drops the peer's packets" in \
-        diagnose(here, None, OK, None)[2]
+        diagnose(T, None, OK, None, refused_here=True)[2]
     assert diagnose(T, OK, OK, False)[2].startswith("MTU: small packets pass")
     causes = [diagnose(T, None, OK, None)[1], diagnose(T, None, None, None)[1],
-              diagnose(here, None, OK, None)[1], diagnose(T, OK, OK, False)[1]]
+              diagnose(T, None, OK, None, True)[1], diagnose(T, OK, OK, False)[1]]
     assert causes == ["overlay_blocked", "underlay_unreachable", "allowlist_refused", "mtu"]
     elsewhere = Reply(0.001, ipa.ip_address("198.51.100.99"))
     assert "answers from 198.51.100.99, not from its lease's address 198.51.100.2" in \
@@ -152,6 +150,23 @@ async def test_peers_follow_the_changes_a_view_names():
         await until(lambda: set(checker.peers) == {"ipv4 p2", "ipv4 p4", "ipv4 p9"}, 5,
                     "the changes")
         assert checker.peers["ipv4 p2"].target is moved
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_source_our_allow_list_refused_is_named_in_the_verdict():
+    def overlay_dropped(dst, size):
+        return None if dst.startswith("10.") else Reply(0.001, ipa.ip_address(dst))
+
+    one = target(2)
+    checker = HealthChecker(lambda: TargetView({one.key: one}, None,
+                                               frozenset({one.public_ip})), 0.1,
+                            pinger=lambda v: FakePinger(v, overlay_dropped))
+    task = asyncio.ensure_future(checker.run())
+    try:
+        await until(lambda: checker.peers.get(one.key) is not None
+                    and checker.peers[one.key].cause == "allowlist_refused", 5, "the verdict")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
