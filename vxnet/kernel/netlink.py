@@ -297,6 +297,39 @@ _NOTIFICATIONS = -1  # a "sequence number" no request has (theirs are u32): noth
 
 
 @dataclass(frozen=True, slots=True)
+class Dump:
+    """A dump's replies as the kernel sent them: whole datagrams (NLMSG_DONE cut off), walked
+    message by message only when iterated. A periodic resync digests the datagrams and walks
+    none of them while nothing changed (table.dump_digest)."""
+
+    datagrams: list[bytes]
+
+    def __iter__(self) -> Iterator[Reply]:
+        hdr_at = _HDR.unpack_from
+        for data in self.datagrams:
+            off, size = 0, len(data)
+            while off + 16 <= size:
+                n = hdr_at(data, off)[0]
+                if n < 16:
+                    break
+                yield data, off + 16, off + n
+                off += (n + 3) & ~3
+
+
+def uniform(data: bytes) -> int:
+    """The length of every message in `data` if they are all one length and one type and the
+    datagram holds nothing else (told by strided slices, at C speed); else 0. A dump of our
+    entries mostly comes as such datagrams, which need no walk to be digested or ended."""
+    if len(data) < 16:
+        return 0
+    n = _HDR.unpack_from(data)[0]
+    if n < 16 or n % 4 or len(data) % n:
+        return 0
+    count = len(data) // n
+    return n if all(data[i::n] == data[i:i + 1] * count for i in range(6)) else 0
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """A request of a batch the kernel refused: its index, the errno, what the kernel said."""
 
@@ -389,35 +422,49 @@ class RtnlSocket:
         offset, payload end); everything else to `events`.
         `once`: read one datagram only, without blocking (BlockingIOError when none is queued),
         and return None.
-
-        The walk is inline, not a generator per message: it is the whole Python cost of a
-        20 000-entry dump beyond the parsers.
         """
-        recvmsg, hdr_at = self.sock.recvmsg, _HDR.unpack_from
-        error, done, control = NLMSG_ERROR, NLMSG_DONE, NLMSG_MIN_TYPE
-        add = replies.append
         while True:
-            data, _, cut, _ = recvmsg(self._recv_size, 0, socket.MSG_DONTWAIT if once else 0)
-            if cut & socket.MSG_TRUNC:  # the rest of the datagram is gone: say so, read more
-                self._recv_size *= 4  # from now on (the caller retries; an event socket resyncs)
-                raise OSError(errno.EMSGSIZE, f"a netlink datagram over {len(data)} bytes "
-                              "was cut short")
-            off, size = 0, len(data)
-            while off + 16 <= size:
-                n, t, flags, s, _ = hdr_at(data, off)
-                if n < 16:
-                    break
-                if s == seq:
-                    if t < control and t in (error, done):
-                        return t, flags, data, off + 16, off + n
-                    add((data, off + 16, off + n))
-                elif t == error and errors is not None:
-                    errors.append((s, data, off + 16, off + n))
-                elif events is not None:
-                    events.append((t, data, off + 16, off + n))
-                off += (n + 3) & ~3
-            if once:
-                return None
+            data = self._recv_datagram(once)
+            last = self._walk(data, seq, replies, errors, events)
+            if last is not None or once:
+                return last
+
+    def _recv_datagram(self, once: bool = False) -> bytes:
+        """One datagram (`once`: without blocking, BlockingIOError when none is queued). One
+        cut short raises EMSGSIZE, and the reads are bigger from then on (the caller
+        retries; an event socket resyncs)."""
+        data, _, cut, _ = self.sock.recvmsg(self._recv_size, 0,
+                                            socket.MSG_DONTWAIT if once else 0)
+        if cut & socket.MSG_TRUNC:
+            self._recv_size *= 4
+            raise OSError(errno.EMSGSIZE, f"a netlink datagram over {len(data)} bytes was "
+                          "cut short")
+        return data
+
+    @staticmethod
+    def _walk(data: bytes, seq: int, replies: list[Reply],
+              errors: list[tuple[int, bytes, int, int]] | None,
+              events: list[Event] | None) -> _Last | None:
+        """One datagram's messages filed as _receive says; the message that ends request
+        `seq`, if this datagram holds it. Inline, not a generator per message: it is the
+        whole Python cost of a 20 000-entry exchange beyond the parsers."""
+        hdr_at, add = _HDR.unpack_from, replies.append
+        error, done, control = NLMSG_ERROR, NLMSG_DONE, NLMSG_MIN_TYPE
+        off, size = 0, len(data)
+        while off + 16 <= size:
+            n, t, flags, s, _ = hdr_at(data, off)
+            if n < 16:
+                break
+            if s == seq:
+                if t < control and t in (error, done):
+                    return t, flags, data, off + 16, off + n
+                add((data, off + 16, off + n))
+            elif t == error and errors is not None:
+                errors.append((s, data, off + 16, off + n))
+            elif events is not None:
+                events.append((t, data, off + 16, off + n))
+            off += (n + 3) & ~3
+        return None
 
     def batch(self, mtype: int, flags: int, bodies: Sequence[bytes]) -> list[Failure]:
         """Send one request of type `mtype` per body, many per send. Returns the failures, each
@@ -471,18 +518,34 @@ class RtnlSocket:
             raise NetlinkError(code, entry, _ext_ack(data, off, end))
         return out
 
-    def dump(self, mtype: int, body: bytes) -> list[Reply]:
-        """(buffer, payload offset, payload end) of every message of a dump. Restarts the dump
-        if the kernel says a concurrent change interrupted it (flagged on NLMSG_DONE)."""
+    def dump(self, mtype: int, body: bytes) -> Iterable[Reply]:
+        """Every message of a dump (a Dump: the datagrams that carried them, DONE cut off).
+        Restarts the dump if the kernel says a concurrent change interrupted it (flagged on
+        NLMSG_DONE). A datagram of equally long messages of one type (uniform()) is taken
+        whole, unwalked; any other (the last one, with DONE) is walked here."""
         for _ in range(5):
-            out: list[Reply] = []
-            last = self._receive(self._send(mtype, NLM_F_DUMP, body), out)
-            t, flags, data, off, end = last
-            if t == NLMSG_ERROR:
-                raise NetlinkError(-_ERR.unpack_from(data, off)[0], f"dump {mtype}",
-                                   _ext_ack(data, off, end))
+            seq = self._send(mtype, NLM_F_DUMP, body)
+            datagrams: list[bytes] = []
+            while True:
+                data = self._recv_datagram()
+                ours = len(data) >= 16 and _HDR.unpack_from(data)[3] == seq
+                if ours and uniform(data) and _HDR.unpack_from(data)[1] >= NLMSG_MIN_TYPE:
+                    datagrams.append(data)  # entries only: no DONE or error among them
+                    continue
+                last = self._walk(data, seq, [], None, None)
+                if last is None:  # no end in it: entries of ours, or a stale reply
+                    if ours:
+                        datagrams.append(data)
+                    continue
+                t, flags, _, off, end = last
+                if t == NLMSG_ERROR:
+                    raise NetlinkError(-_ERR.unpack_from(data, off)[0], f"dump {mtype}",
+                                       _ext_ack(data, off, end))
+                if off > 16:
+                    datagrams.append(data[:off - 16])
+                break
             if not flags & NLM_F_DUMP_INTR:
-                return out
+                return Dump(datagrams)
         raise NetlinkError(errno.EINTR, f"dump {mtype}", "interrupted five times")
 
     @property

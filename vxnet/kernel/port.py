@@ -8,7 +8,7 @@ the kernel is exactly this, and a test can stand in for all of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from vxnet.kernel.netlink import Failure, NetlinkError, Reply
@@ -24,8 +24,9 @@ class Kernel(Protocol):
         raises (OSError): then nothing is known about what was written."""
         ...
 
-    def dump(self, mtype: int, body: bytes) -> list[Reply]:
+    def dump(self, mtype: int, body: bytes) -> Iterable[Reply]:
         """A whole dump: (buffer, payload offset, payload end) of each message, parsed with
-        the codec's parsers. Raises NetlinkError (the kernel refused it, or a concurrent
-        change interrupted it five times) or OSError."""
+        the codec's parsers (RtnlSocket's is a netlink.Dump: iterable more than once, and
+        digested by its datagrams). Raises NetlinkError (the kernel refused it, or a
+        concurrent change interrupted it five times) or OSError."""
         ...

@@ -4,6 +4,7 @@ notification about one. Keys are nl.route_key()s, values nl.route_value()s."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.port import Kernel
@@ -47,7 +48,7 @@ class RouteTable(DeviceTable[bytes, bytes]):
         """Our routes in the kernel now (the cache is left as it is)."""
         return self._file(kernel.dump(nl.RTM_GETROUTE, nl.route_dump_request(self.family)))
 
-    def _file(self, replies: list[nl.Reply]) -> dict[bytes, bytes]:
+    def _file(self, replies: Iterable[nl.Reply]) -> dict[bytes, bytes]:
         out, ours, parse = {}, self._ours, nl.parse_route
         for buf, off, end in replies:
             got = ours(parse(buf, off, end))

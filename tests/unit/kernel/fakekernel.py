@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.port import Failure, Reply
@@ -93,7 +93,7 @@ class FakeKernel:
                 failures.append(Failure(index, code))
         return failures
 
-    def dump(self, mtype: int, body: bytes) -> list[Reply]:
+    def dump(self, mtype: int, body: bytes) -> Iterable[Reply]:
         self.dumps += 1
         if self.dump_raises is not None:
             raise self.dump_raises
