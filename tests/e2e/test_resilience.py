@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,17 @@ class HealthWatch:
         for p in self.procs:
             p.send_signal(signal.SIGTERM)
         for n, p in zip(self.nodes, self.procs, strict=True):
-            worst, failures = json.loads(p.communicate(timeout=10)[0])
+            try:
+                out = p.communicate(timeout=10)[0]
+            except subprocess.TimeoutExpired:
+                # it answers first thing on SIGTERM; once (a whole-suite run, 2026-11-30) a
+                # prober that had answered did not exit within 10 s: its answer is kept
+                # (communicate() again loses no output) and the prober is killed
+                p.kill()
+                out = p.communicate()[0]
+                warnings.warn(f"the /healthz prober of {n.name} did not exit on SIGTERM",
+                              stacklevel=1)
+            worst, failures = json.loads(out)
             self.worst = max(self.worst, worst)
             self.failures += [(n.name, f) for f in failures]
 
