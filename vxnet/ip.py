@@ -136,6 +136,15 @@ def first_host(net: IPNetwork) -> IPAddress:
 _CANONICAL_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}")
 
 
+def mac_bytes(mac: str) -> bytes:
+    """The six bytes of a MAC written as hex octets (colons or dashes between); ValueError
+    otherwise."""
+    octets = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    if len(octets) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return octets
+
+
 def normalize_mac(mac: str) -> str:
     """Lower-case colon form; ValueError if it is not a 6-byte unicast MAC."""
     if _CANONICAL_MAC.fullmatch(mac) and mac != "00:00:00:00:00:00":

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vxnet.ip import IPAddress, IPInterface
+from vxnet.ip import IPAddress, IPInterface, mac_bytes
 from vxnet.kernel import netlink as nl
 from vxnet.nsenter import in_netns
 
@@ -150,7 +150,7 @@ class Links:
         if l2miss:
             data.append(nl.attr(VXLAN_L2MISS, b"\1"))
         body = (_ifinfo() + nl.attr(IFLA_IFNAME, name.encode() + b"\0") +
-                nl.attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))) +
+                nl.attr(IFLA_ADDRESS, mac_bytes(mac)) +
                 _u32(IFLA_MTU, mtu) +
                 _nest(IFLA_LINKINFO, nl.attr(IFLA_INFO_KIND, b"vxlan"),
                       _nest(IFLA_INFO_DATA, *data)))
@@ -171,7 +171,7 @@ class Links:
         if mtu is not None:
             body += _u32(IFLA_MTU, mtu)
         if mac is not None:
-            body += nl.attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+            body += nl.attr(IFLA_ADDRESS, mac_bytes(mac))
         if len(body) > nl.IFINFO.size or up is not None:
             self.sock.request(nl.RTM_NEWLINK, 0, body, index)
 

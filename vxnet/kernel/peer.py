@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vxnet.errors import VxnetError
-from vxnet.ip import BITS, IPAddress, IPNetwork, Span, network, unsendable
+from vxnet.ip import BITS, IPAddress, IPNetwork, Span, mac_bytes, network, unsendable
 
 
 class PeerError(VxnetError):
@@ -34,11 +34,8 @@ class Peer:
     def of(cls, key: str, subnet: IPNetwork, public_ip: IPAddress, vtep_mac: str,
            vni: int = 1) -> Peer:
         """From a lease's values (ValueError for a MAC that is not six hex octets)."""
-        mac = bytes.fromhex(vtep_mac.replace(":", "").replace("-", ""))
-        if len(mac) != 6:
-            raise ValueError(f"not a MAC address: {vtep_mac!r}")
         return cls(key, subnet.version, int(subnet.network_address), subnet.prefixlen,
-                   public_ip.version, int(public_ip), mac, vni)
+                   public_ip.version, int(public_ip), mac_bytes(vtep_mac), vni)
 
     @property
     def gateway(self) -> bytes:
