@@ -20,7 +20,9 @@ def taken_in_pool(pool: Pool[NetworkT], subnets: Iterable[IPNetwork]) -> set[Net
     for s in subnets:
         if not isinstance(s, family) or not s.overlaps(pool.network):
             continue
-        if s.prefixlen >= pool.subnet_len:
+        if s.prefixlen == pool.subnet_len:  # nearly always: the subnet itself (no new object)
+            taken.add(s)
+        elif s.prefixlen > pool.subnet_len:
             taken.add(s.supernet(new_prefix=pool.subnet_len))
         else:  # a shorter (older config) subnet covers several of ours
             parts = max(0, pool.subnet_len - s.prefixlen)

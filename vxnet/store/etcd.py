@@ -24,7 +24,8 @@ import json
 import logging
 import socket
 import ssl
-from base64 import b64decode, b64encode
+from base64 import b64encode
+from binascii import a2b_base64
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,9 @@ class KeyValue:
 
     @classmethod
     def of(cls, kv: Json) -> KeyValue:
-        # proto3 JSON: int64 as strings, bytes as base64, zero values left out
-        return cls(b64decode(kv["key"]), b64decode(kv.get("value", "")),
+        # proto3 JSON: int64 as strings, bytes as base64, zero values left out. a2b_base64 is
+        # what b64decode calls, without its copy of the text as bytes first
+        return cls(a2b_base64(kv["key"]), a2b_base64(kv.get("value", "")),
                    int(kv.get("create_revision", 0)), int(kv.get("mod_revision", 0)),
                    int(kv.get("lease", 0)))
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vxnet.errors import LeaseDecodeError
-from vxnet.store.lease import LeaseAttrs, SubnetKey, decode_lease, decode_value
+from vxnet.store.lease import LeaseAttrs, SubnetKey, _json, decode_lease, decode_value
 
 # Values exactly as flanneld (v0.2x, vxlan backend) writes them.
 FLANNEL_V4 = (b'{"PublicIP":"198.51.100.11","PublicIPv6":null,"BackendType":"vxlan",'
@@ -83,6 +83,9 @@ def test_decode_lease_checks_families():
     (b'{"PublicIP": "1.2.3.4", "BackendData": []}', "BackendData is not a JSON object"),
     (b'{"PublicIP": "1.2.3.4"}', "neither BackendData nor BackendV6Data"),
     (b'{"PublicIP": "1.2.3.4", "BackendType": "host-gw"}', "is not vxlan"),
+    (FLANNEL_V4 + b" {}", "not JSON"),  # trailing data after the object
+    (b"\xef\xbb\xbf" + FLANNEL_V4, "not JSON"),  # a BOM, which Go's decoder refuses too
+    (FLANNEL_V4.decode().encode("utf-16"), "not JSON"),
 ])
 def test_bad_values_name_the_key(raw, why):
     with pytest.raises(LeaseDecodeError) as exc:
@@ -103,6 +106,24 @@ json_values = st.recursive(
 def test_random_bytes_only_raise_the_typed_error(raw):
     with contextlib.suppress(LeaseDecodeError):
         decode_lease("10.5.52.0-24", raw)
+
+
+def test_json_whitespace_around_the_value_is_fine():
+    assert decode_value("k", b" \r\n\t" + FLANNEL_V4 + b"\n ") == decode_value("k", FLANNEL_V4)
+
+
+@given(st.text(max_size=60) | json_values.map(json.dumps))
+def test_values_decode_as_json_loads_reads_them(text):
+    """The lease reader's JSON (raw_decode, ~4 µs less a lease) takes what json.loads takes."""
+    try:
+        want: object = json.loads(text)
+    except ValueError:
+        want = ValueError
+    try:
+        got: object = _json(text.encode())
+    except (ValueError, RecursionError):
+        got = ValueError
+    assert got == want or got is want or (want != want and got != got)
 
 
 @given(json_values)
