@@ -157,19 +157,24 @@ class Dataplane:
         gone += [k for k in self.admission.rejected if k not in new]
         for key in gone:
             self.remove_peer(key)
-        for p in new.values():
-            if self.peers.get(p.key) != p:
+        held = self.peers
+        for key, p in new.items():
+            old = held.get(key)
+            if old is None or old != p:  # `!=` alone asks p.__eq__(None) first: 20 000 times
                 self.add_peer(p)
 
     def add_peer(self, peer: Peer) -> str | None:
         """Accept (or replace) a peer; returns why it was rejected, if it was."""
         old = self.peers.get(peer.key)
-        # a replaced peer keeps its nexthop id, so a changed MAC or IP rewrites nothing else
-        keep = self.nhids.held(old.gateway) if old is not None and old.net == peer.net \
-            and old.plen == peer.plen and old.version == peer.version else None
-        self.remove_peer(peer.key)
-        if keep is not None:
-            self.nhids.keep(peer.gateway, keep)
+        if old is not None:
+            # a replaced peer keeps its nexthop id, so a changed MAC or IP rewrites nothing else
+            keep = self.nhids.held(old.gateway) if old.net == peer.net \
+                and old.plen == peer.plen and old.version == peer.version else None
+            self.remove_peer(peer.key)
+            if keep is not None:
+                self.nhids.keep(peer.gateway, keep)
+        elif peer.key in self.admission.rejected:  # refused before: offered again
+            self.admission.remove(peer.key)
         why = self.admission.admit(peer)
         if why is not None:
             return why
