@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.agent_bench import CONFIG, in_ns, metric, start_timed
+from bench.agent_bench import CONFIG, compile_agent, in_ns, metric, start_timed
 from vxnet.lab.cluster import Cluster
 
 
@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--agent-arg", action="append", default=[])
     args = ap.parse_args()
     agents = dict(a.split("=", 1) for a in args.agent)
+    for python in agents.values():
+        compile_agent(python)
     got: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in agents}
     with Cluster("ab", config=CONFIG, agent_args=tuple(args.agent_arg)) as c:
         c.start()
