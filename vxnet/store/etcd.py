@@ -250,10 +250,14 @@ class Session:
             if sent is not None and event == "http11.send_request_body.complete":
                 sent.set()
 
-        resp = await self._http.post(path, content=json.dumps(body).encode(),
+        # read as a stream: httpx's Response and its stream hold each other, so a body read
+        # into the Response (post().content) lives until the cyclic GC runs, which start-up
+        # pauses: 20 000 leases' pages were ~7 MiB of peak memory that way
+        async with self._http.stream("POST", path, content=json.dumps(body).encode(),
                                      headers=self._headers,
-                                     extensions={"trace": trace} if sent else None)
-        return _answer(resp.content)
+                                     extensions={"trace": trace} if sent else None) as resp:
+            content = b"".join([chunk async for chunk in resp.aiter_bytes()])
+        return _answer(content)
 
     def stream(self, path: str, body: Json, headers: dict[str, str]
                ) -> contextlib.AbstractAsyncContextManager[Lines]:
