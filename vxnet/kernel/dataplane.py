@@ -100,6 +100,7 @@ class Dataplane:
         ) if spec.neigh_on_demand or spec.fdb_on_demand else None
         self.parked = False  # our device is gone or down: no passes until it is back
         self._built = False  # desired state holds the admitted peers' entries
+        self._adopting = False  # built, and nexthop ids of an earlier run may still be claimed
 
     @property
     def peers(self) -> dict[str, Peer]:
@@ -250,11 +251,12 @@ class Dataplane:
             pass
         return result
 
-    def resync_steps(self, result: PassResult, chunk: int = CHUNK) -> Iterator[None]:
+    def resync_steps(self, result: PassResult, chunk: int = CHUNK, keep_extra: bool = False
+                     ) -> Iterator[None]:
         """Dump every table, then write only what differs. The first one also builds desired
         state, adopting the nexthop ids an earlier run left, so a restart writes nothing.
         A generator: each step (a dump, a slice of the build, a chunk of writes) is short, and
-        an async caller yields to the event loop between steps."""
+        an async caller yields to the event loop between steps. keep_extra: see apply_steps."""
         if self.parked:
             return
         t0 = time.perf_counter()
@@ -276,7 +278,7 @@ class Dataplane:
                     self._install_or_reject(p)
                 if n % chunk == 0:
                     yield
-            self.nhids.adopted()
+            self._adopting = True
         if nexthops is not None:
             self.nexthop.load(nexthops)
         for family in (nl.AF_BRIDGE, s.family):
@@ -284,26 +286,35 @@ class Dataplane:
             dump_l2(self.kernel, family, s.ifindex, self._l2)
         yield
         self.route.resync(self.kernel)
-        yield from self.apply_steps(result, chunk)
+        yield from self.apply_steps(result, chunk, keep_extra)
         result.seconds = time.perf_counter() - t0
 
-    def apply_steps(self, result: PassResult, chunk: int = CHUNK) -> Iterator[None]:
+    def apply_steps(self, result: PassResult, chunk: int = CHUNK, keep_extra: bool = False
+                    ) -> Iterator[None]:
         """Write what the dirty keys need, about `chunk` keys per step: sets in table order (L2
         before L3, a nexthop before its route), then deletes in reverse. Each step plans only
         its own keys, so no step is long however many are dirty; a small change (one peer's
         entries) is one step, so nothing else -- the allow-list's nft run, say -- gets in
         between its writes. Keys stay dirty until written: if a step raises (or the caller
-        stops) the next pass plans them again."""
+        stops) the next pass plans them again.
+
+        keep_extra: sets only, while desired state is still partial (start-up programs the
+        listing page by page): what the kernel holds beyond it -- on a restart, the entries
+        of peers on pages not read yet, and their nexthop ids, still to be adopted -- stays
+        until the first pass without it."""
         if self.parked or not self._built:
             return
         t0 = time.perf_counter()
         if self.resolver is not None:
             self.resolver.recheck()
+        if not keep_extra and self._adopting:  # every peer is in: unclaimed ids are not ours
+            self._adopting = False
+            self.nhids.adopted()
         done = 0  # keys planned since the last step ended
         tables = self.tables
-        for deleting, order in ((False, tables), (True, tables[::-1])):
+        for deleting, order in ((False, tables), (True, () if keep_extra else tables[::-1])):
             for table in order:
-                keys = table.pending_keys()
+                keys = table.pending_keys(sets_only=keep_extra)
                 for at in range(0, len(keys), chunk):
                     if done >= chunk:
                         yield
@@ -335,7 +346,7 @@ class Dataplane:
         if self.resolver is not None:
             self.resolver.rebind(ifindex)
         self.nhids = NexthopIds(self.spec.family)
-        self._built, self.parked = False, False
+        self._built, self._adopting, self.parked = False, False, False
 
     # -- notifications ----------
 

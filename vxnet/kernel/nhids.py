@@ -16,6 +16,7 @@ class NexthopIds:
         self.base = BASE[family]
         self._ids: dict[bytes, int] = {}  # gateway -> id
         self._adopt: dict[bytes, int] = {}  # ids an earlier run left, taken over on first use
+        self._held_back: set[int] = set()  # those ids: nobody else's while their peer may come
         self._foreign: set[int] = set()  # ids in the kernel that are not ours to give
         self._next = self.base
 
@@ -31,10 +32,12 @@ class NexthopIds:
             self._adopt = {}
             for nhid in sorted(dumped.ours):
                 self._adopt.setdefault(NexthopTable.gateway(dumped.ours[nhid]), nhid)
+            self._held_back = set(self._adopt.values())
 
     def adopted(self) -> None:
-        """The first build is over: what was not taken over is not ours to keep."""
-        self._adopt = {}
+        """Every peer is in (the first build, or the last page of start-up's): what was not
+        taken over is not ours to keep."""
+        self._adopt, self._held_back = {}, set()
 
     def get(self, gw: bytes, table: NexthopTable) -> int:
         """The id for this gateway: its own, an adopted one, or the next free in our range."""
@@ -43,9 +46,12 @@ class NexthopIds:
             return nhid
         nhid = self._adopt.pop(gw, None)
         if nhid is None or table.wants(nhid):
+            # an id an earlier run gave a peer still to come is not given away meanwhile: that
+            # peer's route in the kernel still goes through it
             for _ in range(SPAN):
                 nhid, self._next = self._next, self.base + (self._next + 1 - self.base) % SPAN
-                if not (table.wants(nhid) or table.holds(nhid) or nhid in self._foreign):
+                if not (table.wants(nhid) or table.holds(nhid) or nhid in self._foreign
+                        or nhid in self._held_back):
                     break
             else:
                 raise PeerError(f"no free nexthop id left in {self.base:#x}+{SPAN}")

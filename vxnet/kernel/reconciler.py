@@ -103,9 +103,10 @@ class Reconciler:
                 await asyncio.sleep(0.02)
                 self._wake.set()
 
-    async def run_once(self) -> bool:
+    async def run_once(self, keep_extra: bool = False, label: str = "event") -> bool:
         """One round over every overlay: a full pass where one is pending, else the dirty
-        keys. True if some write failed (its keys stay dirty for the retry)."""
+        keys (a pass of those is reported as `label`). True if some write failed (its keys
+        stay dirty for the retry). keep_extra: sets only (Dataplane.apply_steps)."""
         self.last_writes = 0
         failed = False
         self._skipped = False
@@ -116,15 +117,16 @@ class Reconciler:
             why = self._resync.pop(ov, None)
             result = PassResult()
             try:
-                steps = ov.plane.resync_steps(result) if why else ov.plane.apply_steps(result)
-                await drive(steps)
+                plane = ov.plane
+                await drive(plane.resync_steps(result, keep_extra=keep_extra) if why
+                            else plane.apply_steps(result, keep_extra=keep_extra))
             except BaseException:
                 if why:
                     self._resync.setdefault(ov, why)
                 raise
             self.last_writes += result.total
             if self.observer is not None and (why or result.total or result.failures):
-                self.observer.on_pass(ov.plane.spec.version, why or "event", result)
+                self.observer.on_pass(ov.plane.spec.version, why or label, result)
             failed = failed or bool(result.failures)
             if ov.plane.pending and not result.failures:
                 self._wake.set()  # changed while we wrote: another round
@@ -134,11 +136,16 @@ class Reconciler:
             self._event_at = None
         return failed
 
-    async def resync_now(self, why: str) -> int:
+    async def resync_now(self, why: str, keep_extra: bool = False) -> int:
         """A full pass over every overlay, awaited (the first sync at start-up); its writes."""
         self.request_resync(why)
+        return await self.apply_now(why, keep_extra)
+
+    async def apply_now(self, why: str, keep_extra: bool = False) -> int:
+        """The pending work of every overlay done now, awaited (start-up's first sync, as the
+        listing's pages come); its writes. keep_extra: sets only (Dataplane.apply_steps)."""
         self._wake.clear()
-        if await self.run_once():
+        if await self.run_once(keep_extra, why):
             self._wake.set()  # failed writes: run() retries them
         return self.last_writes
 

@@ -108,8 +108,10 @@ class DeltaTable(Generic[K, V]):
         """Keys not known to be in step: work for the next pass."""
         return bool(self._dirty)
 
-    def pending_keys(self) -> list[K]:
-        return list(self._dirty)
+    def pending_keys(self, sets_only: bool = False) -> list[K]:
+        """The dirty keys; sets_only: just those we want something at (not what the kernel
+        holds beyond that), picked out at C speed."""
+        return list(self._dirty & self._desired.keys()) if sets_only else list(self._dirty)
 
     @property
     def kernel_size(self) -> int:

@@ -9,6 +9,7 @@ from vxnet.kernel import netlink as nl
 from vxnet.kernel.dataplane import Dataplane, PlaneSpec
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.peer import Peer
+from vxnet.kernel.table import PassResult
 
 SPEC = PlaneSpec(socket.AF_INET, ifindex=7, underlay_version=4,
                  local_subnet=ipa.ip_network("10.244.1.0/24"),
@@ -55,6 +56,61 @@ def test_second_pass_and_new_process_make_no_writes():
     again = plane(k)  # a restart: empty caches, same kernel, peers in another order
     again.set_peers([peer(i) for i in reversed(range(2, 40))])
     assert again.resync().total == 0  # nexthop ids were adopted, not reassigned
+
+
+def staged(dp: Dataplane, pages: list[list[Peer]]) -> int:
+    """Start-up's first sync, page by page (agent/startup.py): the writes."""
+    result = PassResult()
+    for n, page in enumerate(pages):
+        for p in page:
+            dp.add_peer(p)
+        for _ in (dp.apply_steps if n else dp.resync_steps)(result, keep_extra=True):
+            pass
+    for _ in dp.apply_steps(result):
+        pass
+    return result.total
+
+
+def test_a_restart_programming_page_by_page_writes_nothing_and_keeps_later_pages():
+    k = FakeKernel()
+    first = plane(k)
+    first.set_peers([peer(i) for i in range(2, 40)])
+    first.resync()
+    before = {kind: dict(entries) for kind, entries in k.state.items()}
+    again = plane(k)
+    result = PassResult()
+    for p in [peer(i) for i in range(2, 10)]:
+        again.add_peer(p)
+    for _ in again.resync_steps(result, keep_extra=True):  # page 1: the rest still in place
+        pass
+    assert result.total == 0 and k.state == before
+    assert staged(plane(k), [[peer(i) for i in range(2, 20)], [peer(i) for i in range(20, 40)]]
+                  ) == 0
+    assert k.state == before  # every nexthop id adopted, though most came on a later page
+    # a new peer on the first page takes no id a peer on a later page still routes through
+    assert staged(plane(k), [[peer(50), *(peer(i) for i in range(2, 20))],
+                             [peer(i) for i in range(20, 40)]]) == 4
+    assert all(k.state[kind].items() >= entries.items() for kind, entries in before.items())
+
+
+def test_page_by_page_what_no_lease_asks_for_goes_only_after_the_last_page():
+    k = FakeKernel()
+    first = plane(k)
+    first.set_peers([peer(i) for i in range(2, 12)])
+    first.resync()
+    k.log.clear()
+    dp = plane(k)
+    for p in [peer(i) for i in (2, 3, 4, 40)]:  # a new peer on page 1, and 5..11 are gone
+        dp.add_peer(p)
+    result = PassResult()
+    for _ in dp.resync_steps(result, keep_extra=True):
+        pass
+    assert k.log and not any(line.startswith("delete") for line in k.log)
+    assert sum(line.startswith("set") for line in k.log) == 4  # the new peer's entries
+    for _ in dp.apply_steps(result):
+        pass
+    assert sum(line.startswith("delete") for line in k.log) == 7 * 4
+    assert dp.drift() == {} and len(k.state["route"]) == 4
 
 
 def test_a_failed_write_stays_dirty_and_is_retried():
