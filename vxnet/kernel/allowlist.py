@@ -108,12 +108,19 @@ class AllowList:
         """The peer set may have changed: apply the difference soon (once per batch)."""
         self.watch.poke()
 
-    async def sync(self, full: bool = False) -> None:
+    async def sync(self, full: bool = False, keep_extra: bool = False) -> None:
         """Bring the kernel in step with peers(). full: list the table and repair whatever
-        differs from what we loaded (rules, sets, the table itself). Raises NftError; the
-        cache then is unknown, so the next sync is a full one."""
+        differs from what we loaded (rules, sets, the table itself). keep_extra: only add --
+        start-up knows part of the peers yet, and those a table left by an earlier run lets
+        in keep their way in. Raises NftError; the cache then is unknown, so the next sync is
+        a full one."""
         want = self.peers()
         try:
+            if keep_extra:
+                held = self.kernel
+                if held is None:
+                    held = _peers(await self.table.listing())
+                want = want | held
             have = self.kernel
             if full or have is None or self.table.shape is None:
                 have = await self._check(want)
@@ -171,11 +178,7 @@ class AllowList:
             self.kernel = set(want)
             return self.kernel
         self._read_stats(doc)
-        have: set[IPAddress] = set()
-        for obj in doc["nftables"]:
-            s = obj.get("set")
-            if s and s["name"] in ("peers4", "peers6"):
-                have.update(ipaddress.ip_address(e) for e in s.get("elem", ()))
+        have = _peers(doc)
         if self.kernel is not None and have != self.kernel:
             self._peer_repairs += 1
             log.warning("VXLAN allow-list peers changed by someone else (%d missing, %d extra); "
@@ -220,3 +223,13 @@ class AllowList:
         hour: a node refused once while the cluster formed is not refused now)."""
         since = time.monotonic() - seconds
         return frozenset(s for s, t in self._refused_at.items() if t >= since)
+
+
+def _peers(doc: Doc) -> set[IPAddress]:
+    """The peers in a listing of the table."""
+    have: set[IPAddress] = set()
+    for obj in doc.get("nftables", ()):
+        s = obj.get("set")
+        if s and s["name"] in ("peers4", "peers6"):
+            have.update(ipaddress.ip_address(e) for e in s.get("elem", ()))
+    return have

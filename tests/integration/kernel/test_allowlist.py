@@ -53,3 +53,20 @@ async def test_a_restart_keeps_the_old_table_until_it_has_its_peers(ns):
     assert elements(ns) == {ipa.ip_address("198.51.100.12")}  # untouched
     await new.sync(full=True)
     assert elements(ns) == {ipa.ip_address("198.51.100.14")}
+
+
+async def test_while_start_up_knows_part_of_the_peers_nobody_loses_their_way_in(ns):
+    a, b, c = (ipa.ip_address(f"198.51.100.{i}") for i in (12, 13, 14))
+    old = AllowList(8472, lambda: {a, b}, netns=ns.name)
+    await old.ensure_table()
+    await old.sync(full=True)
+    known = {c}  # the restarted agent's first page of the listing
+    new = AllowList(8472, lambda: set(known), netns=ns.name)
+    await new.ensure_table()
+    await new.sync(full=True, keep_extra=True)  # the old table's shape is not ours: reloaded
+    assert elements(ns) == {a, b, c}
+    known.add(a)  # the next page
+    await new.sync(keep_extra=True)
+    assert elements(ns) == {a, b, c}
+    await new.sync()  # the listing is complete: b is no peer any more
+    assert elements(ns) == {a, c} and new.repairs == 0
