@@ -61,7 +61,9 @@ async def _nodes(endpoint: str, first: int, count: int, start_at: float, seconds
         await mgr.acquire(cfg)
         joined.append(time.monotonic())
         watcher = LeaseWatcher(etcd, paths)
-        watcher.adopt(mgr.take_snapshot())
+        snap = mgr.take_snapshot()
+        assert snap is not None  # a full acquire: no preference given
+        watcher.adopt(snap)
         try:
             async for batch in watcher.batches():
                 now = time.monotonic()

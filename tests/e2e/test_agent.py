@@ -6,11 +6,12 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 
 from tests.e2e.conftest import ipam, metric, ping, readyz, routes, start, state
 from tests.waiting import SOON, wait_for
-from vxnet.lab.cluster import PREFIX
+from vxnet.lab.cluster import PREFIX, Cluster
 
 FLANNEL_VALUE = ('{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
                  '"BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}')
@@ -68,6 +69,52 @@ def test_sigkill_restart_under_traffic_loses_nothing(cluster):
     assert (after["podSubnetThisNode"], after["vtepMAC"]) == (before["podSubnetThisNode"],
                                                               before["vtepMAC"])
     assert state(cluster, n1)["firstSyncWrites"] == 0
+
+
+# A network with room for pages of fake peers, whose keys ("10.100.x" - "10.108.x") sort before
+# every agent's ("10.200" and up): a listing reaches the agents' leases on its last page only.
+PAGES_CONFIG = {"Network": "10.0.0.0/8", "SubnetMin": "10.200.0.0", "Backend": {"Type": "vxlan"}}
+FAKE_PEERS = """
+import asyncio, sys
+from vxnet.store.etcd import Etcd
+async def main(endpoint, prefix, n):
+    etcd = Etcd(endpoint, timeout=30)
+    for i in range(0, n, 500):
+        await asyncio.gather(*(etcd.put(
+            f"{prefix}/subnets/10.{100 + (j >> 8)}.{j & 255}.0-24".encode(),
+            ('{"PublicIP":"198.51.100.%d","BackendType":"vxlan","BackendData":'
+             '{"VNI":1,"VtepMAC":"0e:00:00:00:%02x:%02x"}}' % (100 + j % 150, j >> 8, j & 255)
+             ).encode()) for j in range(i + 1, min(n, i + 500) + 1)))
+    await etcd.close()
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def test_a_restart_over_a_listing_of_pages_loses_and_writes_nothing(tmp_path):
+    """Start-up programs each page of the listing as it comes: what the kernel and the
+    allow-list hold for peers on later pages stays meanwhile (node2 is on the last)."""
+    with Cluster("pages", config=PAGES_CONFIG, workdir=tmp_path / "lab",
+                 agent_args=("--resync-interval", "5", "--health-interval", "0")) as c:
+        c.start()
+        c.lab.fabric.run(sys.executable, "-c", FAKE_PEERS, c.endpoint, PREFIX, "2100")
+        n1, n2 = start(c, 2)
+        p1, p2 = c.add_pod(n1), c.add_pod(n2)
+        pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01",
+                                   "-c", "600", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            replies(pinger, 1, "pods talking before the kill")
+            c.stop_agent(n1, signal.SIGKILL)
+            c.start_agent(n1)
+            c.wait_ready(n1)
+            out = pinger.communicate(timeout=60)[0]
+        finally:
+            pinger.kill()
+        sent, got = map(int, re.search(r"(\d+) packets transmitted, (\d+) received",
+                                       out).groups())
+        assert sent == 600 and got == 600, out
+        assert "first sync: 2101 peers (3 pages of the listing), 0 kernel writes" in c.log(n1)
+        assert state(c, n1)["firstSyncWrites"] == 0
 
 
 def test_a_node_leaves_and_another_joins(cluster):

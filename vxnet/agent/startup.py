@@ -1,5 +1,6 @@
 """Start-up: config -> external interface -> lease (and node ID) -> allow-list -> devices ->
-subnet.env -> masquerade -> snapshot -> first full sync; the result is a Runtime, whole.
+subnet.env -> masquerade -> the first sync, page by page as everyone's leases are listed; the
+result is a Runtime, whole.
 
 What may come later (the store, the interface, a free subnet) is waited for, with backoff and
 a log line saying what for (also shown by /readyz); what will never work (an invalid config or
@@ -111,6 +112,39 @@ async def start(opts: AgentOptions, state: Startup, observer: RuntimeObserver) -
         raise
 
 
+async def _first_sync(store: Store, own: str, overlays: Overlays, feed: PeerFeed,
+                      allow: AllowList | None, reconciler: Reconciler) -> tuple[int, int]:
+    """Everyone's leases into the kernel, each page of the listing as it comes (the store
+    reads the next meanwhile): peers admitted, let in by the allow-list before we send them
+    anything, their entries set. What the kernel and the allow-list hold beyond them (on a
+    restart, what the peers on later pages need) stays until the last page is in; then it
+    goes, so a restart drops nothing. The writes, and the pages."""
+    writes = pages = 0
+    # This allocates tens of objects per peer, nearly all long-lived: with the cyclic GC
+    # paused they are not rescanned over and over, and frozen afterwards (by the caller) they
+    # stay out of every later collection, so resyncs stay cheap.
+    gc.disable()
+    try:
+        async for page in store.listing():
+            for key, err in page.invalid.items():
+                feed.note_invalid(key, str(err.reason))
+            for version, ov in overlays.items():
+                for p in peers_of(page.leases, version, own):
+                    ov.plane.add_peer(p)
+            if allow is not None:
+                await allow.sync(full=not pages, keep_extra=True)
+            writes += await (reconciler.apply_now("first", keep_extra=True) if pages
+                             else reconciler.resync_now("first", keep_extra=True))
+            pages += 1
+        writes += await (reconciler.apply_now("first") if pages
+                         else reconciler.resync_now("first"))
+        if allow is not None:  # and only then stop letting in whom we no longer send to
+            await allow.sync()
+    finally:
+        gc.enable()
+    return writes, pages
+
+
 async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, store: Store
                  ) -> Runtime:
     cfg = await wait_for(state, "reading the network config", store.config)
@@ -156,33 +190,19 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
     if opts.ip_masq:
         masq = Masquerade(node.masquerade_rules())
         await masq.apply()
-    snap = store.take_snapshot()
     reconciler = Reconciler(list(overlays), observer)
     monitor = Monitor(list(overlays), reconciler, resync_interval=opts.resync_interval,
                       writer_portid=sock.portid)
     monitor.open()  # subscribed before the first sync: no change after it goes unseen
     feed = PeerFeed(overlays)
-    for key, err in snap.invalid.items():
-        feed.note_invalid(key, str(err.reason))
-
     state.phase = "first sync"
-    # The first sync allocates tens of objects per peer, nearly all long-lived: with the
-    # cyclic GC paused they are not rescanned over and over, and frozen afterwards they stay
-    # out of every later collection, so resyncs stay cheap.
-    gc.disable()
-    try:
-        for version, ov in overlays.items():
-            ov.plane.set_peers(peers_of(snap.leases, version, str(lease.key)))
-        if allow is not None:  # peers' packets are let in before we send them any
-            await allow.sync(full=True)
-        writes = await reconciler.resync_now("first")
-    finally:
-        gc.enable()
+    writes, pages = await _first_sync(store, str(lease.key), overlays, feed, allow, reconciler)
     gc.freeze()
     health = HealthChecker(HealthTargets(overlays, allow), opts.health_interval, observer
                            ) if opts.health_interval > 0 else None
-    log.info("first sync: %d peers, %d kernel writes; ready",
-             sum(len(ov.plane.peers) for ov in overlays), writes)
+    log.info("first sync: %d peers (%d %s of the listing), %d kernel writes; ready",
+             sum(len(ov.plane.peers) for ov in overlays), pages,
+             "page" if pages == 1 else "pages", writes)
     await store.ready()
     return Runtime(node=node, selection=selection, store=store, kernel=sock, overlays=overlays,
                    feed=feed, reconciler=reconciler, monitor=monitor, allow=allow, masq=masq,

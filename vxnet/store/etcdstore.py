@@ -66,10 +66,16 @@ class EtcdStore:
     async def move(self, node: NodeInfo, attrs_for: AttrsFor) -> None:
         await self._manager.move(node, attrs_for)
 
-    def take_snapshot(self) -> Snapshot:
-        # the acquire's own listing: the watch resumes from its revision, so nothing after
-        # it is missed (our own write included, and skipped as ours)
-        return self._watcher.adopt(self._manager.take_snapshot())
+    async def listing(self) -> AsyncIterator[Snapshot]:
+        # the watch resumes from the listing's revision, so nothing after it is missed (our
+        # own write included, and skipped as ours)
+        snap = self._manager.take_snapshot()
+        if snap is not None:  # the acquire's own
+            yield self._watcher.adopt(snap)
+            return
+        async for page in self._watcher.pages():
+            yield page
+        await self._manager.sweep()
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         return self._watcher.batches()

@@ -361,11 +361,12 @@ class KubeStore:
         self._leases = {k: lease.fingerprint() for k, lease in leases.items()}
         return Snapshot(leases, invalid, _revision(rv))
 
-    def take_snapshot(self) -> Snapshot:
+    async def listing(self) -> AsyncIterator[Snapshot]:
+        """The acquire's own listing (one answer from the API server), as one page."""
         snap, self._snapshot = self._snapshot, None
         if snap is None:
-            raise RuntimeError("take_snapshot() without a new acquire()")
-        return snap
+            raise RuntimeError("listing() without a new acquire()")
+        yield snap
 
     async def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         """Node changes from the snapshot on, as lease events; a dead or silent watch is

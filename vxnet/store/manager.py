@@ -26,7 +26,7 @@ from vxnet.store import txn
 from vxnet.store.allocator import choose, taken_in_pool
 from vxnet.store.config import NetworkConfig, Pool, parse_config
 from vxnet.store.etcd import Etcd, prefix_end
-from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey, decode_value
+from vxnet.store.lease import Lease, LeaseAttrs, SubnetKey, decode_lease, decode_value
 from vxnet.store.paths import Paths
 from vxnet.store.store import AttrsFor, LeaseLost, NodeInfo, Snapshot
 from vxnet.store.watcher import list_leases
@@ -63,6 +63,7 @@ class LeaseManager:
         self.rng = rng or random.SystemRandom()
         self.lease: Lease | None = None
         self._snapshot: Snapshot | None = None  # the listing the last acquire() decided on
+        self._unlisted = False  # acquire() read only our own lease: listing and sweep to come
         self.renewals = 0
         self.losses = 0
         self.takeovers = 0  # foreign writes to our key, each put back
@@ -73,6 +74,12 @@ class LeaseManager:
     async def acquire(self, cfg: NetworkConfig, prefer: SubnetKey | None = None,
                       attempts: int = 100) -> Lease:
         """Our existing lease if there is one, else `prefer` if free, else a random free subnet."""
+        if prefer is not None and self.lease is None and self.fixed is None:
+            lease = await self._claim_preferred(cfg, prefer)
+            if lease is not None:
+                self.lease, self._snapshot, self._unlisted = lease, None, True
+                self._check.clear()
+                return lease
         for _ in range(attempts):
             listing = await self._list()
             mine, stale = self._find_mine(cfg, listing)
@@ -88,7 +95,7 @@ class LeaseManager:
                 continue
             for old in stale:
                 await self._delete(old)
-            self.lease = lease
+            self.lease, self._unlisted = lease, False
             self._check.clear()
             return lease
         raise VxnetError(f"could not acquire a subnet lease after {attempts} attempts")
@@ -103,13 +110,50 @@ class LeaseManager:
         self._snapshot = snap
         return _Listing(snap, owners)
 
-    def take_snapshot(self) -> Snapshot:
+    async def _claim_preferred(self, cfg: NetworkConfig, prefer: SubnetKey) -> Lease | None:
+        """At start-up: the lease subnet.env names, if our name owns it and it fits, reused
+        after reading just its two keys -- so the first sync need not wait for everyone's
+        leases, which the agent then lists page by page (take_snapshot() says None) and
+        sweep() finishes what a full acquire() would have done. None: look at everything."""
+        key = str(prefer)
+        _, (kv, owner) = await self.etcd.txn([], [txn.get(self.paths.subnet(key)),
+                                                  txn.get(self.paths.owner(key))])
+        if kv is None or owner is None or owner.value != self.node.name.encode():
+            return None
+        try:
+            mine = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+        except LeaseDecodeError:
+            return None
+        if not self._fits(cfg, mine.key):
+            return None
+        alone = _Listing(Snapshot({key: mine}, {}, kv.mod_revision), {key: self.node.name})
+        return await self._reuse(mine, alone)
+
+    def take_snapshot(self) -> Snapshot | None:
         """The listing the last acquire() decided on, handed over once: kept, its indexes of
-        every lease would double the store side's memory (3.5 MiB at 20 000 peers)."""
+        every lease would double the store side's memory (3.5 MiB at 20 000 peers). None:
+        acquire() read only our own lease; the caller lists everyone's, then calls sweep()."""
         snap, self._snapshot = self._snapshot, None
-        if snap is None:
+        if snap is None and not self._unlisted:
             raise RuntimeError("take_snapshot() without a new acquire()")
         return snap
+
+    async def sweep(self) -> None:
+        """After an acquire() that read only our own lease: the other leases our name owns go,
+        as a full acquire() would have removed them (the node had another subnet before, a
+        reservation aside)."""
+        ours = str(self._held("sweep()").key)
+        cut, name = len(self.paths.owners), self.node.name.encode()
+        stale: list[str] = []
+        async for kvs, _ in self.etcd.prefix_pages(self.paths.owners):
+            stale += [key for kv in kvs if kv.value == name
+                      and (key := kv.key[cut:].decode(errors="replace")) != ours]
+        for key in stale:
+            kv = await self.etcd.get(self.paths.subnet(key))
+            if kv is not None and kv.lease:  # a reservation (no etcd lease) stays
+                log.info("removing lease %s: this node's before, not now", key)
+                await self._delete_key(key, kv.mod_revision)
+        self._unlisted = False
 
     def _fits(self, cfg: NetworkConfig, key: SubnetKey) -> bool:
         def ok(pool: Pool[NetworkT] | None, net: NetworkT | None) -> bool:
@@ -260,9 +304,11 @@ class LeaseManager:
         )
 
     async def _delete(self, lease: Lease) -> None:
-        key = str(lease.key)
+        await self._delete_key(str(lease.key), lease.mod_revision)
+
+    async def _delete_key(self, key: str, mod_revision: int) -> None:
         await self.etcd.txn(
-            [txn.mod_is(self.paths.subnet(key), lease.mod_revision)],
+            [txn.mod_is(self.paths.subnet(key), mod_revision)],
             [txn.delete(self.paths.subnet(key)), txn.delete(self.paths.owner(key))],
         )
 

@@ -118,8 +118,10 @@ class Store(Protocol):
         """The node's addresses changed: publish them in our lease."""
         ...
 
-    def take_snapshot(self) -> Snapshot:
-        """Everyone's leases at the revision acquire() decided on, handed over once."""
+    def listing(self) -> AsyncIterator[Snapshot]:
+        """Everyone's leases at one revision, the one watch() continues from, handed over once
+        after acquire() and in pages as they come (its own listing if acquire() made one);
+        the first sync programs each page while the store reads the next."""
         ...
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:

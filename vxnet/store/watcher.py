@@ -25,23 +25,34 @@ log = logging.getLogger(__name__)
 CHUNK = 200  # events decoded per loop turn: a 5 000-key transaction takes 25
 
 
-async def list_leases(etcd: Etcd, paths: Paths) -> Snapshot:
-    """All of `subnets/` at one revision, decoded page by page; undecodable entries reported,
-    not raised."""
-    snap = Snapshot({}, {}, 0)
+async def lease_pages(etcd: Etcd, paths: Paths) -> AsyncIterator[Snapshot]:
+    """All of `subnets/` at one revision, each page decoded as etcd sends it; undecodable
+    entries reported, not raised."""
     cut = len(paths.subnets)
     async for kvs, revision in etcd.prefix_pages(paths.subnets):
-        snap.revision = revision
+        page = Snapshot({}, {}, revision)
         for kv in kvs:
             key = kv.key[cut:].decode(errors="replace")
-            snap.create_revisions[key] = kv.create_revision
+            page.create_revisions[key] = kv.create_revision
             try:
-                lease = snap.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
-                snap.keys[key] = lease.key
+                lease = page.leases[key] = decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+                page.keys[key] = lease.key
             except LeaseDecodeError as e:
-                snap.invalid[key] = e
+                page.invalid[key] = e
                 with contextlib.suppress(LeaseDecodeError):  # a garbled value holds a subnet
-                    snap.keys[key] = SubnetKey.parse(key)
+                    page.keys[key] = SubnetKey.parse(key)
+        yield page
+
+
+async def list_leases(etcd: Etcd, paths: Paths) -> Snapshot:
+    """All of `subnets/` at one revision, as one snapshot."""
+    snap = Snapshot({}, {}, 0)
+    async for page in lease_pages(etcd, paths):
+        snap.revision = page.revision
+        snap.leases.update(page.leases)
+        snap.invalid.update(page.invalid)
+        snap.keys.update(page.keys)
+        snap.create_revisions.update(page.create_revisions)
     return snap
 
 
@@ -76,6 +87,17 @@ class LeaseWatcher:
     async def snapshot(self) -> Snapshot:
         """All leases now, and the revision events() will continue from."""
         return self.adopt(await list_leases(self.etcd, self.paths))
+
+    async def pages(self) -> AsyncIterator[Snapshot]:
+        """All leases now, page by page as etcd sends them (lease_pages); once the last is
+        handed over, events() continues from their revision."""
+        s = _State()
+        async for page in lease_pages(self.etcd, self.paths):
+            s.revision = page.revision
+            s.known.update(_fingerprints(page))
+            s.invalid.update(page.invalid)
+            yield page
+        self._s = s
 
     def adopt(self, snap: Snapshot) -> Snapshot:
         """Continue from a listing made elsewhere (the lease manager's): events() resumes at

@@ -67,6 +67,42 @@ async def test_restart_reuses_lease_untouched(etcd, paths):
     assert again == first  # same subnet, same etcd lease, same revision: nothing was written
 
 
+async def test_a_restart_naming_its_lease_reads_only_that_and_lists_afterwards(etcd, paths):
+    cfg = await setup_config(etcd, paths)
+    first = await manager(etcd, paths, 1, ttl=60).acquire(cfg)
+    other = await manager(etcd, paths, 2, ttl=60).acquire(cfg)
+    m = manager(etcd, paths, 1, ttl=60)
+    assert await m.acquire(cfg, prefer=first.key) == first  # untouched
+    assert m.take_snapshot() is None  # nobody's leases listed yet: the agent lists them
+    await m.sweep()
+    assert {kv.key for kv in (await etcd.get_prefix(paths.subnets))[0]} == {
+        paths.subnet(str(k)) for k in (first.key, other.key)}
+    # not ours by name (flanneld's, another node's, or no lease there): everything is looked at
+    for prefer in (other.key, SubnetKey(ipa.ip_network("10.244.250.0/24"))):
+        m = manager(etcd, paths, 1, ttl=60)
+        assert await m.acquire(cfg, prefer=prefer) == first
+        assert len(m.take_snapshot().leases) == 2
+
+
+async def test_the_sweep_after_a_quick_restart_removes_what_our_name_held_before(etcd, paths):
+    cfg = await setup_config(etcd, paths)
+    old = await manager(etcd, paths, 1, ttl=60).acquire(cfg)
+    # the node's lease under another subnet, written by hand (as a node that moved would
+    # leave it), and a reservation in its name, which stays
+    new_key = SubnetKey(ipa.ip_network("10.244.200.0/24"))
+    lease_id = await etcd.grant(60)
+    for key, lid in ((str(new_key), lease_id), ("10.244.201.0-24", 0)):
+        await etcd.put(paths.subnet(key), attrs_for(node(1))(new_key).encode(), lid)
+        await etcd.put(paths.owner(key), b"node-1", lid)
+    m = manager(etcd, paths, 1, ttl=60)
+    got = await m.acquire(cfg, prefer=new_key)
+    assert got.key == new_key and m.take_snapshot() is None
+    await m.sweep()
+    left = {kv.key for kv in (await etcd.get_prefix(paths.subnets))[0]}
+    assert left == {paths.subnet(str(new_key)), paths.subnet("10.244.201.0-24")}
+    assert paths.subnet(str(old.key)) not in left
+
+
 async def test_same_public_ip_under_a_flannel_written_lease_is_reused(etcd, paths):
     cfg = await setup_config(etcd, paths)
     lease_id = await etcd.grant(60)

@@ -141,7 +141,7 @@ async def test_acquire_waits_for_the_node_and_its_podcidr_then_publishes():
     assert str(lease.key) == "10.244.1.0-24"
     assert api.nodes["n1"]["metadata"]["annotations"][P + "kube-subnet-manager"] == "true"
     assert [p for p, _ in api.patches] == ["/api/v1/nodes/n1/status"]  # the annotations
-    assert str(lease.key) in s.take_snapshot().leases
+    assert [list(page.leases) async for page in s.listing()] == [[str(lease.key)]]
     # once the first sync is done: NetworkUnavailable=False, by the keeper
     keeper = asyncio.create_task(s.keep(CFG, lambda ev: asyncio.sleep(0)))
     try:
@@ -164,7 +164,7 @@ async def test_nodes_become_lease_events():
     api = FakeApi()
     api.nodes["n1"] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}
     s = await store_with(api)
-    s.take_snapshot()
+    [_ async for _ in s.listing()]
     seen: list = []
 
     async def consume():
