@@ -112,20 +112,24 @@ async def start(opts: AgentOptions, state: Startup, observer: RuntimeObserver) -
         raise
 
 
-async def _first_sync(store: Store, own: str, overlays: Overlays, feed: PeerFeed,
-                      allow: AllowList | None, reconciler: Reconciler) -> tuple[int, int]:
+async def _first_sync(state: Startup, store: Store, own: str, overlays: Overlays,
+                      feed: PeerFeed, allow: AllowList | None, reconciler: Reconciler
+                      ) -> tuple[int, int]:
     """Everyone's leases into the kernel, each page of the listing as it comes (the store
     reads the next meanwhile): peers admitted, let in by the allow-list before we send them
     anything, their entries set. What the kernel and the allow-list hold beyond them (on a
     restart, what the peers on later pages need) stays until the last page is in; then it
-    goes, so a restart drops nothing. The writes, and the pages."""
-    writes = pages = 0
-    # This allocates tens of objects per peer, nearly all long-lived: with the cyclic GC
-    # paused they are not rescanned over and over, and frozen afterwards (by the caller) they
-    # stay out of every later collection, so resyncs stay cheap.
-    gc.disable()
-    try:
+    goes, so a restart drops nothing. A listing the store breaks off is started again (the
+    peers it no longer names go at the end). The writes, and the pages."""
+    writes = 0
+
+    async def listing() -> tuple[set[str], int]:
+        """One whole listing: the keys it named, and its pages."""
+        nonlocal writes
+        seen: set[str] = set()
+        pages = 0
         async for page in store.listing():
+            seen.update(page.leases, page.invalid)
             for key, err in page.invalid.items():
                 feed.note_invalid(key, str(err.reason))
             for version, ov in overlays.items():
@@ -136,6 +140,19 @@ async def _first_sync(store: Store, own: str, overlays: Overlays, feed: PeerFeed
             writes += await (reconciler.apply_now("first", keep_extra=True) if pages
                              else reconciler.resync_now("first", keep_extra=True))
             pages += 1
+        return seen, pages
+
+    # This allocates tens of objects per peer, nearly all long-lived: with the cyclic GC
+    # paused they are not rescanned over and over, and frozen afterwards (by the caller) they
+    # stay out of every later collection, so resyncs stay cheap.
+    gc.disable()
+    try:
+        seen, pages = await wait_for(state, "first sync", listing)
+        for ov in overlays:  # offered by an earlier, broken-off listing only
+            for key in [k for k in (*ov.plane.peers, *ov.plane.rejected) if k not in seen]:
+                ov.plane.remove_peer(key)
+        for key in [k for k in feed.invalid if k not in seen]:
+            del feed.invalid[key]
         writes += await (reconciler.apply_now("first") if pages
                          else reconciler.resync_now("first"))
         if allow is not None:  # and only then stop letting in whom we no longer send to
@@ -195,8 +212,8 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
                       writer_portid=sock.portid)
     monitor.open()  # subscribed before the first sync: no change after it goes unseen
     feed = PeerFeed(overlays)
-    state.phase = "first sync"
-    writes, pages = await _first_sync(store, str(lease.key), overlays, feed, allow, reconciler)
+    writes, pages = await _first_sync(state, store, str(lease.key), overlays, feed, allow,
+                                      reconciler)
     gc.freeze()
     health = HealthChecker(HealthTargets(overlays, allow), opts.health_interval, observer
                            ) if opts.health_interval > 0 else None
