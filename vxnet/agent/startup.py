@@ -26,6 +26,7 @@ from vxnet.agent.state import Startup
 from vxnet.backoff import Backoff
 from vxnet.errors import (
     ExhaustedError,
+    RevisionCompacted,
     StoreUnavailable,
     SubnetEnvError,
     SubnetTaken,
@@ -119,46 +120,45 @@ async def _first_sync(state: Startup, store: Store, own: str, overlays: Overlays
     reads the next meanwhile): peers admitted, let in by the allow-list before we send them
     anything, their entries set. What the kernel and the allow-list hold beyond them (on a
     restart, what the peers on later pages need) stays until the last page is in; then it
-    goes, so a restart drops nothing. A listing the store breaks off is started again (the
-    peers it no longer names go at the end). The writes, and the pages."""
-    writes = 0
+    goes, so a restart drops nothing. A listing the store breaks off is read again from
+    scratch (what the kernel holds stays meanwhile). The writes, and the pages."""
+    writes = attempts = 0
 
-    async def listing() -> tuple[set[str], int]:
-        """One whole listing: the keys it named, and its pages."""
-        nonlocal writes
-        seen: set[str] = set()
+    async def listing() -> int:
+        """One whole listing, programmed page by page; its pages."""
+        nonlocal writes, attempts
+        attempts += 1
+        if attempts > 1:  # desired state as of the broken-off listing: none of it holds
+            for ov in overlays:
+                ov.plane.set_peers([])
+            feed.invalid.clear()
         pages = 0
-        async for page in store.listing():
-            seen.update(page.leases, page.invalid)
-            for key, err in page.invalid.items():
-                feed.note_invalid(key, str(err.reason))
-            for version, ov in overlays.items():
-                for p in peers_of(page.leases, version, own):
-                    ov.plane.add_peer(p)
-            if allow is not None:
-                await allow.sync(full=not pages, keep_extra=True)
-            writes += await (reconciler.apply_now("first", keep_extra=True) if pages
-                             else reconciler.resync_now("first", keep_extra=True))
-            pages += 1
-        return seen, pages
+        # This allocates tens of objects per peer, nearly all long-lived: with the cyclic GC
+        # paused they are not rescanned over and over, and frozen afterwards (by the caller)
+        # they stay out of every later collection, so resyncs stay cheap. Not paused over
+        # the waits between attempts, however long an outage.
+        gc.disable()
+        try:
+            async for page in store.listing():
+                for key, err in page.invalid.items():
+                    feed.note_invalid(key, str(err.reason))
+                for version, ov in overlays.items():
+                    for p in peers_of(page.leases, version, own):
+                        ov.plane.add_peer(p)
+                if allow is not None:
+                    await allow.sync(full=not pages, keep_extra=True)
+                writes += await (reconciler.apply_now("first", keep_extra=True) if pages
+                                 else reconciler.resync_now("first", keep_extra=True))
+                pages += 1
+        finally:
+            gc.enable()
+        return pages
 
-    # This allocates tens of objects per peer, nearly all long-lived: with the cyclic GC
-    # paused they are not rescanned over and over, and frozen afterwards (by the caller) they
-    # stay out of every later collection, so resyncs stay cheap.
-    gc.disable()
-    try:
-        seen, pages = await wait_for(state, "first sync", listing)
-        for ov in overlays:  # offered by an earlier, broken-off listing only
-            for key in [k for k in (*ov.plane.peers, *ov.plane.rejected) if k not in seen]:
-                ov.plane.remove_peer(key)
-        for key in [k for k in feed.invalid if k not in seen]:
-            del feed.invalid[key]
-        writes += await (reconciler.apply_now("first") if pages
-                         else reconciler.resync_now("first"))
-        if allow is not None:  # and only then stop letting in whom we no longer send to
-            await allow.sync()
-    finally:
-        gc.enable()
+    # the listing's revision is pinned: compacted meanwhile, it is read again at a new one
+    pages = await wait_for(state, "first sync", listing, (StoreUnavailable, RevisionCompacted))
+    writes += await reconciler.apply_now("first")
+    if allow is not None:  # and only then stop letting in whom we no longer send to
+        await allow.sync()
     return writes, pages
 
 

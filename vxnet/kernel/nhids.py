@@ -32,7 +32,7 @@ class NexthopIds:
             self._adopt = {}
             for nhid in sorted(dumped.ours):
                 self._adopt.setdefault(NexthopTable.gateway(dumped.ours[nhid]), nhid)
-            self._held_back = set(self._adopt.values())
+            self._held_back = set(dumped.ours)  # duplicates too: a route may use either
 
     def adopted(self) -> None:
         """Every peer is in (the first build, or the last page of start-up's): what was not
@@ -63,7 +63,10 @@ class NexthopIds:
         self._ids[gw] = nhid
 
     def release(self, gw: bytes) -> int | None:
-        return self._ids.pop(gw, None)
+        nhid = self._ids.pop(gw, None)
+        if nhid in self._held_back:  # an earlier run's, and adoption is open: its peer may
+            self._adopt[gw] = nhid  # come back (a start-up listing read again)
+        return nhid
 
     def held(self, gw: bytes) -> int | None:
         return self._ids.get(gw)

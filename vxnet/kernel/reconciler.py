@@ -145,8 +145,8 @@ class Reconciler:
         """The pending work of every overlay done now, awaited (start-up's first sync, as the
         listing's pages come); its writes. keep_extra: sets only (Dataplane.apply_steps)."""
         self._wake.clear()
-        if await self.run_once(keep_extra, why):
-            self._wake.set()  # failed writes: run() retries them
+        if await self.run_once(keep_extra, why) or self._skipped:
+            self._wake.set()  # failed writes, or a busy device's work: run() does them
         return self.last_writes
 
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from vxnet.backoff import Backoff
+from vxnet.errors import StoreUnavailable
 from vxnet.store.allocator import node_subnet
 from vxnet.store.config import NetworkConfig
 from vxnet.store.etcd import Etcd
@@ -14,6 +17,8 @@ from vxnet.store.nodeid import node_id
 from vxnet.store.paths import Paths
 from vxnet.store.store import AttrsFor, LeaseEvent, LeaseLost, NodeInfo, Snapshot, StoreStatus
 from vxnet.store.watcher import LeaseWatcher
+
+log = logging.getLogger(__name__)
 
 
 class EtcdStore:
@@ -75,7 +80,14 @@ class EtcdStore:
             return
         async for page in self._watcher.pages():
             yield page
-        await self._manager.sweep()
+        backoff = Backoff(0.2, 10)
+        while True:  # not worth reading every page again for
+            try:
+                await self._manager.sweep()
+                return
+            except StoreUnavailable as e:
+                log.warning("removing this node's earlier leases: %s; retrying", e)
+                await backoff.sleep()
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         return self._watcher.batches()

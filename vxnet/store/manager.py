@@ -141,7 +141,7 @@ class LeaseManager:
     async def sweep(self) -> None:
         """After an acquire() that read only our own lease: the other leases our name owns go,
         as a full acquire() would have removed them (the node had another subnet before, a
-        reservation aside)."""
+        reservation aside). Only while key and owner record are still one lease's, ours."""
         ours = str(self._held("sweep()").key)
         cut, name = len(self.paths.owners), self.node.name.encode()
         stale: list[str] = []
@@ -149,10 +149,15 @@ class LeaseManager:
             stale += [key for kv in kvs if kv.value == name
                       and (key := kv.key[cut:].decode(errors="replace")) != ours]
         for key in stale:
-            kv = await self.etcd.get(self.paths.subnet(key))
-            if kv is not None and kv.lease:  # a reservation (no etcd lease) stays
-                log.info("removing lease %s: this node's before, not now", key)
-                await self._delete_key(key, kv.mod_revision)
+            subnet, owner = self.paths.subnet(key), self.paths.owner(key)
+            _, (kv, who) = await self.etcd.txn([], [txn.get(subnet), txn.get(owner)])
+            if kv is None or who is None or who.value != name or not kv.lease \
+                    or who.lease != kv.lease:  # gone, someone else's, or a reservation
+                continue
+            log.info("removing lease %s: this node's before, not now", key)
+            await self.etcd.txn([txn.mod_is(subnet, kv.mod_revision),
+                                 txn.mod_is(owner, who.mod_revision)],
+                                [txn.delete(subnet), txn.delete(owner)])
         self._unlisted = False
 
     def _fits(self, cfg: NetworkConfig, key: SubnetKey) -> bool:
@@ -304,11 +309,9 @@ class LeaseManager:
         )
 
     async def _delete(self, lease: Lease) -> None:
-        await self._delete_key(str(lease.key), lease.mod_revision)
-
-    async def _delete_key(self, key: str, mod_revision: int) -> None:
+        key = str(lease.key)
         await self.etcd.txn(
-            [txn.mod_is(self.paths.subnet(key), mod_revision)],
+            [txn.mod_is(self.paths.subnet(key), lease.mod_revision)],
             [txn.delete(self.paths.subnet(key)), txn.delete(self.paths.owner(key))],
         )
 

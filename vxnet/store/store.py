@@ -119,9 +119,10 @@ class Store(Protocol):
         ...
 
     def listing(self) -> AsyncIterator[Snapshot]:
-        """Everyone's leases at one revision, the one watch() continues from, handed over once
-        after acquire() and in pages as they come (its own listing if acquire() made one);
-        the first sync programs each page while the store reads the next."""
+        """Everyone's leases at one revision, the one watch() continues from, after acquire():
+        in pages as they come, at least one (its own listing, whole, if acquire() made one);
+        the first sync programs each page while the store reads the next. Once, unless it
+        raised StoreUnavailable or RevisionCompacted: then it may be read again."""
         ...
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:

@@ -94,12 +94,17 @@ async def test_the_sweep_after_a_quick_restart_removes_what_our_name_held_before
     for key, lid in ((str(new_key), lease_id), ("10.244.201.0-24", 0)):
         await etcd.put(paths.subnet(key), attrs_for(node(1))(new_key).encode(), lid)
         await etcd.put(paths.owner(key), b"node-1", lid)
+    # an owner record in our name left over a subnet another node has taken since
+    theirs = await etcd.grant(60)
+    await etcd.put(paths.subnet("10.244.202.0-24"), attrs_for(node(2))(None).encode(), theirs)
+    await etcd.put(paths.owner("10.244.202.0-24"), b"node-1", lease_id)
     m = manager(etcd, paths, 1, ttl=60)
     got = await m.acquire(cfg, prefer=new_key)
     assert got.key == new_key and m.take_snapshot() is None
     await m.sweep()
     left = {kv.key for kv in (await etcd.get_prefix(paths.subnets))[0]}
-    assert left == {paths.subnet(str(new_key)), paths.subnet("10.244.201.0-24")}
+    assert left == {paths.subnet(k) for k in (str(new_key), "10.244.201.0-24",
+                                              "10.244.202.0-24")}
     assert paths.subnet(str(old.key)) not in left
 
 
