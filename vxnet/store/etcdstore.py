@@ -10,7 +10,7 @@ from vxnet.backoff import Backoff
 from vxnet.errors import StoreUnavailable
 from vxnet.store.allocator import node_subnet
 from vxnet.store.config import NetworkConfig
-from vxnet.store.etcd import Etcd
+from vxnet.store.etcd import PAGE, Etcd
 from vxnet.store.lease import Lease, SubnetKey
 from vxnet.store.manager import LeaseManager, read_config
 from vxnet.store.nodeid import node_id
@@ -75,8 +75,14 @@ class EtcdStore:
         # the watch resumes from the listing's revision, so nothing after it is missed (our
         # own write included, and skipped as ours)
         snap = self._manager.take_snapshot()
-        if snap is not None:  # the acquire's own
-            yield self._watcher.adopt(snap)
+        if snap is not None:  # the acquire's own, a page at a time: each lease is let go
+            self._watcher.adopt(snap)  # once its page is programmed
+            leases, invalid, revision = snap.leases, snap.invalid, snap.revision
+            keys = list(leases)
+            del snap
+            for at in range(0, max(len(keys), 1), PAGE):
+                yield Snapshot({k: leases.pop(k) for k in keys[at:at + PAGE]},
+                               invalid if not at else {}, revision)
             return
         async for page in self._watcher.pages():
             yield page
