@@ -76,15 +76,16 @@ def test_sigkill_restart_under_traffic_loses_nothing(cluster):
 PAGES_CONFIG = {"Network": "10.0.0.0/8", "SubnetMin": "10.200.0.0", "Backend": {"Type": "vxlan"}}
 FAKE_PEERS = """
 import asyncio, sys
+from vxnet.store import txn
 from vxnet.store.etcd import Etcd
 async def main(endpoint, prefix, n):
     etcd = Etcd(endpoint, timeout=30)
-    for i in range(0, n, 500):
-        await asyncio.gather(*(etcd.put(
+    for i in range(1, n + 1, 100):  # a transaction of 100 puts: one commit, not 100
+        await etcd.txn([], [txn.put(
             f"{prefix}/subnets/10.{100 + (j >> 8)}.{j & 255}.0-24".encode(),
             ('{"PublicIP":"198.51.100.%d","BackendType":"vxlan","BackendData":'
              '{"VNI":1,"VtepMAC":"0e:00:00:00:%02x:%02x"}}' % (100 + j % 150, j >> 8, j & 255)
-             ).encode()) for j in range(i + 1, min(n, i + 500) + 1)))
+             ).encode()) for j in range(i, min(n, i + 99) + 1)])
     await etcd.close()
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
@@ -96,7 +97,8 @@ def test_a_restart_over_a_listing_of_pages_loses_and_writes_nothing(tmp_path):
     with Cluster("pages", config=PAGES_CONFIG, workdir=tmp_path / "lab",
                  agent_args=("--resync-interval", "5", "--health-interval", "0")) as c:
         c.start()
-        c.lab.fabric.run(sys.executable, "-c", FAKE_PEERS, c.endpoint, PREFIX, "2100")
+        c.lab.fabric.run(sys.executable, "-c", FAKE_PEERS, c.endpoint, PREFIX, "2100",
+                         timeout=120)
         n1, n2 = start(c, 2)
         p1, p2 = c.add_pod(n1), c.add_pod(n2)
         pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01",
