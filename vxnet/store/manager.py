@@ -102,13 +102,18 @@ class LeaseManager:
 
     async def _list(self) -> _Listing:
         snap = await list_leases(self.etcd, self.paths)
+        owners = await self._owners()
+        self._snapshot = snap
+        return _Listing(snap, owners)
+
+    async def _owners(self) -> dict[str, str]:
+        """Subnet key -> the node name its owner record holds, for every record."""
         owners: dict[str, str] = {}
         cut = len(self.paths.owners)
         async for owner_kvs, _ in self.etcd.prefix_pages(self.paths.owners):
             owners.update((kv.key[cut:].decode(errors="replace"),
                            kv.value.decode(errors="replace")) for kv in owner_kvs)
-        self._snapshot = snap
-        return _Listing(snap, owners)
+        return owners
 
     async def _claim_preferred(self, cfg: NetworkConfig, prefer: SubnetKey) -> Lease | None:
         """At start-up: the lease subnet.env names, if our name owns it and it fits, reused
@@ -143,11 +148,9 @@ class LeaseManager:
         as a full acquire() would have removed them (the node had another subnet before, a
         reservation aside). Only while key and owner record are still one lease's, ours."""
         ours = str(self._held("sweep()").key)
-        cut, name = len(self.paths.owners), self.node.name.encode()
-        stale: list[str] = []
-        async for kvs, _ in self.etcd.prefix_pages(self.paths.owners):
-            stale += [key for kv in kvs if kv.value == name
-                      and (key := kv.key[cut:].decode(errors="replace")) != ours]
+        name = self.node.name.encode()
+        stale = [key for key, who in (await self._owners()).items()
+                 if who == self.node.name and key != ours]
         for key in stale:
             subnet, owner = self.paths.subnet(key), self.paths.owner(key)
             _, (kv, who) = await self.etcd.txn([], [txn.get(subnet), txn.get(owner)])
