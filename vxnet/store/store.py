@@ -120,9 +120,9 @@ class Store(Protocol):
 
     def listing(self) -> AsyncIterator[Snapshot]:
         """Everyone's leases at one revision, the one watch() continues from, after acquire():
-        in pages as they come, at least one (its own listing, whole, if acquire() made one);
-        the first sync programs each page while the store reads the next. Once, unless it
-        raised StoreUnavailable or RevisionCompacted: then it may be read again."""
+        in pages as they come, at least one (acquire()'s own listing, if it made one, cut into
+        pages); the first sync programs each page while the store reads the next. Once,
+        unless it raised StoreUnavailable or RevisionCompacted: then it may be read again."""
         ...
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:
