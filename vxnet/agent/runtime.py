@@ -157,7 +157,8 @@ class Runtime:
             self.observer.on_loop_lag(lag)
 
     async def run(self) -> None:
-        """Every long-running task, supervised, until cancelled (SIGTERM/SIGINT)."""
+        """Every long-running task, supervised, until cancelled (SIGTERM/SIGINT); close()
+        afterwards."""
         sup, cfg, every = self.supervisor, self.node.cfg, self.resync_interval
         sup.start("looplag", self._measure_loop_lag)
         sup.start("reconciler", self.reconciler.run)
@@ -174,12 +175,14 @@ class Runtime:
             sup.start("masquerade", lambda: masq.keep(every))
         if self.health is not None:
             sup.start("health", self.health.run)
-        try:
-            await sup.wait()
-        finally:
-            await sup.stop()
-            await self.store.close()
-            self.kernel.close()
+        await sup.wait()
+
+    async def close(self) -> None:
+        """Stop the tasks and close the connections, each within a deadline (a stop that never
+        ends is worse than one that leaves a task behind); kernel state and lease stay."""
+        await self.supervisor.stop()
+        await self.store.close()
+        self.kernel.close()
 
     # -- what the API, the metrics and systemd read ----------
 

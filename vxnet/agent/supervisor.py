@@ -8,8 +8,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from vxnet.backoff import Backoff
 from vxnet.errors import ConfigError
@@ -18,6 +19,37 @@ log = logging.getLogger(__name__)
 
 Factory = Callable[[], Awaitable[None]]
 HEALTHY_AFTER = 60.0  # a task that ran this long before failing starts its backoff afresh
+STOP_WITHIN = 5.0  # a stop waits this long for tasks to end, then names those that did not
+RECANCEL_EVERY = 0.5
+
+
+async def cancel(tasks: Collection[asyncio.Task[Any]], within: float = STOP_WITHIN
+                 ) -> set[asyncio.Task[Any]]:
+    """Cancel the tasks and wait, for `within` seconds at most, until they end; return those
+    that did not. The cancel is sent again while a task runs on: one can be lost on the way
+    (Python 3.11's wait_for returns the inner result when both arrive together), and a task
+    that lost it would otherwise keep the process from stopping for ever."""
+    pending = {t for t in tasks if not t.done()}
+    end = time.monotonic() + within
+    while pending and (left := end - time.monotonic()) > 0:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_EVERY, left))
+    for t in pending:
+        log.error("task %s did not stop within %.0f s; leaving it, awaiting:%s", t.get_name(),
+                  within, _awaiting(t))
+    return pending
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a task waits: the chain of coroutines it awaits (Task.get_stack shows only the
+    outermost one)."""
+    lines: list[str] = []
+    c: Any = task.get_coro()
+    while (frame := getattr(c, "cr_frame", None) or getattr(c, "ag_frame", None)) is not None:
+        lines.append(f"\n  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        c = getattr(c, "cr_await", None) or getattr(c, "ag_await", None)
+    return "".join(lines) or f" {c!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +104,4 @@ class Supervisor:
             t.result()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(self._tasks)

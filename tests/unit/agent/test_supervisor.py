@@ -2,6 +2,7 @@
 start-up's waiting, and the keepers that used to let OSError through."""
 
 import asyncio
+import contextlib
 import gc
 
 import pytest
@@ -10,7 +11,7 @@ from tests.waiting import SOON, until
 from vxnet.agent.options import AgentOptions
 from vxnet.agent.startup import start, wait_for
 from vxnet.agent.state import Startup
-from vxnet.agent.supervisor import Supervisor
+from vxnet.agent.supervisor import Supervisor, cancel
 from vxnet.errors import ConfigError, ExhaustedError, StoreUnavailable
 from vxnet.kernel.device import DeviceError
 from vxnet.lab.etcd import free_port
@@ -148,3 +149,36 @@ async def test_an_etcd_call_cancelled_under_it_is_unavailable_not_a_cancellation
     with pytest.raises(StoreUnavailable, match="connection closed under the request"):
         await etcd.call(closed_under_us)
     await etcd.close()
+
+
+async def test_a_stop_sends_a_lost_cancel_again_and_names_a_task_that_never_ends(caplog):
+    """Python 3.11's wait_for can lose a cancel that arrives as its inner call completes; the
+    task then runs on, and a stop that only waited for it never ended (the agent outlived
+    SIGTERM). A stop cancels again, and after its deadline names what is left and returns."""
+    lost, deaf = 0, True
+
+    async def loses_one():
+        nonlocal lost
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            lost += 1  # swallowed, as wait_for may
+        await asyncio.Event().wait()
+
+    async def never_ends():
+        while deaf:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    sup = Supervisor()
+    sup.start("watch", loses_one)
+    await asyncio.sleep(0)
+    assert await cancel(sup._tasks, within=5) == set() and lost == 1
+
+    stuck = asyncio.create_task(never_ends(), name="stuck")
+    await asyncio.sleep(0)
+    assert await cancel({stuck}, within=0.3) == {stuck}
+    assert "task stuck did not stop within 0 s" in caplog.text
+    assert "never_ends" in caplog.text and "sleep" in caplog.text  # where it waits
+    deaf = False
+    assert await cancel({stuck}) == set()
