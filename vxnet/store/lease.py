@@ -6,8 +6,10 @@ values come from other nodes; encoding writes what flanneld writes, field for fi
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Literal, overload
@@ -108,8 +110,28 @@ class Lease:
         return hash((self.attrs, self.etcd_lease))
 
 
+# An IPv4 lease value exactly as flanneld and vxnet write it, read by one match instead of
+# the JSON walk below (~4x faster, for every lease at start-up); anything else, or a match the
+# checks below would refuse, takes the JSON walk, which gives the same answer where both apply
+# (tests/unit/store/test_lease.py holds them to it).
+_WRITTEN_V4 = re.compile(
+    rb'\{"PublicIP":"([0-9.]{7,15})","PublicIPv6":null,"BackendType":"vxlan",'
+    rb'"BackendData":\{"VNI":(0|[1-9][0-9]{0,7}),"VtepMAC":"([0-9a-f][02468ace](?::[0-9a-f]{2}){5})"\}\}')
+_NO_MAC = b"00:00:00:00:00:00"
+
+
 def decode_value(key: str, raw: bytes | str) -> LeaseAttrs:
     """Decode a lease value written by flanneld or vxnet. Raises only LeaseDecodeError."""
+    if type(raw) is bytes and (m := _WRITTEN_V4.fullmatch(raw)) is not None:
+        pub, vni, mac = m.groups()
+        with contextlib.suppress(ValueError):
+            ip = ip_int(pub.decode(), 4)
+            if ip and int(vni) < 1 << 24 and mac != _NO_MAC:
+                return LeaseAttrs(IPv4Address(ip), mac.decode(), int(vni))
+    return _decode_json(key, raw)
+
+
+def _decode_json(key: str, raw: bytes | str) -> LeaseAttrs:
     try:
         doc = _json(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:

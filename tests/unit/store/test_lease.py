@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vxnet.errors import LeaseDecodeError
-from vxnet.store.lease import LeaseAttrs, SubnetKey, _json, decode_lease, decode_value
+from vxnet.store.lease import (
+    LeaseAttrs,
+    SubnetKey,
+    _decode_json,
+    _json,
+    decode_lease,
+    decode_value,
+)
 
 # Values exactly as flanneld (v0.2x, vxlan backend) writes them.
 FLANNEL_V4 = (b'{"PublicIP":"198.51.100.11","PublicIPv6":null,"BackendType":"vxlan",'
@@ -146,3 +153,33 @@ def test_encode_decode_round_trip(ip, mac, vni, ip6):
     attrs = LeaseAttrs(ip if not ip.is_unspecified else None, text, vni, ip6,
                        text if ip6 else None)
     assert decode_value("k", attrs.encode()) == attrs
+
+
+def _either(fn, *args):
+    try:
+        return fn(*args)
+    except LeaseDecodeError as e:
+        return ("refused", e.key, e.reason)
+
+
+@given(st.ip_addresses(v=4), st.binary(min_size=6, max_size=6), st.integers(0, (1 << 25)),
+       st.integers(0, 120), st.binary(max_size=2))
+def test_the_one_match_read_gives_what_the_json_walk_gives(ip, mac, vni, at, junk):
+    """The IPv4 value as flanneld and vxnet write it is read by one regular expression; that
+    read is held to the JSON walk's answer, for written values (including the ones the walk
+    refuses: VNI past 24 bits, all-zero or multicast MACs, 0.0.0.0) and for values with a byte
+    or two changed anywhere."""
+    text = ":".join(f"{b:02x}" for b in mac)
+    raw = (f'{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan",'
+           f'"BackendData":{{"VNI":{vni},"VtepMAC":"{text}"}}}}').encode()
+    for value in (raw, raw[:at] + junk + raw[at + len(junk):]):
+        assert _either(decode_value, "k", value) == _either(_decode_json, "k", value)
+
+
+@pytest.mark.parametrize("raw", [FLANNEL_V4, FLANNEL_V4.replace(b'"VNI":1', b'"VNI":0'),
+                                 FLANNEL_V4.replace(b"198.51.100.11", b"0.0.0.0"),
+                                 FLANNEL_V4.replace(b"0e:4b", b"0f:4b"),
+                                 FLANNEL_V4.replace(b"198.51.100.11", b"198.51.100.011"),
+                                 FLANNEL_V4.replace(b'"VNI":1', b'"VNI":16777216')])
+def test_the_one_match_read_on_edges(raw):
+    assert _either(decode_value, "k", raw) == _either(_decode_json, "k", raw)
