@@ -1,5 +1,7 @@
 """The benchmarks keep working: each runs once at a tiny size (figures are not checked)."""
 
+import re
+
 import pytest
 
 from bench import (
@@ -27,6 +29,8 @@ def test_agent_bench(capsys):
                              "--idle-seconds", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "event latency" in out and "idle agent" in out
+    # the agent's own account of its start, by stage, parsed from its log
+    assert re.search(r"\n +20 \| +\d+\.\d\d \| +\d+\.\d\d \|", out), out
 
 
 def test_dataplane_bench(capsys):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
@@ -113,16 +115,47 @@ async def start(opts: AgentOptions, state: Startup, observer: RuntimeObserver) -
         raise
 
 
+class Laps:
+    """Wall time by stage, each stage timed from the end of the one before: where a first sync
+    goes, in its log line (and in the benchmark's table)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        t = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + t - self._t
+        self._t = t
+
+    def __str__(self) -> str:
+        total = sum(self.seconds.values())
+        return f"{total:.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in self.seconds.items())})"
+
+
+def since_process_start() -> float | None:
+    """Seconds since this process started (imports and all), from /proc; None if unreadable."""
+    try:
+        with open("/proc/self/stat") as f:  # after the ")" of the command's name: field 3 on
+            started = int(f.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def _first_sync(state: Startup, store: Store, own: str, overlays: Overlays,
                       feed: PeerFeed, allow: AllowList | None, reconciler: Reconciler
-                      ) -> tuple[int, int]:
+                      ) -> tuple[int, int, Laps]:
     """Everyone's leases into the kernel, each page of the listing as it comes (the store
     reads the next meanwhile): peers admitted, let in by the allow-list before we send them
     anything, their entries set. What the kernel and the allow-list hold beyond them (on a
     restart, what the peers on later pages need) stays until the last page is in; then it
     goes, so a restart drops nothing. A listing the store breaks off is read again from
-    scratch (what the kernel holds stays meanwhile). The writes, and the pages."""
+    scratch (what the kernel holds stays meanwhile). The writes, the pages, and the time
+    each stage took."""
     writes = attempts = 0
+    laps = Laps()
 
     async def listing() -> int:
         """One whole listing, programmed page by page; its pages."""
@@ -140,15 +173,19 @@ async def _first_sync(state: Startup, store: Store, own: str, overlays: Overlays
         gc.disable()
         try:
             async for page in store.listing():
+                laps.lap("listing")  # etcd's answer read and decoded (the next is on its way)
                 for key, err in page.invalid.items():
                     feed.note_invalid(key, str(err.reason))
                 for version, ov in overlays.items():
                     for p in peers_of(page.leases, version, own):
                         ov.plane.add_peer(p)
+                laps.lap("admission")
                 if allow is not None:
                     await allow.sync(full=not pages, keep_extra=True)
+                    laps.lap("allow-list")
                 writes += await (reconciler.apply_now("first", keep_extra=True) if pages
                                  else reconciler.resync_now("first", keep_extra=True))
+                laps.lap("kernel")
                 pages += 1
         finally:
             gc.enable()
@@ -157,9 +194,11 @@ async def _first_sync(state: Startup, store: Store, own: str, overlays: Overlays
     # the listing's revision is pinned: compacted meanwhile, it is read again at a new one
     pages = await wait_for(state, "first sync", listing, (StoreUnavailable, RevisionCompacted))
     writes += await reconciler.apply_now("first")
+    laps.lap("kernel")
     if allow is not None:  # and only then stop letting in whom we no longer send to
         await allow.sync()
-    return writes, pages
+        laps.lap("allow-list")
+    return writes, pages, laps
 
 
 async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, store: Store
@@ -212,14 +251,16 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
                       writer_portid=sock.portid)
     monitor.open()  # subscribed before the first sync: no change after it goes unseen
     feed = PeerFeed(overlays)
-    writes, pages = await _first_sync(state, store, str(lease.key), overlays, feed, allow,
-                                      reconciler)
+    writes, pages, laps = await _first_sync(state, store, str(lease.key), overlays, feed,
+                                            allow, reconciler)
     gc.freeze()
     health = HealthChecker(HealthTargets(overlays, allow), opts.health_interval, observer
                            ) if opts.health_interval > 0 else None
-    log.info("first sync: %d peers (%d %s of the listing), %d kernel writes; ready",
+    age = since_process_start()
+    log.info("first sync: %d peers (%d %s of the listing), %d kernel writes in %s; ready%s",
              sum(len(ov.plane.peers) for ov in overlays), pages,
-             "page" if pages == 1 else "pages", writes)
+             "page" if pages == 1 else "pages", writes, laps,
+             "" if age is None else f" {age:.2f} s after the process started")
     await store.ready()
     return Runtime(node=node, selection=selection, store=store, kernel=sock, overlays=overlays,
                    feed=feed, reconciler=reconciler, monitor=monitor, allow=allow, masq=masq,

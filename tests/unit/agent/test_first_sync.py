@@ -4,13 +4,14 @@ store breaks off started again without leaving behind what it no longer names.""
 from __future__ import annotations
 
 import ipaddress as ipa
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from tests.unit.kernel.fakekernel import FakeKernel
 from tests.unit.kernel.test_dataplane import SPEC
 from vxnet.agent.peers import PeerFeed
-from vxnet.agent.startup import _first_sync
+from vxnet.agent.startup import _first_sync, since_process_start
 from vxnet.agent.state import Startup
 from vxnet.errors import LeaseDecodeError, StoreUnavailable
 from vxnet.kernel.dataplane import Dataplane
@@ -67,9 +68,17 @@ async def first_sync(store: FakeStore, kernel: FakeKernel
     dp = Dataplane(kernel, SPEC)
     overlays = FakeOverlays(FakeOverlay(dp))
     feed = PeerFeed(overlays)
-    writes, pages = await _first_sync(Startup("n1"), store, "10.244.1.0-24", overlays, feed,
-                                      None, Reconciler(list(overlays)))
+    writes, pages, laps = await _first_sync(Startup("n1"), store, "10.244.1.0-24", overlays,
+                                            feed, None, Reconciler(list(overlays)))
+    # what its log line says the time went to (no allow-list here)
+    assert list(laps.seconds) == ["listing", "admission", "kernel"]
+    assert str(laps).startswith(f"{sum(laps.seconds.values()):.2f} s (listing ")
     return dp, feed, writes, pages
+
+
+def test_the_process_age_is_read_from_proc():
+    age = since_process_start()
+    assert age is not None and 0 <= age < time.monotonic()  # and it did not start before boot
 
 
 async def test_each_page_is_written_as_it_comes_and_the_own_lease_left_out():
