@@ -51,9 +51,10 @@ async def _load(endpoint: str, n: int) -> None:
     etcd, paths = Etcd(endpoint, timeout=30), Paths(PREFIX)
     lease = await etcd.grant(3600)
     ps = peers(n)
-    for i in range(0, n, 500):
-        await asyncio.gather(*(etcd.put(paths.subnet(str(p.subnet).replace("/", "-")),
-                                        _value(p), lease) for p in ps[i:i + 500]))
+    for i in range(0, n, 250):  # with its owner record, as a vxnet node writes its lease
+        keys = [(str(p.subnet).replace("/", "-"), p) for p in ps[i:i + 250]]
+        await asyncio.gather(*(etcd.put(paths.subnet(k), _value(p), lease) for k, p in keys),
+                             *(etcd.put(paths.owner(k), p.key.encode(), lease) for k, p in keys))
     await etcd.close()
 
 

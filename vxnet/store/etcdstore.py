@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from vxnet.backoff import Backoff
-from vxnet.errors import StoreUnavailable
 from vxnet.store.allocator import node_subnet
 from vxnet.store.config import NetworkConfig
 from vxnet.store.etcd import PAGE, Etcd
@@ -84,16 +82,8 @@ class EtcdStore:
                 yield Snapshot({k: leases.pop(k) for k in keys[at:at + PAGE]},
                                invalid if not at else {}, revision)
             return
-        async for page in self._watcher.pages():
+        async for page in self._watcher.pages():  # the keepalive sweeps, once we are ready
             yield page
-        backoff = Backoff(0.2, 10)
-        while True:  # not worth reading every page again for
-            try:
-                await self._manager.sweep()
-                return
-            except StoreUnavailable as e:
-                log.warning("removing this node's earlier leases: %s; retrying", e)
-                await backoff.sleep()
 
     def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         return self._watcher.batches()

@@ -119,7 +119,9 @@ class LeaseManager:
         """At start-up: the lease subnet.env names, if our name owns it and it fits, reused
         after reading just its two keys -- so the first sync need not wait for everyone's
         leases, which the agent then lists page by page (take_snapshot() says None) and
-        sweep() finishes what a full acquire() would have done. None: look at everything."""
+        keepalive() sweeps (sweep()) what a full acquire() would have removed, once the agent
+        is ready: listing every owner record (a page per 1 000 nodes) is not worth waiting
+        for. None: look at everything."""
         key = str(prefer)
         _, (kv, owner) = await self.etcd.txn([], [txn.get(self.paths.subnet(key)),
                                                   txn.get(self.paths.owner(key))])
@@ -361,15 +363,18 @@ class LeaseManager:
                         on_lost: Callable[[LeaseLost], Awaitable[None]] | None = None) -> None:
         """Refresh the lease every renew_interval(), and whenever check_soon() asks: a key
         another writer changed is put back; a lease that is gone is re-acquired, preferring the
-        same subnet, and reported. Store outages are retried with backoff, never raised."""
+        same subnet, and reported. First, after an acquire() that read only our own lease,
+        sweep(). Store outages are retried with backoff, never raised."""
         backoff = Backoff(0.5, 10)
-        delay = self.renew_interval()
+        delay = 0.0 if self._unlisted else self.renew_interval()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check.wait(), delay)
             self._check.clear()
             lease = self._held("keepalive()")
             try:
+                if self._unlisted:  # after a quick start, once ready: not worth a wait for
+                    await self.sweep()
                 reason = await self._verify(lease)
                 if reason is not None:
                     self.losses += 1

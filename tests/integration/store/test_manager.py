@@ -101,7 +101,12 @@ async def test_the_sweep_after_a_quick_restart_removes_what_our_name_held_before
     m = manager(etcd, paths, 1, ttl=60)
     got = await m.acquire(cfg, prefer=new_key)
     assert got.key == new_key and m.take_snapshot() is None
-    await m.sweep()
+    # the agent lists everyone's leases and is ready; then its keepalive sweeps, first thing
+    keeping = asyncio.create_task(m.keepalive(cfg))
+    try:
+        await until(lambda: not m._unlisted, 10, "the keepalive's sweep")
+    finally:
+        keeping.cancel()
     left = {kv.key for kv in (await etcd.get_prefix(paths.subnets))[0]}
     assert left == {paths.subnet(k) for k in (str(new_key), "10.244.201.0-24",
                                               "10.244.202.0-24")}
