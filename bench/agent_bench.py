@@ -270,6 +270,7 @@ def compile_agent(python: str) -> None:
 # admission 0.62, allow-list 0.08, kernel 0.89); ready 3.05 s after the process started"
 _LAPS = re.compile(rb"kernel writes in [\d.]+ s \(([^)]*)\); ready ([\d.]+) s after")
 STAGES = ("before the listing", "listing", "admission", "allow-list", "kernel")
+_SYNCED = re.compile(rb"first sync: [^\n]*; ready")  # any build's, for --agent-python
 
 
 def stages(log: bytes) -> dict[str, float]:
@@ -299,7 +300,7 @@ def start_timed(c: Cluster, node) -> tuple[subprocess.Popen[bytes], float]:
         if not synced:
             with open(log, "rb") as f:
                 f.seek(start)
-                synced = _LAPS.search(f.read()) is not None
+                synced = _SYNCED.search(f.read()) is not None
         if synced:
             try:
                 if c.api(node, "/readyz")[0] == 200:
