@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from vxnet.store.allocator import node_subnet
@@ -15,8 +14,6 @@ from vxnet.store.nodeid import node_id
 from vxnet.store.paths import Paths
 from vxnet.store.store import AttrsFor, LeaseEvent, LeaseLost, NodeInfo, Snapshot, StoreStatus
 from vxnet.store.watcher import LeaseWatcher
-
-log = logging.getLogger(__name__)
 
 
 class EtcdStore:
