@@ -156,10 +156,12 @@ async def test_a_stop_sends_a_lost_cancel_again_and_names_a_task_that_never_ends
     task then runs on, and a stop that only waited for it never ended (the agent outlived
     SIGTERM). A stop cancels again, and after its deadline names what is left and returns."""
     lost, deaf = 0, True
+    waiting = asyncio.Event()  # set once a task is at its first await
 
     async def loses_one():
         nonlocal lost
         try:
+            waiting.set()
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             lost += 1  # swallowed, as wait_for may
@@ -168,19 +170,21 @@ async def test_a_stop_sends_a_lost_cancel_again_and_names_a_task_that_never_ends
     async def never_ends():
         while deaf:
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(3600)
+                waiting.set()
+                await asyncio.Event().wait()
 
     sup = Supervisor()
     sup.start("watch", loses_one)
-    await asyncio.sleep(0)  # one turn: it runs up to its first await
+    await waiting.wait()
     assert await cancel(sup._tasks, within=5) == set() and lost == 1
 
+    waiting.clear()
     stuck = asyncio.create_task(never_ends(), name="stuck")
-    await asyncio.sleep(0)  # one turn: it runs up to its first await
+    await waiting.wait()
     try:
         assert await cancel({stuck}, within=0.3) == {stuck}
         assert "task stuck did not stop within 0 s" in caplog.text
-        assert "never_ends" in caplog.text and "sleep" in caplog.text  # where it waits
+        assert "never_ends" in caplog.text and "locks.py" in caplog.text  # where it waits
     finally:  # a failed assertion must not leave a task no teardown can end
         deaf = False
     assert await cancel({stuck}) == set()
