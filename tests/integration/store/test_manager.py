@@ -31,6 +31,11 @@ async def setup_config(etcd, paths, doc=None):
     return await read_config(etcd, paths)
 
 
+def at(third: int) -> SubnetKey:
+    """A /24 of NET named by its third octet, for leases a test places rather than draws."""
+    return SubnetKey(ipa.ip_network(f"10.244.{third}.0/24"))
+
+
 def manager(etcd, paths, i, **kw):
     n = node(i)
     return LeaseManager(etcd, paths, n, attrs_for(n), **kw)
@@ -69,8 +74,9 @@ async def test_restart_reuses_lease_untouched(etcd, paths):
 
 async def test_a_restart_naming_its_lease_reads_only_that_and_lists_afterwards(etcd, paths):
     cfg = await setup_config(etcd, paths)
-    first = await manager(etcd, paths, 1, ttl=60).acquire(cfg)
-    other = await manager(etcd, paths, 2, ttl=60).acquire(cfg)
+    # placed, not drawn: a random pick could be the subnet the loop below calls free
+    first = await manager(etcd, paths, 1, ttl=60).acquire(cfg, prefer=at(1))
+    other = await manager(etcd, paths, 2, ttl=60).acquire(cfg, prefer=at(2))
     m = manager(etcd, paths, 1, ttl=60)
     assert await m.acquire(cfg, prefer=first.key) == first  # untouched
     assert m.take_snapshot() is None  # nobody's leases listed yet: the agent lists them
@@ -78,7 +84,7 @@ async def test_a_restart_naming_its_lease_reads_only_that_and_lists_afterwards(e
     assert {kv.key for kv in (await etcd.get_prefix(paths.subnets))[0]} == {
         paths.subnet(str(k)) for k in (first.key, other.key)}
     # not ours by name (flanneld's, another node's, or no lease there): everything is looked at
-    for prefer in (other.key, SubnetKey(ipa.ip_network("10.244.250.0/24"))):
+    for prefer in (other.key, at(250)):
         m = manager(etcd, paths, 1, ttl=60)
         assert await m.acquire(cfg, prefer=prefer) == first
         assert len(m.take_snapshot().leases) == 2
@@ -86,10 +92,11 @@ async def test_a_restart_naming_its_lease_reads_only_that_and_lists_afterwards(e
 
 async def test_the_sweep_after_a_quick_restart_removes_what_our_name_held_before(etcd, paths):
     cfg = await setup_config(etcd, paths)
-    old = await manager(etcd, paths, 1, ttl=60).acquire(cfg)
+    # placed, not drawn: a random pick landed on 10.244.200.0/24 once and the test failed
+    old = await manager(etcd, paths, 1, ttl=60).acquire(cfg, prefer=at(100))
     # the node's lease under another subnet, written by hand (as a node that moved would
     # leave it), and a reservation in its name, which stays
-    new_key = SubnetKey(ipa.ip_network("10.244.200.0/24"))
+    new_key = at(200)
     lease_id = await etcd.grant(60)
     for key, lid in ((str(new_key), lease_id), ("10.244.201.0-24", 0)):
         await etcd.put(paths.subnet(key), attrs_for(node(1))(new_key).encode(), lid)
