@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import Cluster
 
 # The lab's network, with agents drawing their subnets from 10.244.1-99 only: leases a test
@@ -79,6 +80,13 @@ def metric(cluster, node, name: str) -> float:
 
 def ping(pod, dst, *args: str):
     return pod.ns.run("ping", "-c", "1", "-W", "2", *args, str(dst), check=False, timeout=120)
+
+
+def talking(a, b) -> None:
+    """Until pod a's ping reaches pod b: both agents ready does not mean each has programmed the
+    other yet (the watch brings the later lease a moment after), and a test that counts lost
+    packets starts counting only once they have."""
+    wait_for(lambda: ping(a, b.ip).returncode == 0, SOON, f"{a.ns.name} reaching {b.ip}")
 
 
 def routes(node) -> str:

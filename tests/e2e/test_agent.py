@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, readyz, routes, start, state
+from tests.e2e.conftest import ipam, metric, ping, readyz, routes, start, state, talking
 from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
@@ -52,6 +52,7 @@ def test_sigkill_restart_under_traffic_loses_nothing(cluster):
     n1, n2 = start(cluster, 2)
     p1, p2 = cluster.add_pod(n1), cluster.add_pod(n2)
     before = ipam(cluster, n1)
+    talking(p1, p2)
     pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01", "-c",
                                "600", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
     try:
@@ -101,6 +102,7 @@ def test_a_restart_over_a_listing_of_pages_loses_and_writes_nothing(tmp_path):
                          timeout=120)
         n1, n2 = start(c, 2)
         p1, p2 = c.add_pod(n1), c.add_pod(n2)
+        talking(p1, p2)
         pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01",
                                    "-c", "600", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE,
                                   text=True)
@@ -197,6 +199,7 @@ def test_garbage_leases_are_skipped_and_counted(cluster):
 def test_etcd_outage_keeps_pods_talking_and_the_agent_catches_up(cluster):
     n1, n2 = start(cluster, 2)
     p1, p2 = cluster.add_pod(n1), cluster.add_pod(n2)
+    talking(p1, p2)
     pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.1", "-c",
                                "360", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,7 @@ import struct
 import subprocess
 import time
 
-from tests.e2e.conftest import ipam, metric, ping, start, state
+from tests.e2e.conftest import ipam, metric, ping, start, state, talking
 from tests.waiting import SOON, wait_for
 from vxnet.lab.cluster import PREFIX, Cluster
 
@@ -96,6 +96,7 @@ def bad_for(node) -> dict:
 def test_impossible_peers_never_reach_a_kernel_while_pods_ping(cluster):
     nodes = start(cluster, 2, pods=True)
     p1, p2 = nodes[0].pods[0], nodes[1].pods[0]
+    talking(p1, p2)
     pinger = subprocess.Popen(["ip", "netns", "exec", p1.ns.name, "ping", "-i", "0.01", "-c",
                                "300", "-W", "1", str(p2.ip)], stdout=subprocess.PIPE, text=True)
     try:
