@@ -22,7 +22,7 @@ import logging
 import struct
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from vxnet.kernel import nft
 from vxnet.kernel.events import EventSocket
@@ -45,6 +45,13 @@ class Runner(Protocol):
 
     async def __call__(self, *args: str, stdin: str | None = None,
                        netns: str | None = None) -> tuple[int, str, str]: ...
+
+
+class NamedTable(NamedTuple):
+    """A table a TableWatch watches that is not an OwnedTable (iptables' filter table)."""
+
+    family: str
+    name: str
 
 
 def shape(doc: Doc) -> list[Any]:
@@ -134,7 +141,7 @@ class TableWatch:
     `netns`): wait() then returns True. Open it before the look its changes are compared with,
     so that none goes unseen."""
 
-    def __init__(self, tables: Callable[[], Iterable[OwnedTable]], *,
+    def __init__(self, tables: Callable[[], Iterable[OwnedTable | NamedTable]], *,
                  netns: str | None = None, name: str = "nftables notifications") -> None:
         self.tables = tables
         self.foreign = 0  # others' transactions that touched our tables
