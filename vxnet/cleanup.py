@@ -1,13 +1,14 @@
 """`vxnet cleanup`: take what vxnet put on a node off it again -- its VXLAN devices (and with
 them their neighbours, FDB entries, nexthops and routes), its own routes and nexthops elsewhere
-(DirectRouting), its nftables tables, subnet.env and the CNI conflist -- and, if asked, give
-the lease back. Refuses while an agent answers on this node."""
+(DirectRouting), its nftables tables, its FORWARD accept rules, subnet.env and the CNI
+conflist -- and, if asked, give the lease back. Refuses while an agent answers on this node."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from vxnet.errors import VxnetError
 from vxnet.kernel.allowlist import TABLE as ALLOWLIST_TABLE
+from vxnet.kernel.forward import CHAIN as FORWARD_CHAIN
+from vxnet.kernel.forward import JUMP, WAIT
 from vxnet.kernel.masq import TABLE as MASQ_TABLE
 from vxnet.kernel.routes import PROTO_VXNET
 from vxnet.store.etcd import Etcd
@@ -26,6 +29,14 @@ _OUR_DEVICE = re.compile(r"flannel(-v6)?\.\d+")
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def _empty(saved: subprocess.CompletedProcess[str]) -> bool:
+    """Does this iptables-save of a table show no rules, no chains of anyone's and only
+    ACCEPT policies (a table that filters nothing)?"""
+    lines = [line for line in saved.stdout.splitlines() if line and line[0] in ":-"]
+    return saved.returncode == 0 and all(
+        line.startswith(":") and line.split()[1] == "ACCEPT" for line in lines)
 
 
 def agent_answers(host: str, port: int) -> bool:
@@ -58,6 +69,22 @@ def clean_node(files: list[str | None], say: Callable[[str], None]) -> None:
     for family, table in (("inet", ALLOWLIST_TABLE), ("ip", MASQ_TABLE), ("ip6", MASQ_TABLE)):
         if _run("nft", "delete", "table", family, table).returncode == 0:
             say(f"deleted nftables table {family} {table}")
+    for tool in ("iptables", "ip6tables"):
+        # both backends where both are installed; a backend's -save only reads what is there,
+        # so a host whose legacy tables are unused gets none made
+        for variant in ((f"{tool}-nft", f"{tool}-legacy") if shutil.which(f"{tool}-nft")
+                        else (tool,)):
+            saved = _run(f"{variant}-save", "-t", "filter")
+            if saved.returncode != 0 or f":{FORWARD_CHAIN} " not in saved.stdout:
+                continue
+            while _run(variant, *WAIT, "-D", *JUMP).returncode == 0:
+                pass
+            _run(variant, *WAIT, "-F", FORWARD_CHAIN)
+            _run(variant, *WAIT, "-X", FORWARD_CHAIN)
+            say(f"deleted the FORWARD accept rules ({variant} chain {FORWARD_CHAIN})")
+            if variant.endswith("-nft") and _empty(_run(f"{variant}-save", "-t", "filter")):
+                # the table our rules made, left holding nothing: as if it had never been
+                _run("nft", "delete", "table", "ip" if tool == "iptables" else "ip6", "filter")
     for name in filter(None, files):  # subnet.env, the CNI conflist
         path = Path(name)
         if path.exists():

@@ -74,6 +74,12 @@ def render_status(ipam: dict[str, Any], state: dict[str, Any]) -> str:
                f"{allow['refusedPackets']} packets refused"))
     if allow and allow["refusedSources"]:
         out += [f"  refused from {ip}: {n} packets" for ip, n in allow["refusedSources"].items()]
+    fwd = state.get("forwardRules")
+    out.append("FORWARD accept rules: " + (
+        "off" if fwd is None else
+        f"iptables ({fwd['backend'] or 'the host default'}), "
+        f"{'in place' if fwd['inPlace'] else 'NOT IN PLACE'}, {fwd['repairs']} repairs"
+        + (f"; {fwd['error']}" if fwd["error"] else "")))
     if state.get("invalidLeases"):
         out.append("\ninvalid leases in the store (skipped):")
         out += [f"  {k}: {why}" for k, why in state["invalidLeases"].items()]

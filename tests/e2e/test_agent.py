@@ -334,6 +334,8 @@ def test_status_and_leases_commands(cluster):
     assert info["leaseKey"] in out and info["vtepMAC"] in out and "drift: none" in out
     assert "10.244.230.0-24: value is not JSON" in out
     assert "VXLAN allow-list: UDP 8472 from 1 peer IPs, in step" in out
+    wait_for(lambda: "FORWARD accept rules: iptables (nf_tables), in place, 0 repairs" in
+             n1.ns.run(*vxnet, "status").stdout, SOON, "the FORWARD rules written")
     as_json = json.loads(n1.ns.run(*vxnet, "status", "--json").stdout)
     assert as_json["state"]["ready"] is True
     out = n1.ns.run(*vxnet, "leases", "--etcd-endpoints", cluster.endpoint).stdout

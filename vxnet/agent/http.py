@@ -80,6 +80,10 @@ def state_view(status: AgentStatus) -> dict[str, Any]:
         out["vxlanAllowList"] = {"port": a.port, "peers": a.peers, "inStep": a.in_step,
                                  "repairs": a.repairs, "refusedPackets": a.refused_packets,
                                  "refusedSources": a.refused_sources}
+    if rs.forward is not None:
+        f = rs.forward
+        out["forwardRules"] = {"backend": f.backend, "inPlace": f.in_place,
+                               "repairs": f.repairs, "error": f.error}
     return out
 
 

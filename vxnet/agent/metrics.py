@@ -94,6 +94,14 @@ class _AgentCollector(Collector):
                 "vxnet_vxlan_allowlist_repairs": ("VXLAN allow-list tables or sets put back "
                                                   "after someone else changed them",
                                                   a.allow.repairs)})
+        if a.forward is not None:
+            counters["vxnet_forward_rules_repairs"] = (
+                "FORWARD accept rules (iptables chain VXNET-FWD) written again after someone "
+                "else changed or removed them", a.forward.repairs)
+            in_place = GaugeMetricFamily("vxnet_forward_rules_in_place", "1 while the FORWARD "
+                                         "accept rules are as written, as of the last check")
+            in_place.add_metric([], 1 if a.forward.in_place else 0)
+            yield in_place
         watching = GaugeMetricFamily("vxnet_store_watching", "1 while the watch of everyone's "
                                      "leases (etcd) or Nodes (kube mode) is open and answering")
         watching.add_metric([], 1 if store.watching else 0)

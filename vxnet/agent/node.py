@@ -13,6 +13,7 @@ from vxnet.agent.options import AgentOptions
 from vxnet.cni.netconf import write_conflist
 from vxnet.ip import IPAddress
 from vxnet.kernel.device import DeviceSpec, default_name, device_mtu
+from vxnet.kernel.forward import ForwardRules
 from vxnet.kernel.mac import vtep_mac
 from vxnet.kernel.masq import MasqRules
 from vxnet.store.config import NetworkConfig
@@ -90,6 +91,9 @@ class Node:
         cfg, key = self.cfg, (lease or self.lease).key
         return [MasqRules(pool.network, sub) for pool, sub in (
             (cfg.ipv4, key.subnet), (cfg.ipv6, key.subnet6)) if pool and sub]
+
+    def forward_rules(self) -> list[ForwardRules]:
+        return [ForwardRules(pool.network) for pool in (self.cfg.ipv4, self.cfg.ipv6) if pool]
 
     def write_subnet_env(self, mtu: int, lease: Lease | None = None) -> None:
         """subnet.env, and the CNI conflist if we keep one: both follow the lease and the MTU

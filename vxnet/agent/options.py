@@ -100,6 +100,9 @@ class AgentOptions(EtcdOptions):
         "own)."))
     ip_masq: bool = field(default=False, metadata=flag(
         "Masquerade pod traffic leaving the network.", is_flag=True))
+    iptables_forward_rules: bool = field(default=True, metadata=flag(
+        "Accept the cluster network in iptables' FORWARD chain (chain VXNET-FWD, as flanneld's "
+        "FLANNEL-FWD), for hosts whose FORWARD policy is DROP.", negatable=True))
     healthz_ip: str = field(default="127.0.0.1", metadata=flag("HTTP API address."))
     healthz_port: int = field(default=10280, metadata=flag(
         "HTTP API port (0: no API).", type=click.IntRange(0, 65535)))

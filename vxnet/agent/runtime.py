@@ -20,6 +20,7 @@ from vxnet.agent.underlay import UnderlayWatch
 from vxnet.health.checker import HealthChecker
 from vxnet.kernel import netlink as nl
 from vxnet.kernel.allowlist import AllowList
+from vxnet.kernel.forward import Forwarding
 from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
 from vxnet.kernel.reconciler import Observer, Reconciler
@@ -42,13 +43,14 @@ class Runtime:
     def __init__(self, *, node: Node, selection: Selection, store: Store,
                  kernel: nl.RtnlSocket, overlays: Overlays, feed: PeerFeed,
                  reconciler: Reconciler, monitor: Monitor, allow: AllowList | None,
-                 masq: Masquerade | None, health: HealthChecker | None,
+                 masq: Masquerade | None, forward: Forwarding | None,
+                 health: HealthChecker | None,
                  observer: RuntimeObserver, first_sync_writes: int,
                  resync_interval: float) -> None:
         self.node, self.selection, self.store = node, selection, store
         self.kernel, self.overlays, self.feed = kernel, overlays, feed
         self.reconciler, self.monitor = reconciler, monitor
-        self.allow, self.masq, self.health = allow, masq, health
+        self.allow, self.masq, self.forward, self.health = allow, masq, forward, health
         self.observer = observer
         self.first_sync_writes = first_sync_writes
         self.resync_interval = resync_interval
@@ -168,11 +170,13 @@ class Runtime:
         sup.start("underlay", UnderlayWatch(self.selection, cfg.ipv4 is not None,
                                             cfg.ipv6 is not None, self.follow_underlay,
                                             interval=every).run)
-        allow, masq = self.allow, self.masq
+        allow, masq, forward = self.allow, self.masq, self.forward
         if allow is not None:
             sup.start("allowlist", lambda: allow.run(every))
         if masq is not None:
             sup.start("masquerade", lambda: masq.keep(every))
+        if forward is not None:
+            sup.start("forward", lambda: forward.keep(every))
         if self.health is not None:
             sup.start("health", self.health.run)
         await sup.wait()
@@ -209,6 +213,7 @@ class Runtime:
             invalid_leases=self.feed.invalid, invalid_total=self.feed.invalid_total,
             allow=self.allow.status() if self.allow is not None else None,
             masquerade_repairs=self.masq.repairs if self.masq is not None else 0,
+            forward=self.forward.status() if self.forward is not None else None,
             reconciler=self.reconciler.status(), monitor=self.monitor.status(),
             tasks=self.supervisor.status(),
             health=self.health.status() if self.health is not None else None,

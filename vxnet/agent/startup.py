@@ -39,6 +39,7 @@ from vxnet.ip import of_family
 from vxnet.kernel import netlink as nl
 from vxnet.kernel import nft
 from vxnet.kernel.allowlist import AllowList
+from vxnet.kernel.forward import Forwarding
 from vxnet.kernel.links import open_links
 from vxnet.kernel.masq import Masquerade
 from vxnet.kernel.monitor import Monitor
@@ -246,6 +247,8 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
     if opts.ip_masq:
         masq = Masquerade(node.masquerade_rules())
         await masq.apply()
+    # written by its task, first thing after ready: nothing here waits for iptables
+    forward = Forwarding(node.forward_rules()) if opts.iptables_forward_rules else None
     reconciler = Reconciler(list(overlays), observer)
     monitor = Monitor(list(overlays), reconciler, resync_interval=opts.resync_interval,
                       writer_portid=sock.portid)
@@ -264,5 +267,5 @@ async def _start(opts: AgentOptions, state: Startup, observer: RuntimeObserver, 
     await store.ready()
     return Runtime(node=node, selection=selection, store=store, kernel=sock, overlays=overlays,
                    feed=feed, reconciler=reconciler, monitor=monitor, allow=allow, masq=masq,
-                   health=health, observer=observer, first_sync_writes=writes,
+                   forward=forward, health=health, observer=observer, first_sync_writes=writes,
                    resync_interval=opts.resync_interval)

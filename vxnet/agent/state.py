@@ -14,6 +14,7 @@ from vxnet.agent.supervisor import TaskStatus
 from vxnet.health.checker import HealthStatus
 from vxnet.kernel.allowlist import AllowStatus
 from vxnet.kernel.dataplane import PlaneDetail, PlaneStatus
+from vxnet.kernel.forward import ForwardStatus
 from vxnet.kernel.monitor import MonitorStatus
 from vxnet.kernel.overlay import OverlayStatus
 from vxnet.kernel.reconciler import ReconcilerStatus
@@ -38,6 +39,7 @@ class RunningStatus:
     invalid_total: int
     allow: AllowStatus | None  # the VXLAN allow-list, when on
     masquerade_repairs: int
+    forward: ForwardStatus | None  # the FORWARD accept rules, when on
     reconciler: ReconcilerStatus
     monitor: MonitorStatus
     tasks: TaskStatus

@@ -55,7 +55,7 @@ def test_every_field_is_exactly_one_flag_with_flanneld_name_and_variable():
         assert opt.envvar == "FLANNELD_" + name.upper()
         assert opt.help, f"{flag} has no help"
     negatable = {n for n in FIELDS if opts[n].secondary_opts}
-    assert negatable == {"vxlan_allowlist", "tx_checksum_offload"}
+    assert negatable == {"vxlan_allowlist", "iptables_forward_rules", "tx_checksum_offload"}
 
 
 def test_the_defaults_are_the_dataclass_defaults(parse):
@@ -84,11 +84,13 @@ def test_flags_and_flanneld_variables_set_the_fields(parse):
     assert parse("--node-name", "flag", FLANNELD_NODE_NAME="env").node_name == "flag"
 
 
-def test_allowlist_is_on_unless_turned_off(parse):
-    assert parse().vxlan_allowlist is True
-    assert parse("--no-vxlan-allowlist").vxlan_allowlist is False
-    assert parse(FLANNELD_VXLAN_ALLOWLIST="false").vxlan_allowlist is False
-    assert parse("--vxlan-allowlist", FLANNELD_VXLAN_ALLOWLIST="false").vxlan_allowlist is True
+@pytest.mark.parametrize("name", ["vxlan_allowlist", "iptables_forward_rules"])
+def test_on_unless_turned_off(parse, name):
+    flag, env = name.replace("_", "-"), {"FLANNELD_" + name.upper(): "false"}
+    assert getattr(parse(), name) is True
+    assert getattr(parse("--no-" + flag), name) is False
+    assert getattr(parse(**env), name) is False  # as flanneld's deployments turn it off
+    assert getattr(parse("--" + flag, **env), name) is True
 
 
 def test_tx_checksum_offload_is_on_off_or_left_to_the_cluster(parse):
