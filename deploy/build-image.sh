@@ -4,7 +4,8 @@
 # it; so does the image's end-to-end test (tests/e2e/test_image.py).
 #
 #   1. The base, localhost/vxnet-base:bookworm: mmdebstrap (minbase + python3, python3-venv,
-#      iproute2, nftables, ca-certificates; no docs, man pages or locales), `podman import`ed.
+#      iproute2, nftables, iptables, ca-certificates; no docs, man pages or locales), `podman
+#      import`ed.
 #      Built only when missing or when its recipe (the label vxnet.base.recipe) changed.
 #   2. The image, localhost/vxnet:VERSION and localhost/vxnet:VERSION-gCOMMIT[-dirty], from this
 #      working tree (the files git tracks or would track under vxnet/, pyproject.toml,
@@ -34,7 +35,7 @@ label() {  # label IMAGE KEY: the image's label, empty when the image or the lab
 }
 
 # --- 1. the base -------------------------------------------------------------------------------
-BASE_ARGS=(--variant=minbase --include=python3,python3-venv,iproute2,nftables,ca-certificates
+BASE_ARGS=(--variant=minbase --include=python3,python3-venv,iproute2,nftables,iptables,ca-certificates
            # merged /usr by the hook, not by the usrmerge package (which drags in perl: 50 MB)
            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
            --dpkgopt=path-exclude=/usr/share/man/* --dpkgopt=path-exclude=/usr/share/info/*

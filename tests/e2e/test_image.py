@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import LAB_CONFIG, unmount_under
-from tests.waiting import wait_for
+from tests.waiting import SOON, wait_for
 from vxnet.kernel.allowlist import TABLE as ALLOWLIST_TABLE
+from vxnet.kernel.forward import JUMP as FORWARD_JUMP
 from vxnet.kernel.masq import TABLE as MASQ_TABLE
 from vxnet.lab.cluster import API_PORT, Cluster, http_get, run_cni
 from vxnet.lab.topology import Node, Pod
@@ -204,6 +205,11 @@ def test_the_image_runs_the_agent_as_the_daemonset_does(image, tmp_path):
             for a in agents:  # nft in the image wrote the allow-list and the masquerade rules
                 tables = a.node.ns.run("nft", "list", "tables").stdout
                 assert f"inet {ALLOWLIST_TABLE}" in tables and f"ip {MASQ_TABLE}" in tables
+
+            def forward_rules(node: Node) -> bool:  # and its iptables the FORWARD accept rules
+                return node.ns.run("iptables", "-C", *FORWARD_JUMP, check=False).returncode == 0
+            for a in agents:
+                wait_for(lambda a=a: forward_rules(a.node), SOON, f"FORWARD rules on {a.node.name}")
             subnets = [a.subnet() for a in agents]
             assert len(set(subnets)) == 3, subnets
             pods = [add_pod(c, a) for a in agents]
