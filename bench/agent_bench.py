@@ -285,9 +285,8 @@ def stages(log: bytes) -> dict[str, float]:
     m = _LAPS.search(log)
     if m is None:
         return {}
-    laps = {k: float(v) for k, _, v in (x.rpartition(b" ") for x in m[1].split(b", "))}
-    got = {k.decode(): v for k, v in laps.items()}
-    return {"before the listing": float(m[2]) - sum(laps.values()), **got}
+    laps = {k.decode(): float(v) for k, _, v in (x.rpartition(b" ") for x in m[1].split(b", "))}
+    return {"before the listing": float(m[2]) - sum(laps.values()), **laps}
 
 
 def start_timed(c: Cluster, node) -> tuple[subprocess.Popen[bytes], float]:
