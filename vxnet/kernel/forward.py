@@ -1,23 +1,27 @@
 """--iptables-forward-rules (on by default, as flanneld's): the cluster network accepted in the
 filter table's FORWARD chain, so that pods reach each other on hosts whose FORWARD policy is
-DROP (Docker sets it when it turns forwarding on itself; ufw and firewalld default to it).
+DROP (Docker sets it when it turns forwarding on itself; ufw defaults to it).
 
 Why iptables, in a project that otherwise speaks nftables: an nftables `accept` ends only the
 base chain it is in, and a drop in any other table at the same hook is final. The DROP sits in
 iptables' filter table, so the accept must sit in that chain too, written by the iptables the
-host uses: its nf_tables or its legacy backend, the one whose tables hold more rules (as
-Kubernetes' iptables-wrapper chooses).
+host uses: its nf_tables or its legacy backend, chosen once as Kubernetes' iptables-wrapper
+chooses (the backend holding kubelet's hint chain, else the one whose tables hold more rules).
 
 The rules are flanneld's FLANNEL-FWD under vxnet's name: a chain VXNET-FWD accepting the
 network as source and as destination, jumped to from the end of FORWARD. The chain is replaced
-whole by one iptables-restore (declaring a chain flushes it) and put back when found changed:
-at once when someone else's nf_tables transaction touched the filter table, and on a timer
-(the legacy backend sends no notifications)."""
+whole by one iptables-restore (declaring a chain flushes it; the same transaction adds a
+missing jump or drops a doubled one) and put back when found changed: soon after someone
+else's nf_tables transaction touched the filter table (at most a check a second: kube-proxy
+may rewrite the table that often), and on a timer (the legacy backend sends no
+notifications)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +34,11 @@ log = logging.getLogger(__name__)
 CHAIN = "VXNET-FWD"
 COMMENT = "vxnet forward"
 JUMP = ("FORWARD", "-m", "comment", "--comment", COMMENT, "-j", CHAIN)
+JUMP_RULE = f'-A FORWARD -m comment --comment "{COMMENT}" -j {CHAIN}'  # as `iptables -S` has it
 WAIT = ("-w", "5")  # seconds for the xtables lock another iptables may hold
+NO_SUCH = 1  # iptables' exit code for a rule or chain that is not there; others are failures
+HINTS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")  # kubelet's, in the backend it uses
+MIN_GAP = 1.0  # seconds between checks that notifications ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +58,13 @@ class ForwardRules:
         return [f"-N {CHAIN}", *(f'-A {CHAIN} -{way} {self.network} -m comment --comment '
                                  f'"{COMMENT}" -j ACCEPT' for way in "sd")]
 
-    def restore(self, jump: bool) -> str:
-        """iptables-restore --noflush input replacing the chain (and adding the jump)."""
-        return "\n".join(["*filter", f":{CHAIN} - [0:0]", *self.listing()[1:],
-                          *([f'-A FORWARD -m comment --comment "{COMMENT}" -j {CHAIN}']
-                            if jump else []), "COMMIT", ""])
+    def restore(self, jumps: int) -> str:
+        """iptables-restore --noflush input replacing the chain and leaving one jump to it
+        (`jumps`: how many FORWARD has now)."""
+        fix = ([JUMP_RULE] if jumps == 0 else
+               [JUMP_RULE.replace("-A", "-D", 1)] * (jumps - 1))
+        return "\n".join(["*filter", f":{CHAIN} - [0:0]", *self.listing()[1:], *fix,
+                          "COMMIT", ""])
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,30 +77,39 @@ class ForwardStatus:
 
 async def choose_backend(run: Runner = nft.run, netns: str | None = None,
                          which: Callable[[str], str | None] = shutil.which) -> str:
-    """"-nft" or "-legacy" (the backend whose tables hold more rules; nf_tables on a tie), or ""
-    when the host has only a plain `iptables`."""
+    """"-nft" or "-legacy", or "" when the host has only a plain `iptables`: the backend
+    holding kubelet's hint chains (a Kubernetes node), else the one whose tables (IPv4 and
+    IPv6) hold more rules, nf_tables on a tie -- as Kubernetes' iptables-wrapper decides."""
     if not (which("iptables-nft-save") and which("iptables-legacy-save")):
         return ""
-    counts = {}
+    rules = {}
     for suffix in ("-nft", "-legacy"):
-        rc, out, _ = await run(f"iptables{suffix}-save", netns=netns)
-        counts[suffix] = sum(line.startswith("-A ") for line in out.splitlines()) if rc == 0 else -1
-    return "-legacy" if counts["-legacy"] > counts["-nft"] else "-nft"
+        rc, out, _ = await run(f"iptables{suffix}-save", "-t", "mangle", netns=netns)
+        if rc == 0 and any(hint in out for hint in HINTS):
+            return suffix
+        rules[suffix] = 0
+        for tool in ("iptables", "ip6tables"):
+            rc, out, _ = await run(f"{tool}{suffix}-save", netns=netns)
+            rules[suffix] += sum(line.startswith("-") for line in out.splitlines()) \
+                if rc == 0 else 0
+    return "-legacy" if rules["-legacy"] > rules["-nft"] else "-nft"
 
 
 class Forwarding:
-    """VXNET-FWD and its jump, for every family the cluster has, kept as written."""
+    """VXNET-FWD and its jump, for every family the cluster has, kept as written. Its checks
+    run one at a time."""
 
     def __init__(self, rules: list[ForwardRules], *, netns: str | None = None,
                  run: Runner = nft.run,
                  which: Callable[[str], str | None] = shutil.which) -> None:
         self.rules, self.netns, self.run, self.which = rules, netns, run, which
-        self.suffix: str | None = None  # the backend's, chosen at the first load
+        self.suffix: str | None = None  # the backend's, chosen at the first check
         self.repairs = 0  # found changed or gone after we wrote them, and put back
         self.in_place = False
         self.error: str | None = None
         self.watch = TableWatch(self._watched, netns=netns, name="nftables notifications "
                                 "(iptables' filter table)")
+        self._lock = asyncio.Lock()
 
     def _watched(self) -> list[NamedTable]:
         # legacy tables are not nftables: no notification tells of them, the timer does
@@ -103,48 +122,55 @@ class Forwarding:
         return ForwardStatus(backend, self.in_place, self.repairs, self.error)
 
     async def _iptables(self, r: ForwardRules, *args: str, stdin: str | None = None,
-                        restore: bool = False) -> tuple[int, str]:
+                        restore: bool = False, missing_ok: bool = False) -> tuple[int, str]:
+        """(exit code, stdout) of one run; NftError when it fails, unless `missing_ok` and it
+        only says that what it was asked about is not there."""
         assert self.suffix is not None
         tool = f"{r.tool}{self.suffix}{'-restore' if restore else ''}"
         if not self.which(tool):
             raise nft.NftError(f"{tool} not found: the FORWARD accept rules cannot be written "
                                "(install iptables, or run with --no-iptables-forward-rules)")
         rc, out, err = await self.run(tool, *WAIT, *args, stdin=stdin, netns=self.netns)
-        return rc, out if rc == 0 else err.strip()
+        if rc != 0 and not (missing_ok and rc == NO_SUCH):
+            raise nft.NftError(f"{tool} {' '.join(args)} failed (exit code {rc}): "
+                               f"{err.strip()}")
+        return rc, out
 
     async def check(self) -> None:
         """Write what is missing or changed, every family at once; raise NftError (the next
-        check retries) when iptables fails."""
-        if self.suffix is None:
-            self.suffix = await choose_backend(self.run, self.netns, self.which)
-        try:
-            for r in self.rules:
-                rc, out = await self._iptables(r, "-S", CHAIN)
-                chain_ok = rc == 0 and out.splitlines() == r.listing()
-                jump_ok = (await self._iptables(r, "-C", *JUMP))[0] == 0
-                if chain_ok and jump_ok:
-                    continue
-                if self.in_place:
-                    log.warning("the FORWARD accept rules (%s): %s; writing them again", r.tool,
-                                "changed" if rc == 0 else "gone")
-                    self.repairs += 1
-                    self.in_place = False
-                rc, err = await self._iptables(r, "--noflush", stdin=r.restore(not jump_ok),
-                                               restore=True)
-                if rc != 0:
-                    raise nft.NftError(f"{r.tool}-restore could not write the FORWARD accept "
-                                       f"rules: {err}")
-        except VxnetError as e:
-            self.in_place, self.error = False, str(e)
-            raise
-        self.in_place, self.error = True, None
+        check retries) when iptables fails. A failure proves nothing missing: it is no
+        repair."""
+        async with self._lock:
+            try:
+                if self.suffix is None:
+                    self.suffix = await choose_backend(self.run, self.netns, self.which)
+                for r in self.rules:
+                    await self._check(r)
+            except VxnetError as e:
+                self.in_place, self.error = False, str(e)
+                raise
+            self.in_place, self.error = True, None
+
+    async def _check(self, r: ForwardRules) -> None:
+        jumps = (await self._iptables(r, "-S", "FORWARD"))[1].splitlines().count(JUMP_RULE)
+        rc, out = await self._iptables(r, "-S", CHAIN, missing_ok=True)
+        chain = out.splitlines() if rc == 0 else None
+        if chain == r.listing() and jumps == 1:
+            return
+        if self.in_place:
+            found = ("chain gone" if chain is None else "chain changed"
+                     if chain != r.listing() else f"{jumps} jumps to it in FORWARD")
+            log.warning("the FORWARD accept rules (%s): %s; writing them again", r.tool, found)
+            self.repairs += 1
+            self.in_place = False  # should the write fail, its retry is this same repair
+        await self._iptables(r, "--noflush", stdin=r.restore(jumps), restore=True)
 
     async def keep(self, interval: float) -> None:
-        """Write the rules, then check them whenever someone else changes the filter table and
-        every `interval` seconds."""
+        """Write the rules, then check them whenever someone else changes the filter table
+        (a second apart at least) and every `interval` seconds."""
         with self.watch:  # before the first check: no change after it goes unseen
             while True:
-                before = self.error
+                began, before = time.monotonic(), self.error
                 try:
                     await self.check()
                 except VxnetError as e:
@@ -153,4 +179,5 @@ class Forwarding:
                 else:
                     if before is not None:
                         log.info("the FORWARD accept rules are in place again")
-                await self.watch.wait(interval)
+                if await self.watch.wait(interval):
+                    await asyncio.sleep(max(0.0, began + MIN_GAP - time.monotonic()))

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from tests.waiting import SOON, until
-from vxnet.kernel.forward import CHAIN, Forwarding, ForwardRules, choose_backend
+from vxnet.kernel import nft
+from vxnet.kernel.forward import CHAIN, JUMP, JUMP_RULE, Forwarding, ForwardRules, choose_backend
 from vxnet.kernel.nft import NftError
 
 pytestmark = [pytest.mark.netns,
@@ -29,9 +30,9 @@ def forward(ns, tool: str) -> list[str]:
 
 
 def written(ns, suffix: str = "") -> bool:
+    """Both families' chains as ours, each jumped to exactly once."""
     return all(chain(ns, r.tool + suffix) == r.listing() and
-               f'-A FORWARD -m comment --comment "vxnet forward" -j {CHAIN}'
-               in forward(ns, r.tool + suffix) for r in RULES)
+               forward(ns, r.tool + suffix).count(JUMP_RULE) == 1 for r in RULES)
 
 
 async def test_rules_changed_or_deleted_by_hand_are_put_back_at_once(ns):
@@ -48,7 +49,8 @@ async def test_rules_changed_or_deleted_by_hand_are_put_back_at_once(ns):
                      ("ip6tables", "-D", "FORWARD", "-m", "comment", "--comment",
                       "vxnet forward", "-j", CHAIN),
                      ("iptables", "-A", CHAIN, "-j", "DROP"),
-                     ("ip6tables", "-R", CHAIN, "1", "-s", "fd00:1::/64", "-j", "ACCEPT")]
+                     ("ip6tables", "-R", CHAIN, "1", "-s", "fd00:1::/64", "-j", "ACCEPT"),
+                     ("iptables", "-I", *JUMP[:1], "1", *JUMP[1:])]  # jumped to twice
         for n, tamper in enumerate(tampering, 1):
             ns.run(*tamper)
             assert not written(ns)
@@ -56,13 +58,11 @@ async def test_rules_changed_or_deleted_by_hand_are_put_back_at_once(ns):
             await until(lambda n=n: fwd.repairs == n and fwd.status().in_place, SOON,
                         f"the rules back after {' '.join(tamper)}")
             assert written(ns) and fwd.watch.foreign == n
-        # someone else's change elsewhere in the filter table wakes a check that writes nothing
+        # someone else's change elsewhere in the filter table is seen, and is no repair
         ns.run("iptables", "-A", "FORWARD", "-o", "lo", "-j", "ACCEPT")
         await until(lambda: fwd.watch.foreign == len(tampering) + 1, SOON, "the notification")
+        await fwd.check()  # after the check it woke, or instead of it (checks take turns)
         assert fwd.repairs == len(tampering) and written(ns)
-        # our own writes are not taken for someone else's: one jump each, however often checked
-        await fwd.check()
-        assert [line.endswith(f"-j {CHAIN}") for line in forward(ns, "ip6tables")].count(True) == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -91,3 +91,23 @@ async def test_iptables_missing_is_an_error_that_names_it_and_is_retried(ns):
     fwd.which = shutil.which  # installed: the next check writes them
     await fwd.check()
     assert written(ns) and fwd.status().error is None and fwd.repairs == 0
+
+
+async def test_iptables_failing_for_a_moment_is_no_repair_and_writes_nothing(ns):
+    """A lock held too long (exit code 4) says nothing of the rules: they are not taken for
+    missing, so no second jump is added and no repair counted."""
+    fwd = Forwarding(RULES, netns=ns.name)
+    await fwd.check()
+    failing = True
+
+    async def busy(*command: str, stdin: str | None = None, netns: str | None = None):
+        if failing and "-S" in command:
+            return 4, "", "Another app is currently holding the xtables lock."
+        return await nft.run(*command, stdin=stdin, netns=netns)
+    fwd.run = busy
+    with pytest.raises(NftError, match=r"-S FORWARD failed \(exit code 4\): Another app"):
+        await fwd.check()
+    assert not fwd.status().in_place and written(ns)
+    failing = False
+    await fwd.check()
+    assert fwd.status().in_place and fwd.repairs == 0 and written(ns)
