@@ -31,12 +31,8 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
-def _empty(saved: subprocess.CompletedProcess[str]) -> bool:
-    """Does this iptables-save of a table show no rules, no chains of anyone's and only
-    ACCEPT policies (a table that filters nothing)?"""
-    lines = [line for line in saved.stdout.splitlines() if line and line[0] in ":-"]
-    return saved.returncode == 0 and all(
-        line.startswith(":") and line.split()[1] == "ACCEPT" for line in lines)
+def _installed(iptables: str) -> bool:
+    return bool(shutil.which(iptables) and shutil.which(f"{iptables}-save"))
 
 
 def agent_answers(host: str, port: int) -> bool:
@@ -70,21 +66,19 @@ def clean_node(files: list[str | None], say: Callable[[str], None]) -> None:
         if _run("nft", "delete", "table", family, table).returncode == 0:
             say(f"deleted nftables table {family} {table}")
     for tool in ("iptables", "ip6tables"):
-        # both backends where both are installed; a backend's -save only reads what is there,
-        # so a host whose legacy tables are unused gets none made
-        for variant in ((f"{tool}-nft", f"{tool}-legacy") if shutil.which(f"{tool}-nft")
-                        else (tool,)):
+        # both backends where both are installed (a backend's -save only reads what is there),
+        # else the plain tool; none on a host without iptables
+        both = [v for v in (f"{tool}-nft", f"{tool}-legacy") if _installed(v)]
+        for variant in both or [v for v in (tool,) if _installed(v)]:
             saved = _run(f"{variant}-save", "-t", "filter")
-            if saved.returncode != 0 or f":{FORWARD_CHAIN} " not in saved.stdout:
-                continue
-            while _run(variant, *WAIT, "-D", *JUMP).returncode == 0:
-                pass
-            _run(variant, *WAIT, "-F", FORWARD_CHAIN)
-            _run(variant, *WAIT, "-X", FORWARD_CHAIN)
-            say(f"deleted the FORWARD accept rules ({variant} chain {FORWARD_CHAIN})")
-            if variant.endswith("-nft") and _empty(_run(f"{variant}-save", "-t", "filter")):
-                # the table our rules made, left holding nothing: as if it had never been
-                _run("nft", "delete", "table", "ip" if tool == "iptables" else "ip6", "filter")
+            if saved.returncode == 0 and f":{FORWARD_CHAIN} " in saved.stdout:
+                while _run(variant, *WAIT, "-D", *JUMP).returncode == 0:
+                    pass
+                _run(variant, *WAIT, "-F", FORWARD_CHAIN)
+                if _run(variant, *WAIT, "-X", FORWARD_CHAIN).returncode == 0:
+                    say(f"deleted the FORWARD accept rules ({variant} chain {FORWARD_CHAIN})")
+                else:
+                    say(f"could not delete {variant} chain {FORWARD_CHAIN}: see `{variant} -S`")
     for name in filter(None, files):  # subnet.env, the CNI conflist
         path = Path(name)
         if path.exists():

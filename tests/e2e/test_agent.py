@@ -388,12 +388,16 @@ def test_cleanup_leaves_the_node_as_it_was_before_the_agent(cluster):
             "fdb": ("bridge", "fdb"), "nexthop": ("ip", "nexthop"),
             "ruleset": ("nft", "list", "ruleset")}.items()}
 
+    for tool in ("iptables", "ip6tables"):  # a host's filter table, where the FORWARD rules go
+        n1.ns.run(tool, "-P", "FORWARD", "ACCEPT")
     before = dumps()
     conflist = cluster.workdir / "node1" / "net.d" / "10-vxnet.conflist"
     cluster.start_agent(n1, "--ip-masq", "--cni-conf-file", str(conflist))
     cluster.wait_ready(n1)
     cluster.wait_ready(n2)
     wait_for(lambda: "flannel.1" in n1.ns.run("bridge", "fdb").stdout, 5, "a peer programmed")
+    wait_for(lambda: metric(cluster, n1, "vxnet_forward_rules_in_place") == 1, SOON,
+             "the FORWARD rules written")
     assert conflist.exists()
     vxnet = [*cluster.vxnet, "cleanup", "--subnet-file",
              str(cluster.subnet_env(n1)), "--cni-conf-file", str(conflist), "--release",
@@ -404,6 +408,7 @@ def test_cleanup_leaves_the_node_as_it_was_before_the_agent(cluster):
     cluster.stop_agent(n1)
     out = n1.ns.run(*vxnet).stdout
     assert "deleted device flannel.1" in out and f"released lease {key}" in out
+    assert "deleted the FORWARD accept rules (iptables-nft chain VXNET-FWD)" in out
     assert dumps() == before
     assert not cluster.subnet_env(n1).exists() and not conflist.exists()
     assert cluster.etcdctl("get", f"{PREFIX}/subnets/{key}") == ""
