@@ -79,7 +79,30 @@ def flags(owner: type[EtcdOptions]) -> Callable[[FC], FC]:
     return decorate
 
 
-@main.command()
+_GO_BOOL = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
+            "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+
+
+class _GoBools(click.Command):
+    """flanneld's boolean flags also in Go's `--flag=true|false` form, which manifests and
+    units written for flanneld use (`--iptables-forward-rules=false`): rewritten into click's
+    `--flag` / `--no-flag` (a plain flag given false is left out, its default being off)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        specs = {"--" + fd.name.replace("_", "-"): fd.metadata[FLAG] for fd in fields(AgentOptions)}
+        out = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            spec = specs.get(name)
+            if eq and spec is not None and (spec.is_flag or spec.negatable) and value in _GO_BOOL:
+                if _GO_BOOL[value] or spec.negatable:
+                    out.append(name if _GO_BOOL[value] else "--no-" + name[2:])
+                continue
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+@main.command(cls=_GoBools)
 @flags(AgentOptions)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def agent(verbose: bool, **values: Any) -> None:

@@ -93,6 +93,19 @@ def test_on_unless_turned_off(parse, name):
     assert getattr(parse("--" + flag, **env), name) is True
 
 
+def test_boolean_flags_take_flanneld_go_form_too(parse):
+    """`--flag=false` as flanneld's manifests and units write it."""
+    assert parse("--iptables-forward-rules=false").iptables_forward_rules is False
+    assert parse("--ip-masq=true", "--kube-subnet-mgr=1").ip_masq is True
+    assert parse("--ip-masq=false") == AgentOptions()  # off, as it is by default
+    assert parse("--vxlan-allowlist=F", "--tx-checksum-offload=TRUE") == AgentOptions(
+        vxlan_allowlist=False, tx_checksum_offload=True, kube_subnet_mgr=False)
+    code, out = parse("--ip-masq=maybe")
+    assert code == 2 and "--ip-masq" in out
+    code, out = parse("--node-name=n1", "--healthz-port=false")  # not booleans: as given
+    assert code == 2 and "'false' is not a valid integer" in out
+
+
 def test_tx_checksum_offload_is_on_off_or_left_to_the_cluster(parse):
     assert parse().tx_checksum_offload is None  # then Backend.TxChecksumOffload decides
     assert parse("--tx-checksum-offload").tx_checksum_offload is True
