@@ -50,6 +50,10 @@ NODES = "/api/v1/nodes"
 KEEP_EVERY = 60.0  # seconds between looks at our own Node when nothing asks sooner
 WATCH_SECONDS = 300  # a watch is re-made this often (the server ends it), as client-go does
 SILENCE = 90.0  # seconds without an event or bookmark before a watch is given up as dead
+# Nodes a list asks for at a time: its memory is one page's. Real Nodes are 10-20 KB of JSON
+# (status, images) and a decoded page of 500 cost the agent ~30 MiB of peak RSS; 100 keep it
+# near etcd mode's (docs/benchmarks.md, "Kube mode")
+PAGE = 100
 
 
 class Annotations:
@@ -343,20 +347,39 @@ class KubeStore:
         except LeaseDecodeError as e:
             return e
 
+    async def _nodes(self) -> AsyncIterator[tuple[list[Json], str]]:
+        """Every Node, a page at a time, with the list's resourceVersion: a list of 5 000
+        real Nodes (status, images) is tens of MB of JSON, and a page is all that is held at
+        once. A continue token the server no longer honours (410: the list outlived its
+        history) raises Gone; the caller lists again from the start."""
+        params = {"limit": str(PAGE)}
+        while True:
+            doc = await self.client.get(NODES, params)
+            meta = doc.get("metadata") or {}
+            items = [obj for obj in doc.get("items") or [] if isinstance(obj, dict)]
+            yield items, _rv(doc)
+            token = meta.get("continue") if isinstance(meta, dict) else None
+            if not token:
+                return
+            params = {"limit": str(PAGE), "continue": str(token)}
+
     async def _list(self, cfg: NetworkConfig) -> Snapshot:
-        doc = await self.client.get(NODES)
-        leases, invalid, keys = {}, {}, {}
-        for obj in doc.get("items") or []:
-            if not isinstance(obj, dict):
+        while True:
+            leases, invalid, keys, rv = {}, {}, {}, ""
+            try:
+                async for items, rv in self._nodes():  # noqa: B007 (the last page's is kept)
+                    for obj in items:
+                        got = self._lease_of(obj, cfg)
+                        if isinstance(got, Lease):
+                            leases[str(got.key)] = got
+                            keys[_name(obj)] = str(got.key)
+                        elif got is not None:
+                            invalid[got.key] = got
+                            keys[_name(obj)] = got.key
+            except Gone:
+                log.warning("Node list: its continue token expired; listing again")
                 continue
-            got = self._lease_of(obj, cfg)
-            if isinstance(got, Lease):
-                leases[str(got.key)] = got
-                keys[_name(obj)] = str(got.key)
-            elif got is not None:
-                invalid[got.key] = got
-                keys[_name(obj)] = got.key
-        rv = _rv(doc)
+            break
         self._invalid, self._keys, self._rv = invalid, keys, rv
         self._leases = {k: lease.fingerprint() for k, lease in leases.items()}
         return Snapshot(leases, invalid, _revision(rv))
@@ -450,14 +473,16 @@ class KubeStore:
 
     async def _relist(self, cfg: NetworkConfig) -> list[LeaseEvent]:
         before = dict(self._keys)
-        doc = await self.client.get(NODES)
-        rv = _rv(doc)
-        revision, seen = _revision(rv), set()
+        # read whole before anything changes (Gone half-way: the watch's loop lists again),
+        # each page kept as what it says of its Nodes' leases only
+        found: dict[str, Lease | LeaseDecodeError | None] = {}
+        rv = ""
+        async for items, rv in self._nodes():  # noqa: B007 (the last page's is kept)
+            found.update((_name(obj), self._lease_of(obj, cfg)) for obj in items)
+        revision, seen = _revision(rv), set(found)
         out: list[LeaseEvent] = []
-        for obj in doc.get("items") or []:
-            if isinstance(obj, dict):
-                seen.add(_name(obj))
-                out += self._set(_name(obj), self._lease_of(obj, cfg), revision)
+        for name, got in found.items():
+            out += self._set(name, got, revision)
         for name in before.keys() - seen:
             out += self._set(name, None, revision)
         self._rv = rv

@@ -38,6 +38,8 @@ class FakeApi:
         self.rv = 10
         self.events: asyncio.Queue = asyncio.Queue()
         self.patches: list[tuple[str, dict]] = []
+        self.lists: list[dict] = []  # the params of every list of Nodes
+        self.expire_continue = False  # the next continued list answers 410
 
     def put(self, node: dict, kind: str = "MODIFIED") -> None:
         self.rv += 1
@@ -49,9 +51,16 @@ class FakeApi:
         self.events.put_nowait({"type": kind, "object": node})
 
     async def get(self, path, params=None):
-        if path == "/api/v1/nodes":
-            return {"metadata": {"resourceVersion": str(self.rv)},
-                    "items": list(self.nodes.values())}
+        if path == "/api/v1/nodes":  # limit/continue as the API server pages: an offset here
+            self.lists.append(dict(params or {}))
+            items, start = list(self.nodes.values()), int((params or {}).get("continue", 0))
+            if start and self.expire_continue:
+                self.expire_continue = False
+                raise Gone(410, "Expired", "The provided continue parameter is too old")
+            end = start + int((params or {}).get("limit", 0) or len(items))
+            meta = {"resourceVersion": str(self.rv)} | (
+                {"continue": str(end)} if end < len(items) else {})
+            return {"metadata": meta, "items": items[start:end]}
         name = path.rsplit("/", 1)[1]
         if name not in self.nodes:
             raise NotFound(404, "NotFound", name)
@@ -199,6 +208,22 @@ async def test_nodes_become_lease_events():
         assert s.relists == 1 and set(s._leases) == {"10.244.1.0-24", "10.244.5.0-24"}
     finally:
         task.cancel()
+
+
+async def test_nodes_are_listed_a_page_at_a_time_and_again_when_the_list_expires(monkeypatch):
+    monkeypatch.setattr("vxnet.store.kubestore.PAGE", 2)
+    api = FakeApi()
+    api.nodes["n1"] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}
+    for i in range(2, 7):
+        api.nodes[f"n{i}"] = flannel_node(f"n{i}", f"10.244.{i}.0/24", f"198.51.100.{i}",
+                                          f"0e:aa:00:00:00:0{i}")
+    api.expire_continue = True  # the second page's token too old: the list starts again
+    s = await store_with(api)
+    [snap] = [page async for page in s.listing()]
+    assert sorted(snap.leases) == [f"10.244.{i}.0-24" for i in range(1, 7)]  # ours too
+    # 6 Nodes in pages of 2, after a first page and a 410
+    assert api.lists == [{"limit": "2"}, {"limit": "2", "continue": "2"}, {"limit": "2"},
+                         {"limit": "2", "continue": "2"}, {"limit": "2", "continue": "4"}]
 
 
 async def test_our_annotations_overwritten_are_put_back_and_counted():
