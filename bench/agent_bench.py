@@ -23,6 +23,7 @@ import sys
 import time
 from base64 import b64encode
 from pathlib import Path
+from typing import Any
 
 from vxnet.kernel import netlink as nl
 from vxnet.lab.cluster import PREFIX, Cluster
@@ -64,8 +65,37 @@ async def _load(endpoint: str, n: int) -> None:
     await etcd.close()
 
 
+def node_status(name: str, ip: str, i: int) -> dict[str, Any]:
+    """What a kubelet reports of its Node, the bulk of a real Node object (~8 KB of JSON here,
+    10-20 KB in the field, most of it the images the node holds): the agent lists all of it."""
+    stamp = "2026-12-01T00:00:00Z"
+    conditions = [{"type": t, "status": "False", "reason": f"KubeletHasNo{t}",
+                   "message": f"kubelet has no {t}", "lastHeartbeatTime": stamp,
+                   "lastTransitionTime": stamp}
+                  for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]
+    conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
+                       "message": "kubelet is posting ready status", "lastHeartbeatTime": stamp,
+                       "lastTransitionTime": stamp})
+    resources = {"cpu": "8", "memory": "32827480Ki", "pods": "110",
+                 "ephemeral-storage": "101430960Ki", "hugepages-2Mi": "0"}
+    return {"capacity": resources, "allocatable": resources, "conditions": conditions,
+            "addresses": [{"type": "InternalIP", "address": ip},
+                          {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {"machineID": f"{i:032x}", "systemUUID": f"{i:032x}",
+                         "bootID": f"{i * 7:032x}", "kernelVersion": "6.1.0-28-amd64",
+                         "osImage": "Debian GNU/Linux 12 (bookworm)",
+                         "containerRuntimeVersion": "containerd://1.7.24",
+                         "kubeletVersion": "v1.31.4", "kubeProxyVersion": "v1.31.4",
+                         "operatingSystem": "linux", "architecture": "amd64"},
+            "images": [{"names": [f"registry.example/team{k}/app{k}@sha256:{i * 31 + k:064x}",
+                                  f"registry.example/team{k}/app{k}:v1.{k}.{i % 10}"],
+                        "sizeBytes": 10_000_000 + k * 1234} for k in range(30)]}
+
+
 def _load_kube(c: Cluster, n: int) -> None:
-    """n peers as flanneld-annotated Nodes with their podCIDRs, through the API server."""
+    """n peers as flanneld-annotated Nodes with their podCIDRs and a kubelet's status, through
+    the API server."""
     import concurrent.futures
 
     from vxnet.store.kubestore import DEFAULT_PREFIX, Annotations
@@ -73,10 +103,12 @@ def _load_kube(c: Cluster, n: int) -> None:
     ann, kube = Annotations(DEFAULT_PREFIX), c.kubeapi
 
     def node(p) -> None:
+        name = f"peer{p.key[1:]}"
         status, body = kube.request("POST", "/api/v1/nodes", {  # type: ignore[union-attr]
-            "metadata": {"name": f"peer{p.key[1:]}", "annotations": ann.of(LeaseAttrs(
+            "metadata": {"name": name, "annotations": ann.of(LeaseAttrs(
                 p.public_ip, p.vtep_mac))},
-            "spec": {"podCIDR": str(p.subnet), "podCIDRs": [str(p.subnet)]}})
+            "spec": {"podCIDR": str(p.subnet), "podCIDRs": [str(p.subnet)]},
+            "status": node_status(name, str(p.public_ip), int(p.key[1:]))})
         assert status == 201, (status, body)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
