@@ -252,15 +252,19 @@ class KubeClient:
         if content_type:
             headers["Content-Type"] = content_type
         try:
-            resp = await self._http.request(
-                method, path, params=params, headers=headers,
-                content=None if body is None else json.dumps(body).encode())
+            # read as a stream, as the etcd client does: httpx's Response and its stream hold
+            # each other, so a body read into the Response lives until the cyclic GC runs
+            # (paused over the first sync: a page of Nodes each, 35 MiB at 5 000 real Nodes)
+            async with self._http.stream(
+                    method, path, params=params, headers=headers,
+                    content=None if body is None else json.dumps(body).encode()) as resp:
+                raw = b"".join([chunk async for chunk in resp.aiter_bytes()])
         except httpx.HTTPError as e:
             raise StoreUnavailable(f"kubernetes API {self.server}: {why(e)}") from None
         if resp.status_code >= 400:
-            raise _error(resp.status_code, resp.content)
+            raise _error(resp.status_code, raw)
         try:
-            doc = resp.json()
+            doc = json.loads(raw)
         except ValueError:
             raise StoreUnavailable(f"kubernetes API {self.server}: {method} {path}: the answer "
                                    "is not JSON") from None

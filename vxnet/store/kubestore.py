@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 from vxnet.backoff import Backoff
-from vxnet.errors import LeaseDecodeError, StoreUnavailable, VxnetError
+from vxnet.errors import LeaseDecodeError, RevisionCompacted, StoreUnavailable, VxnetError
 from vxnet.ip import IPAddress, contains, parse_ip
 from vxnet.store.config import NetworkConfig, parse_config
 from vxnet.store.kube import STRATEGIC, Gone, Json, KubeClient, KubeError, NotFound
@@ -188,7 +188,7 @@ class KubeStore:
         self._lease: Lease | None = None
         self._attrs_for: AttrsFor | None = None
         self._check = asyncio.Event()
-        self._snapshot: Snapshot | None = None
+        self._unlisted = False  # acquired, and everyone's Nodes not listed since
         self._leases: dict[str, int] = {}  # lease key -> its fingerprint, of every peer Node
         self._keys: dict[str, str] = {}  # Node name -> its lease key (or invalid key)
         self._invalid: dict[str, LeaseDecodeError] = {}
@@ -217,7 +217,7 @@ class KubeStore:
         self._cfg, self._attrs_for = cfg, attrs_for
         lease = await self._publish(await self._own(cfg), attrs_for)
         self._lease = lease
-        self._snapshot = await self._list(cfg)
+        self._unlisted = True  # everyone's Nodes: listing(), page by page
         return lease
 
     async def _own(self, cfg: NetworkConfig) -> tuple[Json, SubnetKey]:
@@ -349,47 +349,58 @@ class KubeStore:
 
     async def _nodes(self) -> AsyncIterator[tuple[list[Json], str]]:
         """Every Node, a page at a time, with the list's resourceVersion: a list of 5 000
-        real Nodes (status, images) is tens of MB of JSON, and a page is all that is held at
-        once. A continue token the server no longer honours (410: the list outlived its
-        history) raises Gone; the caller lists again from the start."""
-        params = {"limit": str(PAGE)}
-        while True:
-            doc = await self.client.get(NODES, params)
-            meta = doc.get("metadata") or {}
-            items = [obj for obj in doc.get("items") or [] if isinstance(obj, dict)]
-            yield items, _rv(doc)
-            token = meta.get("continue") if isinstance(meta, dict) else None
-            if not token:
-                return
-            params = {"limit": str(PAGE), "continue": str(token)}
-
-    async def _list(self, cfg: NetworkConfig) -> Snapshot:
-        while True:
-            leases, invalid, keys, rv = {}, {}, {}, ""
-            try:
-                async for items, rv in self._nodes():  # noqa: B007 (the last page's is kept)
-                    for obj in items:
-                        got = self._lease_of(obj, cfg)
-                        if isinstance(got, Lease):
-                            leases[str(got.key)] = got
-                            keys[_name(obj)] = str(got.key)
-                        elif got is not None:
-                            invalid[got.key] = got
-                            keys[_name(obj)] = got.key
-            except Gone:
-                log.warning("Node list: its continue token expired; listing again")
-                continue
-            break
-        self._invalid, self._keys, self._rv = invalid, keys, rv
-        self._leases = {k: lease.fingerprint() for k, lease in leases.items()}
-        return Snapshot(leases, invalid, _revision(rv))
+        real Nodes (status, images) is tens of MB of JSON, and a page (and the next, asked for
+        meanwhile) is all that is held at once. A continue token the server no longer honours
+        (410: the list outlived its history) raises Gone; the caller lists again."""
+        asking = asyncio.ensure_future(self.client.get(NODES, {"limit": str(PAGE)}))
+        try:
+            while True:
+                doc = await asking
+                meta = doc.get("metadata") or {}
+                items = [obj for obj in doc.get("items") or [] if isinstance(obj, dict)]
+                token = meta.get("continue") if isinstance(meta, dict) else None
+                if token:  # the next page is on its way while the caller takes this one
+                    asking = asyncio.ensure_future(self.client.get(
+                        NODES, {"limit": str(PAGE), "continue": str(token)}))
+                yield items, _rv(doc)
+                if not token:
+                    return
+        finally:  # the caller stopped early, or a page failed: no request left behind
+            if not asking.done():
+                asking.cancel()
+                await asyncio.gather(asking, return_exceptions=True)
 
     async def listing(self) -> AsyncIterator[Snapshot]:
-        """The acquire's own listing (one answer from the API server), as one page."""
-        snap, self._snapshot = self._snapshot, None
-        if snap is None:
+        """Every Node, a page as the API server answers it (the first sync programs each while
+        the next is asked for), all at the first page's resourceVersion, which the watch
+        continues from once the last page is in. A continue token that expired meanwhile (the
+        list outlived the server's history) raises RevisionCompacted: the caller lists again."""
+        cfg = self._cfg
+        if cfg is None or not self._unlisted:
             raise RuntimeError("listing() without a new acquire()")
-        yield snap
+        fingerprints: dict[str, int] = {}
+        invalid: dict[str, LeaseDecodeError] = {}
+        keys: dict[str, str] = {}
+        rv = ""
+        try:
+            async for items, rv in self._nodes():  # the last page's rv is kept
+                page: dict[str, Lease] = {}
+                page_invalid: dict[str, LeaseDecodeError] = {}
+                for obj in items:
+                    got = self._lease_of(obj, cfg)
+                    if isinstance(got, Lease):
+                        page[str(got.key)] = got
+                        keys[_name(obj)] = str(got.key)
+                    elif got is not None:
+                        page_invalid[got.key] = got
+                        keys[_name(obj)] = got.key
+                fingerprints.update((k, lease.fingerprint()) for k, lease in page.items())
+                invalid.update(page_invalid)
+                yield Snapshot(page, page_invalid, _revision(rv))
+        except Gone as e:
+            raise RevisionCompacted(f"Node list: {e}") from None
+        self._invalid, self._keys, self._rv, self._leases = invalid, keys, rv, fingerprints
+        self._unlisted = False
 
     async def watch(self) -> AsyncIterator[list[LeaseEvent]]:
         """Node changes from the snapshot on, as lease events; a dead or silent watch is

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.waiting import SOON, until
-from vxnet.errors import StoreUnavailable, VxnetError
+from vxnet.errors import RevisionCompacted, StoreUnavailable, VxnetError
 from vxnet.store.config import parse_config
 from vxnet.store.kube import Gone, NotFound
 from vxnet.store.kubestore import Annotations, KubeStore, pod_cidrs
@@ -211,19 +211,28 @@ async def test_nodes_become_lease_events():
 
 
 async def test_nodes_are_listed_a_page_at_a_time_and_again_when_the_list_expires(monkeypatch):
+    """A page of Nodes is a page of the first sync, as the API server answers; a continue token
+    that expired is RevisionCompacted, and the caller's next listing starts over."""
     monkeypatch.setattr("vxnet.store.kubestore.PAGE", 2)
     api = FakeApi()
     api.nodes["n1"] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}
     for i in range(2, 7):
         api.nodes[f"n{i}"] = flannel_node(f"n{i}", f"10.244.{i}.0/24", f"198.51.100.{i}",
                                           f"0e:aa:00:00:00:0{i}")
-    api.expire_continue = True  # the second page's token too old: the list starts again
+    api.expire_continue = True  # the second page's token too old
     s = await store_with(api)
-    [snap] = [page async for page in s.listing()]
-    assert sorted(snap.leases) == [f"10.244.{i}.0-24" for i in range(1, 7)]  # ours too
-    # 6 Nodes in pages of 2, after a first page and a 410
+    got = []
+    with pytest.raises(RevisionCompacted, match="410 Expired"):
+        async for page in s.listing():
+            got.append(sorted(page.leases))
+    assert got == [["10.244.1.0-24", "10.244.2.0-24"]] and s._rv == ""  # nothing kept
+    pages = [sorted(page.leases) async for page in s.listing()]
+    assert pages == [[f"10.244.{i}.0-24", f"10.244.{i + 1}.0-24"] for i in (1, 3, 5)]
     assert api.lists == [{"limit": "2"}, {"limit": "2", "continue": "2"}, {"limit": "2"},
                          {"limit": "2", "continue": "2"}, {"limit": "2", "continue": "4"}]
+    assert s._rv == str(api.rv) and len(s._leases) == 6  # what the watch continues from
+    with pytest.raises(RuntimeError, match="without a new acquire"):
+        [_ async for _ in s.listing()]
 
 
 async def test_our_annotations_overwritten_are_put_back_and_counted():
@@ -297,6 +306,7 @@ async def test_the_store_calls_exactly_what_the_manifest_grants(monkeypatch):
     monkeypatch.setenv("POD_NAMESPACE", "kube-vxnet")
     assert await node_name(api, "fallback") == "n1"
     s = await store_with(api)
+    [_ async for _ in s.listing()]  # as the first sync reads it
     await s.move(NodeInfo("n1", ipa.ip_address("198.51.100.21")), lambda k: LeaseAttrs(
         ipa.ip_address("198.51.100.21"), "0e:18:0a:f4:01:00"))
     watching = asyncio.create_task(anext(s.watch()))
