@@ -62,8 +62,13 @@ class Gone(KubeError):
     """410: the resourceVersion asked for is older than the server's history."""
 
 
+class ServerBusy(KubeError, StoreUnavailable):
+    """429 or 5xx (API Priority and Fairness shedding load, a restarting server, a proxy in
+    front of it): unavailable for now, retried as any unavailability is."""
+
+
 _ERRORS: dict[int, type[KubeError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                       410: Gone}
+                                       410: Gone, 429: ServerBusy}
 
 
 @dataclass(frozen=True)
@@ -315,4 +320,5 @@ def _error(status: int, raw: bytes) -> KubeError:
             reason, message = str(doc.get("reason", "")), str(doc.get("message", message))
     except ValueError:
         pass
-    return _ERRORS.get(status, KubeError)(status, reason, message)
+    kind = _ERRORS.get(status, ServerBusy if status >= 500 else KubeError)
+    return kind(status, reason, message)

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -347,7 +347,7 @@ class KubeStore:
         except LeaseDecodeError as e:
             return e
 
-    async def _nodes(self) -> AsyncIterator[tuple[list[Json], str]]:
+    async def _nodes(self) -> AsyncGenerator[tuple[list[Json], str], None]:
         """Every Node, a page at a time, with the list's resourceVersion: a list of 5 000
         real Nodes (status, images) is tens of MB of JSON, and a page (and the next, asked for
         meanwhile) is all that is held at once. A continue token the server no longer honours
@@ -365,10 +365,9 @@ class KubeStore:
                 yield items, _rv(doc)
                 if not token:
                     return
-        finally:  # the caller stopped early, or a page failed: no request left behind
-            if not asking.done():
-                asking.cancel()
-                await asyncio.gather(asking, return_exceptions=True)
+        finally:  # the caller stopped early, or a page failed: no request left behind, and
+            asking.cancel()  # the failure of one that ended meanwhile retrieved
+            await asyncio.gather(asking, return_exceptions=True)
 
     async def listing(self) -> AsyncIterator[Snapshot]:
         """Every Node, a page as the API server answers it (the first sync programs each while
@@ -383,20 +382,22 @@ class KubeStore:
         keys: dict[str, str] = {}
         rv = ""
         try:
-            async for items, rv in self._nodes():  # the last page's rv is kept
-                page: dict[str, Lease] = {}
-                page_invalid: dict[str, LeaseDecodeError] = {}
-                for obj in items:
-                    got = self._lease_of(obj, cfg)
-                    if isinstance(got, Lease):
-                        page[str(got.key)] = got
-                        keys[_name(obj)] = str(got.key)
-                    elif got is not None:
-                        page_invalid[got.key] = got
-                        keys[_name(obj)] = got.key
-                fingerprints.update((k, lease.fingerprint()) for k, lease in page.items())
-                invalid.update(page_invalid)
-                yield Snapshot(page, page_invalid, _revision(rv))
+            async with contextlib.aclosing(self._nodes()) as pages:
+                async for items, page_rv in pages:
+                    rv = rv or page_rv  # the list's, as its first page said
+                    page: dict[str, Lease] = {}
+                    page_invalid: dict[str, LeaseDecodeError] = {}
+                    for obj in items:
+                        got = self._lease_of(obj, cfg)
+                        if isinstance(got, Lease):
+                            page[str(got.key)] = got
+                            keys[_name(obj)] = str(got.key)
+                        elif got is not None:
+                            page_invalid[got.key] = got
+                            keys[_name(obj)] = got.key
+                    fingerprints.update((k, lease.fingerprint()) for k, lease in page.items())
+                    invalid.update(page_invalid)
+                    yield Snapshot(page, page_invalid, _revision(rv))
         except Gone as e:
             raise RevisionCompacted(f"Node list: {e}") from None
         self._invalid, self._keys, self._rv, self._leases = invalid, keys, rv, fingerprints
@@ -488,8 +489,10 @@ class KubeStore:
         # each page kept as what it says of its Nodes' leases only
         found: dict[str, Lease | LeaseDecodeError | None] = {}
         rv = ""
-        async for items, rv in self._nodes():  # noqa: B007 (the last page's is kept)
-            found.update((_name(obj), self._lease_of(obj, cfg)) for obj in items)
+        async with contextlib.aclosing(self._nodes()) as pages:
+            async for items, page_rv in pages:
+                rv = rv or page_rv  # the list's, as its first page said
+                found.update((_name(obj), self._lease_of(obj, cfg)) for obj in items)
         revision, seen = _revision(rv), set(found)
         out: list[LeaseEvent] = []
         for name, got in found.items():

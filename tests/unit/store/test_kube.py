@@ -1,13 +1,15 @@
-"""kubeconfig credentials: inline certificate data is used from memory and leaves no file."""
+"""The API client: kubeconfig credentials (inline certificate data is used from memory and
+leaves no file), and how answers are read and errors told apart."""
 
 import base64
 import tempfile
 
+import httpx
 import pytest
 
-from vxnet.errors import VxnetError
+from vxnet.errors import StoreUnavailable, VxnetError
 from vxnet.lab.kubeapi import ensure_tls
-from vxnet.store.kube import Credentials, KubeClient
+from vxnet.store.kube import Credentials, Forbidden, KubeClient, NotFound, ServerBusy
 
 
 def b64(path):
@@ -64,3 +66,40 @@ def test_inline_data_that_is_not_a_certificate_is_a_credentials_error(tmp_path):
         tmp_path / "kubeconfig", f"    certificate-authority-data: {bogus}", "    token: t"))
     with pytest.raises(VxnetError, match="kubernetes API credentials"):
         KubeClient(creds)
+
+
+async def answering(status: int, body: bytes) -> KubeClient:
+    """A client whose API server answers every request so."""
+    client = KubeClient(Credentials("http://api.invalid", insecure=True))
+    await client.close()  # its own connection pool, replaced
+    client._http = httpx.AsyncClient(base_url="http://api.invalid", transport=httpx.MockTransport(
+        lambda request: httpx.Response(status, content=body)))
+    return client
+
+
+@pytest.mark.parametrize("status, body, raised, says", [
+    (404, b'{"kind": "Status", "reason": "NotFound", "message": "nodes \\"x\\" not found"}',
+     NotFound, 'nodes "x" not found'),
+    (403, b'{"reason": "Forbidden", "message": "no"}', Forbidden, "403 Forbidden: no"),
+    (429, b'{"reason": "TooManyRequests", "message": "slow down"}', ServerBusy, "429"),
+    (502, b"<html>Bad Gateway</html>", ServerBusy, "502 : <html>Bad Gateway"),
+    (200, b"<html>a login page</html>", StoreUnavailable, "the answer is not JSON"),
+    (200, b"[1, 2]", StoreUnavailable, "the answer is not an object")])
+async def test_answers_are_read_whole_and_errors_told_apart(status, body, raised, says):
+    """429 and 5xx are the server unavailable for now (retried, as etcd's unavailability is);
+    401, 403 and 404 keep their meaning."""
+    client = await answering(status, body)
+    try:
+        with pytest.raises(raised, match=says):
+            await client.get("/api/v1/nodes/x")
+        assert issubclass(raised, StoreUnavailable) == (status == 200 or status >= 429)
+    finally:
+        await client.close()
+
+
+async def test_a_good_answer_is_its_json():
+    client = await answering(200, b'{"items": []}')
+    try:
+        assert await client.get("/api/v1/nodes", {"limit": "100"}) == {"items": []}
+    finally:
+        await client.close()

@@ -10,7 +10,7 @@ import pytest
 from tests.waiting import SOON, until
 from vxnet.errors import RevisionCompacted, StoreUnavailable, VxnetError
 from vxnet.store.config import parse_config
-from vxnet.store.kube import Gone, NotFound
+from vxnet.store.kube import Gone, NotFound, ServerBusy
 from vxnet.store.kubestore import Annotations, KubeStore, pod_cidrs
 from vxnet.store.lease import LeaseAttrs, SubnetKey
 from vxnet.store.store import EventKind, NodeInfo
@@ -39,7 +39,7 @@ class FakeApi:
         self.events: asyncio.Queue = asyncio.Queue()
         self.patches: list[tuple[str, dict]] = []
         self.lists: list[dict] = []  # the params of every list of Nodes
-        self.expire_continue = False  # the next continued list answers 410
+        self.continue_fails: list[Exception] = []  # what the next continued lists raise
 
     def put(self, node: dict, kind: str = "MODIFIED") -> None:
         self.rv += 1
@@ -54,9 +54,8 @@ class FakeApi:
         if path == "/api/v1/nodes":  # limit/continue as the API server pages: an offset here
             self.lists.append(dict(params or {}))
             items, start = list(self.nodes.values()), int((params or {}).get("continue", 0))
-            if start and self.expire_continue:
-                self.expire_continue = False
-                raise Gone(410, "Expired", "The provided continue parameter is too old")
+            if start and self.continue_fails:
+                raise self.continue_fails.pop(0)
             end = start + int((params or {}).get("limit", 0) or len(items))
             meta = {"resourceVersion": str(self.rv)} | (
                 {"continue": str(end)} if end < len(items) else {})
@@ -210,19 +209,25 @@ async def test_nodes_become_lease_events():
         task.cancel()
 
 
-async def test_nodes_are_listed_a_page_at_a_time_and_again_when_the_list_expires(monkeypatch):
+@pytest.mark.parametrize("fails, raised", [
+    (Gone(410, "Expired", "The provided continue parameter is too old"), RevisionCompacted),
+    (ServerBusy(429, "TooManyRequests", "too many requests"), StoreUnavailable),
+    (ServerBusy(503, "ServiceUnavailable", "<html>"), StoreUnavailable)])
+async def test_nodes_are_listed_a_page_at_a_time_and_again_when_a_page_fails(
+        monkeypatch, fails, raised):
     """A page of Nodes is a page of the first sync, as the API server answers; a continue token
-    that expired is RevisionCompacted, and the caller's next listing starts over."""
+    that expired is RevisionCompacted, a server shedding load unavailable for now: either
+    way nothing is kept of the pages read, and the caller's next listing starts over."""
     monkeypatch.setattr("vxnet.store.kubestore.PAGE", 2)
     api = FakeApi()
     api.nodes["n1"] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}
     for i in range(2, 7):
         api.nodes[f"n{i}"] = flannel_node(f"n{i}", f"10.244.{i}.0/24", f"198.51.100.{i}",
                                           f"0e:aa:00:00:00:0{i}")
-    api.expire_continue = True  # the second page's token too old
+    api.continue_fails.append(fails)  # on the second page
     s = await store_with(api)
     got = []
-    with pytest.raises(RevisionCompacted, match="410 Expired"):
+    with pytest.raises(raised, match=str(fails.status)):
         async for page in s.listing():
             got.append(sorted(page.leases))
     assert got == [["10.244.1.0-24", "10.244.2.0-24"]] and s._rv == ""  # nothing kept
