@@ -45,7 +45,9 @@ def test_pods_talk_through_a_forward_policy_of_drop(cluster):
     assert "forwardRules" not in state(cluster, n3)
     # a firewall reload that flushes FORWARD: back at once, counted, and pods talk again
     n2.ns.run("iptables", "-F", "FORWARD")
-    wait_for(lambda: metric(cluster, n2, "vxnet_forward_rules_repairs_total") == 1, SOON,
+    # counted as found, in place once written again: both, in that order
+    wait_for(lambda: metric(cluster, n2, "vxnet_forward_rules_repairs_total") == 1 and
+             metric(cluster, n2, "vxnet_forward_rules_in_place") == 1, SOON,
              "the jump back on node 2")
     assert ping(p1, p2.ip, "-c", "2").returncode == 0  # back as soon as the rules are
     assert "-P FORWARD DROP" in n2.ns.run("iptables", "-S", "FORWARD").stdout
