@@ -42,7 +42,7 @@ from vxnet.errors import (
     VxnetError,
 )
 from vxnet.store import txn
-from vxnet.store.transport import why
+from vxnet.store.transport import exchange, why
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -250,13 +250,9 @@ class Session:
             if sent is not None and event == "http11.send_request_body.complete":
                 sent.set()
 
-        # read as a stream: httpx's Response and its stream hold each other, so a body read
-        # into the Response (post().content) lives until the cyclic GC runs, not until it is
-        # decoded (with the GC paused over a listing of 20 000 leases: ~7 MiB of pages)
-        async with self._http.stream("POST", path, content=json.dumps(body).encode(),
-                                     headers=self._headers,
-                                     extensions={"trace": trace} if sent else None) as resp:
-            content = b"".join([chunk async for chunk in resp.aiter_bytes()])
+        _, content = await exchange(self._http, "POST", path, content=json.dumps(body).encode(),
+                                    headers=self._headers,
+                                    extensions={"trace": trace} if sent else None)
         return _answer(content)
 
     def stream(self, path: str, body: Json, headers: dict[str, str]

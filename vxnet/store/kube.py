@@ -28,7 +28,7 @@ import httpx
 import yaml
 
 from vxnet.errors import StoreUnavailable, VxnetError
-from vxnet.store.transport import why
+from vxnet.store.transport import exchange, why
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = 10.0  # seconds for one request
@@ -257,17 +257,13 @@ class KubeClient:
         if content_type:
             headers["Content-Type"] = content_type
         try:
-            # read as a stream, as the etcd client does: httpx's Response and its stream hold
-            # each other, so a body read into the Response lives until the cyclic GC runs
-            # (paused over the first sync: a page of Nodes each, 35 MiB at 5 000 real Nodes)
-            async with self._http.stream(
-                    method, path, params=params, headers=headers,
-                    content=None if body is None else json.dumps(body).encode()) as resp:
-                raw = b"".join([chunk async for chunk in resp.aiter_bytes()])
+            status, raw = await exchange(
+                self._http, method, path, params=params, headers=headers,
+                content=None if body is None else json.dumps(body).encode())
         except httpx.HTTPError as e:
             raise StoreUnavailable(f"kubernetes API {self.server}: {why(e)}") from None
-        if resp.status_code >= 400:
-            raise _error(resp.status_code, raw)
+        if status >= 400:
+            raise _error(status, raw)
         try:
             doc = json.loads(raw)
         except ValueError:

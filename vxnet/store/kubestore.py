@@ -348,21 +348,24 @@ class KubeStore:
             return e
 
     async def _nodes(self) -> AsyncGenerator[tuple[list[Json], str], None]:
-        """Every Node, a page at a time, with the list's resourceVersion: a list of 5 000
+        """Every Node, a page at a time, with the list's resourceVersion (its first page's, as
+        every continued page must say; the watch resumes from it): a list of 5 000
         real Nodes (status, images) is tens of MB of JSON, and a page (and the next, asked for
         meanwhile) is all that is held at once. A continue token the server no longer honours
         (410: the list outlived its history) raises Gone; the caller lists again."""
         asking = asyncio.ensure_future(self.client.get(NODES, {"limit": str(PAGE)}))
+        rv = ""
         try:
             while True:
                 doc = await asking
+                rv = rv or _rv(doc)
                 meta = doc.get("metadata") or {}
                 items = [obj for obj in doc.get("items") or [] if isinstance(obj, dict)]
                 token = meta.get("continue") if isinstance(meta, dict) else None
                 if token:  # the next page is on its way while the caller takes this one
                     asking = asyncio.ensure_future(self.client.get(
                         NODES, {"limit": str(PAGE), "continue": str(token)}))
-                yield items, _rv(doc)
+                yield items, rv
                 if not token:
                     return
         finally:  # the caller stopped early, or a page failed: no request left behind, and
@@ -383,8 +386,7 @@ class KubeStore:
         rv = ""
         try:
             async with contextlib.aclosing(self._nodes()) as pages:
-                async for items, page_rv in pages:
-                    rv = rv or page_rv  # the list's, as its first page said
+                async for items, rv in pages:  # rv: the list's, kept after
                     page: dict[str, Lease] = {}
                     page_invalid: dict[str, LeaseDecodeError] = {}
                     for obj in items:
@@ -490,8 +492,7 @@ class KubeStore:
         found: dict[str, Lease | LeaseDecodeError | None] = {}
         rv = ""
         async with contextlib.aclosing(self._nodes()) as pages:
-            async for items, page_rv in pages:
-                rv = rv or page_rv  # the list's, as its first page said
+            async for items, rv in pages:  # noqa: B007 (the list's: kept after)
                 found.update((_name(obj), self._lease_of(obj, cfg)) for obj in items)
         revision, seen = _revision(rv), set(found)
         out: list[LeaseEvent] = []
